@@ -1,0 +1,289 @@
+//! A campaign's definition: what one version of a campaign says (sender, content, schedule,
+//! limits). The wire form is AJO's camelCase JSON; unknown fields are refused so that a typo in
+//! a field name is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted template part (subject, html, body, ...), in bytes.
+pub const MAX_TEMPLATE_PART_BYTES: usize = 256 * 1024;
+/// AJO's delivery throttle range, in messages per second.
+pub const THROTTLE_RANGE: std::ops::RangeInclusive<u32> = 1..=2_000;
+/// An upper bound on message time-to-live: a week-old transactional message is never useful.
+pub const MAX_MESSAGE_TTL_SECONDS: u32 = 7 * 24 * 3600;
+pub const MAX_NAME_LENGTH: usize = 200;
+
+/// The channel a campaign sends on. Fixed when the campaign is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Sms,
+    Push,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Push];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Channel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown channel `{s}`"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    #[default]
+    Transactional,
+    Marketing,
+}
+
+/// Optional start and end of the window in which the campaign can be executed.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Schedule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_date: Option<DateTime<Utc>>,
+}
+
+/// The sender settings ("message surface"). Which fields matter depends on the channel; the
+/// review reports the ones a channel needs and lacks.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Surface {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origination_number: Option<String>,
+    /// SNS platform application per push platform (`apns`, `fcm`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_application_arn: Option<BTreeMap<String, String>>,
+}
+
+/// The message content; every string is a tera template over `profile` and `context`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Content {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Push payload data: each value is a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<BTreeMap<String, String>>,
+}
+
+/// One version of a campaign: everything that can change between versions. The channel and name
+/// live on the campaign itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CampaignDefinition {
+    #[serde(default)]
+    pub category: Category,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_namespace: Option<String>,
+    #[serde(default)]
+    pub create_new_profiles: bool,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub surface: Surface,
+    #[serde(default)]
+    pub content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_rate_per_sec: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ttl_seconds: Option<u32>,
+}
+
+/// A structural problem found when a definition is saved (as opposed to the review problems that
+/// only block activation): these make the save itself fail with 400.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// JSON pointer to the offending field, e.g. `/content/html`.
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl CampaignDefinition {
+    /// The template parts of the content, as (JSON pointer, name, source), in a stable order.
+    pub fn template_parts(&self) -> Vec<(String, String, &str)> {
+        let c = &self.content;
+        let mut parts = Vec::new();
+        for (name, value) in [
+            ("subject", &c.subject),
+            ("html", &c.html),
+            ("text", &c.text),
+            ("title", &c.title),
+            ("body", &c.body),
+        ] {
+            if let Some(source) = value {
+                parts.push((
+                    format!("/content/{name}"),
+                    name.to_string(),
+                    source.as_str(),
+                ));
+            }
+        }
+        if let Some(data) = &c.data {
+            for (key, source) in data {
+                parts.push((
+                    format!("/content/data/{key}"),
+                    format!("data.{key}"),
+                    source.as_str(),
+                ));
+            }
+        }
+        parts
+    }
+
+    /// Checks that hold for every saved version, complete or not: sizes and numeric ranges.
+    pub fn check_limits(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (pointer, _, source) in self.template_parts() {
+            if source.len() > MAX_TEMPLATE_PART_BYTES {
+                errors.push(FieldError {
+                    pointer,
+                    detail: format!(
+                        "template is {} bytes; the limit is {MAX_TEMPLATE_PART_BYTES}",
+                        source.len()
+                    ),
+                });
+            }
+        }
+        if let Some(rate) = self.throttle_rate_per_sec {
+            if !THROTTLE_RANGE.contains(&rate) {
+                errors.push(FieldError {
+                    pointer: "/throttleRatePerSec".into(),
+                    detail: format!(
+                        "must be between {} and {}",
+                        THROTTLE_RANGE.start(),
+                        THROTTLE_RANGE.end()
+                    ),
+                });
+            }
+        }
+        if let Some(ttl) = self.message_ttl_seconds {
+            if ttl == 0 || ttl > MAX_MESSAGE_TTL_SECONDS {
+                errors.push(FieldError {
+                    pointer: "/messageTtlSeconds".into(),
+                    detail: format!("must be between 1 and {MAX_MESSAGE_TTL_SECONDS}"),
+                });
+            }
+        }
+        if let Some(namespace) = &self.identity_namespace {
+            if namespace.trim().is_empty() || namespace.len() > 100 {
+                errors.push(FieldError {
+                    pointer: "/identityNamespace".into(),
+                    detail: "must be 1 to 100 characters".into(),
+                });
+            }
+        }
+        errors
+    }
+}
+
+/// Checks a campaign name: non-empty after trimming, at most [`MAX_NAME_LENGTH`] characters.
+pub fn check_name(name: &str) -> Option<FieldError> {
+    let trimmed = name.trim();
+    (trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_LENGTH).then(|| FieldError {
+        pointer: "/name".into(),
+        detail: format!("must be 1 to {MAX_NAME_LENGTH} characters"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_in_a_definition_are_refused() {
+        let err = serde_json::from_value::<CampaignDefinition>(
+            serde_json::json!({"content": {"subjet": "typo"}}),
+        );
+        assert!(err.unwrap_err().to_string().contains("subjet"));
+    }
+
+    #[test]
+    fn limits_report_oversize_templates_and_out_of_range_numbers() {
+        let definition = CampaignDefinition {
+            content: Content {
+                html: Some("x".repeat(MAX_TEMPLATE_PART_BYTES + 1)),
+                ..Default::default()
+            },
+            throttle_rate_per_sec: Some(0),
+            message_ttl_seconds: Some(MAX_MESSAGE_TTL_SECONDS + 1),
+            ..Default::default()
+        };
+        let pointers: Vec<String> = definition
+            .check_limits()
+            .into_iter()
+            .map(|e| e.pointer)
+            .collect();
+        assert_eq!(
+            pointers,
+            ["/content/html", "/throttleRatePerSec", "/messageTtlSeconds"]
+        );
+    }
+
+    #[test]
+    fn template_parts_include_push_data_values() {
+        let mut data = BTreeMap::new();
+        data.insert(
+            "deepLink".to_string(),
+            "app://orders/{{ context.orderId }}".to_string(),
+        );
+        let definition = CampaignDefinition {
+            content: Content {
+                title: Some("t".into()),
+                data: Some(data),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let names: Vec<String> = definition
+            .template_parts()
+            .into_iter()
+            .map(|(_, name, _)| name)
+            .collect();
+        assert_eq!(names, ["title", "data.deepLink"]);
+    }
+}

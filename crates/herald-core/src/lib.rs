@@ -1,0 +1,16 @@
+//! Herald's domain, free of IO: campaign definitions and their review, the campaign lifecycle,
+//! addresses, the clock, and the tera templates that personalise content.
+//!
+//! Everything here is deterministic given its inputs (the clock is injected), so the rules that
+//! decide what may be sent are unit-tested without a database or a broker.
+
+pub mod address;
+pub mod campaign;
+pub mod clock;
+pub mod lifecycle;
+pub mod review;
+pub mod template;
+
+pub use campaign::{CampaignDefinition, Category, Channel, Content, Schedule, Surface};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use lifecycle::{Action, CampaignStatus, IllegalTransition, StoredState};
