@@ -9,8 +9,10 @@ pub mod campaign;
 pub mod clock;
 pub mod lifecycle;
 pub mod review;
+pub mod scope;
 pub mod template;
 
 pub use campaign::{CampaignDefinition, Category, Channel, Content, Schedule, Surface};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use lifecycle::{Action, CampaignStatus, IllegalTransition, StoredState};
+pub use scope::Scope;

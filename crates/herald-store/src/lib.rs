@@ -1,1 +1,56 @@
-//! placeholder
+//! Herald's PostgreSQL store. Every query that touches tenant data takes the sandbox as its first
+//! filter: a caller can never name a row of another sandbox into existence.
+
+pub mod api_keys;
+pub mod campaigns;
+mod error;
+pub mod migrate;
+pub mod profiles;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use api_keys::ApiKeyRecord;
+pub use campaigns::{CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord};
+pub use error::StoreError;
+pub use profiles::{Profile, PushToken};
+
+/// How long a request waits for a pooled connection before the store reports itself unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Builds a pool for `url` (a `postgres://` URL). Connections are made lazily, so this
+    /// succeeds even while the database is down; [`Store::ping`] tells whether it is up.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|error| StoreError::Config(error.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Checks that a connection can be had and answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}

@@ -1,0 +1,51 @@
+//! Versioned schema migrations, embedded in the binary. Several processes may start at once and
+//! all call [`Store::migrate`]: a transaction-scoped advisory lock makes them take turns, and
+//! each sees what the previous one applied.
+
+use crate::{Store, StoreError};
+
+/// (version, name, SQL), in order. Never edit an applied migration; add a new one.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+/// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
+const MIGRATION_LOCK_KEY: i64 = 0x4845_5241_4c44; // "HERALD"
+
+impl Store {
+    /// Applies every pending migration; returns the versions it applied (empty when up to date).
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+        transaction
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS herald_schema_migrations (
+                     version integer PRIMARY KEY,
+                     name text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .await?;
+        let applied: Vec<i32> = transaction
+            .query("SELECT version FROM herald_schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut newly_applied = Vec::new();
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
+            transaction.batch_execute(sql).await?;
+            transaction
+                .execute("INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)", &[version, name])
+                .await?;
+            tracing::info!(version, name, "applied migration");
+            newly_applied.push(*version);
+        }
+        transaction.commit().await?;
+        Ok(newly_applied)
+    }
+
+    /// The newest migration this binary knows; a database behind it needs `herald migrate`.
+    pub fn latest_migration() -> i32 {
+        MIGRATIONS.last().map_or(0, |(version, _, _)| *version)
+    }
+}
