@@ -1,1 +1,83 @@
-//! placeholder
+//! Herald's HTTP process (`herald api`): authentication, problem+json errors, the campaign and
+//! profile management API, health endpoints, and — from the ingest crate — the execution API.
+
+mod auth;
+mod campaigns;
+mod health;
+pub mod json;
+pub mod problem;
+mod profiles;
+pub mod request_id;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use herald_core::Clock;
+use herald_store::Store;
+use tokio::net::TcpListener;
+
+pub use auth::Caller;
+use problem::Problem;
+
+/// Settings of the HTTP process that handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body (413 beyond).
+    pub max_body_bytes: usize,
+    /// The base URL clients reach this API at, used in generated cURL samples.
+    pub public_url: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into() }
+    }
+}
+
+/// What every handler can reach; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub config: Arc<ApiConfig>,
+    keys: Arc<auth::KeyCache>,
+}
+
+impl AppState {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
+        Self { store, clock, config: Arc::new(config), keys: Arc::default() }
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let max_body_bytes = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/campaigns", get(campaigns::list).post(campaigns::create))
+        .route("/campaigns/{id}", get(campaigns::read).patch(campaigns::patch).delete(campaigns::delete))
+        .route("/campaigns/{id}/activate", post(campaigns::actions::activate))
+        .route("/campaigns/{id}/stop", post(campaigns::actions::stop))
+        .route("/campaigns/{id}/archive", post(campaigns::actions::archive))
+        .route("/campaigns/{id}/duplicate", post(campaigns::actions::duplicate))
+        .route("/campaigns/{id}/curl", get(campaigns::tools::curl))
+        .route("/campaigns/{id}/preview", post(campaigns::tools::preview))
+        .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
+        .fallback(|| async { Problem::not_found("not-found", "No such resource") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed on this resource")
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(request_id::layer))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

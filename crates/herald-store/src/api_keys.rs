@@ -26,7 +26,8 @@ pub fn generate_api_key() -> Result<String, StoreError> {
     Ok(format!("{KEY_PREFIX}{hex}"))
 }
 
-fn hash(key: &str) -> Vec<u8> {
+/// The SHA-256 of a key, as stored; also usable as a cache key.
+pub fn digest(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
@@ -55,7 +56,7 @@ impl Store {
             .await?
             .execute(
                 "INSERT INTO api_keys (id, sandbox, name, key_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&Uuid::now_v7(), &sandbox, &name, &hash(key), &scope_names(scopes), &now],
+                &[&Uuid::now_v7(), &sandbox, &name, &digest(key), &scope_names(scopes), &now],
             )
             .await?;
         Ok(())
@@ -66,7 +67,7 @@ impl Store {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT id, sandbox, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", &[&hash(key)])
+            .query_opt("SELECT id, sandbox, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", &[&digest(key)])
             .await?;
         let Some(row) = row else { return Ok(None) };
         let names: Vec<String> = row.get(2);
@@ -85,6 +86,6 @@ mod tests {
         let (a, b) = (generate_api_key().unwrap(), generate_api_key().unwrap());
         assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 64);
         assert_ne!(a, b);
-        assert_ne!(hash(&a), hash(&b));
+        assert_ne!(digest(&a), digest(&b));
     }
 }

@@ -1,0 +1,67 @@
+//! The JSON body extractor: malformed JSON, unknown fields and wrong types become 400 problems
+//! naming the field; an oversize body becomes 413; a wrong content type 415. axum's own
+//! rejections are plain text, which clients of a problem+json API cannot parse.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::BytesRejection;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::problem::Problem;
+
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Expected a JSON body")
+                .detail("send the body with `Content-Type: application/json`"));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(body_problem)?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses `bytes` as `T`, turning serde's error into a problem that points at the field.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let pointer = pointer_of(error.path());
+        (pointer, error.into_inner())
+    });
+    // Trailing garbage after the document is malformed JSON too.
+    let parsed = parsed.and_then(|value| deserializer.end().map(|()| value).map_err(|error| (String::new(), error)));
+    parsed.map_err(|(pointer, inner)| {
+        let title = if inner.is_syntax() || inner.is_eof() { "Malformed JSON" } else { "Invalid request body" };
+        Problem::validation(title, vec![Problem::field_error(&pointer, inner.to_string())])
+    })
+}
+
+/// serde_path_to_error's `a.b[0].c` as a JSON pointer `/a/b/0/c`.
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1"))),
+            Segment::Enum { variant } => pointer.push_str(&format!("/{variant}")),
+            Segment::Unknown => pointer.push_str("/?"),
+        }
+    }
+    pointer
+}
+
+fn body_problem(rejection: BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large").detail(rejection.body_text())
+    } else {
+        Problem::new(StatusCode::BAD_REQUEST, "validation", "Unreadable request body").detail(rejection.body_text())
+    }
+}

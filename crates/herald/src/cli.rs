@@ -1,0 +1,194 @@
+//! The command line and its configuration. Every setting is a flag with a `HERALD_*`
+//! environment variable and a default, declared once here: `herald --help` documents them and
+//! the tests check `docker-compose.yml` against this list, so the two cannot drift.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "API-triggered transactional messaging: email, SMS and push")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Serve the HTTP API (management and execution).
+    Api(ApiArgs),
+    /// Consume queued messages and send them.
+    Worker(WorkerArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it (only the key, on stdout). It cannot be shown again.
+    Create(CreateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateKeyArgs {
+    /// The sandbox the key belongs to; it sees only that sandbox's campaigns and profiles.
+    #[arg(long)]
+    pub sandbox: String,
+    /// Comma-separated scopes, or `all`: campaigns:read, campaigns:write, profiles:read,
+    /// profiles:write, executions:write, executions:read.
+    #[arg(long)]
+    pub scopes: String,
+    /// A label to recognise the key by.
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "HERALD_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/herald", hide_env_values = true)]
+    pub database_url: Secret,
+    /// Largest number of pooled database connections per process.
+    #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL.
+    #[arg(long, env = "HERALD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: Secret,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "HERALD_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Base URL clients reach the API at, used in generated cURL samples (default: from the listen address).
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// An all-scopes API key registered at start-up if absent (for local stacks only).
+    #[arg(long, env = "HERALD_BOOTSTRAP_API_KEY", hide_env_values = true)]
+    pub bootstrap_api_key: Option<Secret>,
+    /// The sandbox of the bootstrap key.
+    #[arg(long, env = "HERALD_BOOTSTRAP_SANDBOX", default_value = "default")]
+    pub bootstrap_sandbox: String,
+    /// Apply pending migrations at start-up (safe with several processes starting at once).
+    #[arg(long, env = "HERALD_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Apply pending migrations at start-up (safe with several processes starting at once).
+    #[arg(long, env = "HERALD_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LoggingArgs {
+    /// Log filter in `tracing` syntax, e.g. `info` or `herald_api=debug,info`.
+    #[arg(long, env = "HERALD_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A setting that must not appear in logs or `Debug` output (URLs with passwords, API keys).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Every `HERALD_*` variable the binary reads, with its default (for docs and drift checks).
+pub fn environment_variables() -> Vec<(String, Option<String>)> {
+    fn walk(command: &clap::Command, out: &mut Vec<(String, Option<String>)>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                let name = env.to_string_lossy().to_string();
+                let default = arg.get_default_values().first().map(|value| value.to_string_lossy().to_string());
+                if !out.iter().any(|(known, _)| *known == name) {
+                    out.push((name, default));
+                }
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let secret: Secret = "postgres://user:hunter2@db/herald".parse().unwrap();
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_documented_variables_are_all_read() {
+        let names: Vec<String> = environment_variables().into_iter().map(|(name, _)| name).collect();
+        for expected in ["HERALD_DATABASE_URL", "HERALD_AMQP_URL", "HERALD_HTTP_ADDR", "HERALD_BOOTSTRAP_API_KEY", "HERALD_BOOTSTRAP_SANDBOX"] {
+            assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The `herald` binary's wiring: command line, logging, and the subcommands. Logic lives in the
+//! library crates; this crate only builds them from configuration and runs them.
+
+pub mod cli;
+mod run;
+pub mod telemetry;
+
+pub use run::run;

@@ -1,0 +1,98 @@
+//! The subcommands.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use herald_api::{ApiConfig, AppState};
+use herald_core::{Clock, Scope, SystemClock};
+use herald_store::Store;
+use tokio::net::TcpListener;
+
+use crate::cli::{ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, KeysCommand, WorkerArgs};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate(database) => migrate(&database).await,
+        Command::Api(args) => api(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Keys(KeysCommand::Create(args)) => create_key(args).await,
+    }
+}
+
+fn store(database: &DatabaseArgs) -> anyhow::Result<Store> {
+    Store::connect(database.database_url.expose(), database.database_pool_size).context("configuring the database pool")
+}
+
+async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
+    let applied = store(database)?.migrate().await.context("applying migrations")?;
+    tracing::info!(?applied, latest = Store::latest_migration(), "database schema is up to date");
+    Ok(())
+}
+
+async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    tracing::info!(settings = ?args, "starting api");
+    let store = store(&args.database)?;
+    if args.migrate_on_start {
+        store.migrate().await.context("applying migrations at start-up")?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if let Some(key) = &args.bootstrap_api_key {
+        store
+            .ensure_api_key(&args.bootstrap_sandbox, key.expose(), &Scope::ALL, clock.now())
+            .await
+            .context("registering the bootstrap API key")?;
+        tracing::info!(sandbox = %args.bootstrap_sandbox, "bootstrap api key registered");
+    }
+    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
+    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
+    tracing::info!(addr = %args.http_addr, "api listening");
+    herald_api::serve(listener, AppState::new(store, clock, config), shutdown_signal()).await.context("serving http")?;
+    tracing::info!("api stopped");
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    tracing::info!(settings = ?args, "starting worker");
+    let store = store(&args.database)?;
+    if args.migrate_on_start {
+        store.migrate().await.context("applying migrations at start-up")?;
+    }
+    bail!("the worker's consumers are not built yet (tracked in issue #4); nothing to run")
+}
+
+async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
+    let scopes = Scope::parse_list(&args.scopes).map_err(anyhow::Error::msg)?;
+    let sandbox = args.sandbox.trim();
+    if sandbox.is_empty() || sandbox.len() > 100 {
+        bail!("--sandbox must be 1 to 100 characters");
+    }
+    let store = store(&args.database)?;
+    store.migrate().await.context("applying migrations")?;
+    let key = store.create_api_key(sandbox, &scopes, args.name.as_deref(), SystemClock.now()).await.context("creating the key")?;
+    println!("{key}");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` and Kubernetes send).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
