@@ -1,1 +1,11 @@
-fn main() {}
+//! Integration tests of the HTTP API against a real PostgreSQL, one database per test.
+
+mod auth;
+mod campaign_tools;
+mod errors;
+mod lifecycle;
+mod migrations;
+mod profiles;
+mod review;
+mod schedule;
+mod templates;

@@ -1,1 +1,303 @@
+//! The integration-test harness: a uniquely named PostgreSQL database per test, migrated, and the
+//! HTTP API served in-process on port 0 with a manual clock the test can move.
+//!
+//! PostgreSQL must be running (see CONTRIBUTING.md); when it is not, tests fail with a message
+//! that says how to start it rather than skipping.
 
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use herald_api::{ApiConfig, AppState};
+use herald_core::{ManualClock, Scope};
+use herald_store::Store;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// The server to create test databases on, from `HERALD_TEST_DATABASE_URL`.
+pub fn admin_database_url() -> String {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database that exists for one test and is dropped with it.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = admin_database_url();
+        let name = format!("herald_test_{}", Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {admin_url} ({error}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` or set HERALD_TEST_DATABASE_URL"
+            )
+        });
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        Store::connect(&self.url, 8).expect("a valid test database URL")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived thread with its own runtime does the
+        // cleanup. FORCE ends the connections the test's pool still holds.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A running API with its own database, a manual clock and an all-scopes key for sandbox `a`.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub clock: Arc<ManualClock>,
+    pub store: Store,
+    /// All scopes, sandbox `a`.
+    pub key: String,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    // Declared last: dropped after the server is told to stop.
+    pub database: TestDatabase,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let database = TestDatabase::create().await;
+        let store = database.store();
+        store.migrate().await.expect("migrate the test database");
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let config = ApiConfig {
+            max_body_bytes: 64 * 1024,
+            public_url: address.clone(),
+        };
+        let state = AppState::new(store.clone(), clock.clone(), config);
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(herald_api::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        let key = store
+            .create_api_key("a", &Scope::ALL, Some("test"), Utc::now())
+            .await
+            .expect("create a test key");
+        Self {
+            address,
+            clock,
+            store,
+            key,
+            http: reqwest::Client::new(),
+            shutdown: Some(shutdown),
+            database,
+        }
+    }
+
+    /// A new key for `sandbox` with `scopes`.
+    pub async fn key_for(&self, sandbox: &str, scopes: &[Scope]) -> String {
+        self.store
+            .create_api_key(sandbox, scopes, None, Utc::now())
+            .await
+            .expect("create a key")
+    }
+
+    /// Sends a request with `key` (none when `None`) and returns the status and the JSON body
+    /// (`Value::Null` when the body is empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method, format!("{}{path}", self.address));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        Reply::from(request.send().await.expect("the API answers")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(&self.key), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.call(Method::POST, path, Some(&self.key), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.call(Method::PATCH, path, Some(&self.key), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(&self.key), None).await
+    }
+
+    /// Creates a campaign from `document` and returns its id; panics unless it is created.
+    pub async fn create_campaign(&self, document: &Value) -> String {
+        let reply = self.post("/campaigns", document).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.body["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Creates and activates a campaign; returns its id.
+    pub async fn live_campaign(&self, document: &Value) -> String {
+        let id = self.create_campaign(document).await;
+        let reply = self
+            .post(&format!("/campaigns/{id}/activate"), &Value::Null)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        id
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A response: status, JSON body, and the headers a test may look at.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    async fn from(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = response.text().await.expect("a readable body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("the body is not JSON ({status}): {text}"))
+        };
+        Self {
+            status,
+            body,
+            content_type,
+            headers,
+        }
+    }
+
+    /// Asserts a problem+json reply with `status` and type suffix `kind`.
+    pub fn assert_problem(&self, status: StatusCode, kind: &str) -> &Self {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.body
+        );
+        assert_eq!(
+            self.body["type"],
+            format!("https://herald.dev/errors/{kind}"),
+            "{}",
+            self.body
+        );
+        assert_eq!(self.body["status"], status.as_u16(), "{}", self.body);
+        assert!(
+            self.body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{}",
+            self.body
+        );
+        assert!(
+            self.body["requestId"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{}",
+            self.body
+        );
+        self
+    }
+}
+
+pub mod fixtures {
+    //! Campaign documents the tests start from.
+    use serde_json::{Value, json};
+
+    /// A complete password-reset email campaign that passes review.
+    pub fn password_reset_email(name: &str) -> Value {
+        json!({
+            "name": name,
+            "description": "Password reset",
+            "channel": "email",
+            "identityNamespace": "email",
+            "surface": { "fromAddress": "no-reply@example.com", "fromName": "Example", "replyTo": "help@example.com" },
+            "content": {
+                "subject": "Reset your password, {{ profile.person.name.firstName | default(value='there') }}",
+                "html": "<p>Hi {{ profile.person.name.firstName }},</p><p><a href=\"{{ context.resetUrl }}\">Reset</a></p>",
+                "text": "Hi {{ profile.person.name.firstName }}, reset here: {{ context.resetUrl }}"
+            },
+            "messageTtlSeconds": 900
+        })
+    }
+
+    /// A complete OTP SMS campaign.
+    pub fn otp_sms(name: &str) -> Value {
+        json!({
+            "name": name,
+            "channel": "sms",
+            "identityNamespace": "phone",
+            "surface": { "senderId": "Example" },
+            "content": { "body": "Your code is {{ context.otp }}" },
+            "messageTtlSeconds": 300
+        })
+    }
+}

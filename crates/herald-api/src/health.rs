@@ -13,6 +13,10 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    state.store.ping().await.map_err(|error| Problem::unavailable(format!("database: {error}")))?;
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|error| Problem::unavailable(format!("database: {error}")))?;
     Ok(Json(json!({ "status": "ready", "database": "ok" })))
 }

@@ -34,7 +34,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into() }
+        Self {
+            max_body_bytes: 1024 * 1024,
+            public_url: "http://127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -49,7 +52,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
-        Self { store, clock, config: Arc::new(config), keys: Arc::default() }
+        Self {
+            store,
+            clock,
+            config: Arc::new(config),
+            keys: Arc::default(),
+        }
     }
 }
 
@@ -60,17 +68,35 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
-        .route("/campaigns/{id}", get(campaigns::read).patch(campaigns::patch).delete(campaigns::delete))
-        .route("/campaigns/{id}/activate", post(campaigns::actions::activate))
+        .route(
+            "/campaigns/{id}",
+            get(campaigns::read)
+                .patch(campaigns::patch)
+                .delete(campaigns::delete),
+        )
+        .route(
+            "/campaigns/{id}/activate",
+            post(campaigns::actions::activate),
+        )
         .route("/campaigns/{id}/stop", post(campaigns::actions::stop))
         .route("/campaigns/{id}/archive", post(campaigns::actions::archive))
-        .route("/campaigns/{id}/duplicate", post(campaigns::actions::duplicate))
+        .route(
+            "/campaigns/{id}/duplicate",
+            post(campaigns::actions::duplicate),
+        )
         .route("/campaigns/{id}/curl", get(campaigns::tools::curl))
         .route("/campaigns/{id}/preview", post(campaigns::tools::preview))
-        .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
+        .route(
+            "/profiles/{namespace}/{user_id}",
+            get(profiles::read).put(profiles::put),
+        )
         .fallback(|| async { Problem::not_found("not-found", "No such resource") })
         .method_not_allowed_fallback(|| async {
-            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed on this resource")
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed on this resource",
+            )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::layer))
@@ -78,6 +104,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -49,7 +49,8 @@ impl Problem {
     }
 
     pub fn campaign(mut self, campaign_id: impl ToString) -> Self {
-        self.context.insert("campaignId".into(), Value::String(campaign_id.to_string()));
+        self.context
+            .insert("campaignId".into(), Value::String(campaign_id.to_string()));
         self
     }
 
@@ -72,11 +73,21 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service temporarily unavailable").detail(detail).retry_after(1)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service temporarily unavailable",
+        )
+        .detail(detail)
+        .retry_after(1)
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
     }
 }
 
@@ -84,7 +95,10 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let request_id = request_id::current();
         let mut body = Map::new();
-        body.insert("type".into(), Value::String(format!("{TYPE_BASE}{}", self.kind)));
+        body.insert(
+            "type".into(),
+            Value::String(format!("{TYPE_BASE}{}", self.kind)),
+        );
         body.insert("title".into(), Value::String(self.title));
         body.insert("status".into(), Value::from(self.status.as_u16()));
         if let Some(detail) = self.detail {
@@ -92,14 +106,19 @@ impl IntoResponse for Problem {
         }
         let mut context = self.context;
         if let Some(id) = &request_id {
-            context.entry("requestId").or_insert_with(|| Value::String(id.clone()));
+            context
+                .entry("requestId")
+                .or_insert_with(|| Value::String(id.clone()));
             body.insert("requestId".into(), Value::String(id.clone()));
         }
         body.insert("report".into(), json!({ "additionalContext": context }));
         body.extend(self.extensions);
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(seconds) = self.retry_after_seconds {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -118,9 +137,12 @@ impl From<herald_store::StoreError> for Problem {
                 tracing::warn!(error = %reason, "database unavailable");
                 Problem::unavailable("the database is unavailable; retry shortly")
             }
-            StoreError::Conflict(constraint) => {
-                Problem::new(StatusCode::CONFLICT, "conflict", "The request conflicts with existing data").detail(constraint)
-            }
+            StoreError::Conflict(constraint) => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The request conflicts with existing data",
+            )
+            .detail(constraint),
             other => {
                 tracing::error!(error = %other, "store error");
                 Problem::internal()

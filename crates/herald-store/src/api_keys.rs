@@ -21,7 +21,8 @@ pub struct ApiKeyRecord {
 /// A fresh key: `hk_` and 64 hex digits.
 pub fn generate_api_key() -> Result<String, StoreError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|error| StoreError::Config(format!("no randomness: {error}")))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|error| StoreError::Config(format!("no randomness: {error}")))?;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     Ok(format!("{KEY_PREFIX}{hex}"))
 }
@@ -32,26 +33,52 @@ pub fn digest(key: &str) -> Vec<u8> {
 }
 
 fn scope_names(scopes: &[Scope]) -> Vec<String> {
-    scopes.iter().map(|scope| scope.as_str().to_string()).collect()
+    scopes
+        .iter()
+        .map(|scope| scope.as_str().to_string())
+        .collect()
 }
 
 impl Store {
     /// Creates a key for `sandbox` with `scopes` and returns it; it cannot be read back later.
-    pub async fn create_api_key(&self, sandbox: &str, scopes: &[Scope], name: Option<&str>, now: DateTime<Utc>) -> Result<String, StoreError> {
+    pub async fn create_api_key(
+        &self,
+        sandbox: &str,
+        scopes: &[Scope],
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<String, StoreError> {
         let key = generate_api_key()?;
-        self.insert_api_key(sandbox, &key, scopes, name, now).await?;
+        self.insert_api_key(sandbox, &key, scopes, name, now)
+            .await?;
         Ok(key)
     }
 
     /// Registers a key chosen by configuration (the local-stack bootstrap key) unless it exists.
-    pub async fn ensure_api_key(&self, sandbox: &str, key: &str, scopes: &[Scope], now: DateTime<Utc>) -> Result<(), StoreError> {
-        match self.insert_api_key(sandbox, key, scopes, Some("bootstrap"), now).await {
+    pub async fn ensure_api_key(
+        &self,
+        sandbox: &str,
+        key: &str,
+        scopes: &[Scope],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match self
+            .insert_api_key(sandbox, key, scopes, Some("bootstrap"), now)
+            .await
+        {
             Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
             Err(error) => Err(error),
         }
     }
 
-    async fn insert_api_key(&self, sandbox: &str, key: &str, scopes: &[Scope], name: Option<&str>, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn insert_api_key(
+        &self,
+        sandbox: &str,
+        key: &str,
+        scopes: &[Scope],
+        name: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
@@ -73,7 +100,11 @@ impl Store {
         let names: Vec<String> = row.get(2);
         // A scope this binary does not know (written by a newer version) grants nothing here.
         let scopes = names.iter().filter_map(|name| name.parse().ok()).collect();
-        Ok(Some(ApiKeyRecord { id: row.get(0), sandbox: row.get(1), scopes }))
+        Ok(Some(ApiKeyRecord {
+            id: row.get(0),
+            sandbox: row.get(1),
+            scopes,
+        }))
     }
 }
 

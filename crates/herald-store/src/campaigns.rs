@@ -42,7 +42,11 @@ pub struct CampaignRecord {
 
 impl CampaignRecord {
     pub fn status(&self, now: DateTime<Utc>) -> CampaignStatus {
-        CampaignStatus::at(self.state, self.live.as_ref().map(|live| &live.definition.schedule), now)
+        CampaignStatus::at(
+            self.state,
+            self.live.as_ref().map(|live| &live.definition.schedule),
+            now,
+        )
     }
 
     /// The newest version: the draft when there is one, else the live one.
@@ -65,7 +69,11 @@ pub struct NewCampaign {
 #[derive(Debug, Clone)]
 pub enum CampaignChange {
     /// Writes the draft version (creating it next to the live one if there is none).
-    EditDraft { name: String, description: Option<String>, definition: CampaignDefinition },
+    EditDraft {
+        name: String,
+        description: Option<String>,
+        definition: CampaignDefinition,
+    },
     /// Promotes the draft to live, replacing any live version.
     Activate,
     Stop,
@@ -100,9 +108,12 @@ const STATUS_SQL: &str = "CASE c.state WHEN 'active' THEN CASE
     ELSE c.state END";
 
 fn version_from(row: &Row, first: usize) -> Result<Option<VersionRecord>, StoreError> {
-    let Some(id) = row.get::<_, Option<Uuid>>(first) else { return Ok(None) };
+    let Some(id) = row.get::<_, Option<Uuid>>(first) else {
+        return Ok(None);
+    };
     let definition: serde_json::Value = row.get(first + 2);
-    let definition = serde_json::from_value(definition).map_err(|error| StoreError::Corrupt(format!("version {id}: {error}")))?;
+    let definition = serde_json::from_value(definition)
+        .map_err(|error| StoreError::Corrupt(format!("version {id}: {error}")))?;
     Ok(Some(VersionRecord {
         id,
         number: row.get(first + 1),
@@ -122,7 +133,8 @@ fn campaign_from(row: &Row) -> Result<CampaignRecord, StoreError> {
         name: row.get(2),
         description: row.get(3),
         channel: channel.parse().map_err(StoreError::Corrupt)?,
-        state: StoredState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state}`")))?,
+        state: StoredState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state}`")))?,
         created_at: row.get(6),
         updated_at: row.get(7),
         activated_at: row.get(8),
@@ -140,7 +152,11 @@ fn definition_json(definition: &CampaignDefinition) -> Result<serde_json::Value,
 impl Store {
     /// Creates a campaign as a draft with version 1. A name already used in the sandbox is a
     /// [`StoreError::Conflict`].
-    pub async fn create_campaign(&self, new: &NewCampaign, now: DateTime<Utc>) -> Result<CampaignRecord, StoreError> {
+    pub async fn create_campaign(
+        &self,
+        new: &NewCampaign,
+        now: DateTime<Utc>,
+    ) -> Result<CampaignRecord, StoreError> {
         let (campaign_id, version_id) = (Uuid::now_v7(), Uuid::now_v7());
         let definition = definition_json(&new.definition)?;
         let mut client = self.client().await?;
@@ -164,9 +180,17 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt("campaign vanished after insert".into()))
     }
 
-    pub async fn get_campaign(&self, sandbox: &str, id: Uuid) -> Result<Option<CampaignRecord>, StoreError> {
+    pub async fn get_campaign(
+        &self,
+        sandbox: &str,
+        id: Uuid,
+    ) -> Result<Option<CampaignRecord>, StoreError> {
         let sql = format!("{SELECT_CAMPAIGN} WHERE c.sandbox = $1 AND c.id = $2");
-        let row = self.client().await?.query_opt(&sql, &[&sandbox, &id]).await?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&sandbox, &id])
+            .await?;
         row.as_ref().map(campaign_from).transpose()
     }
 
@@ -203,7 +227,10 @@ impl Store {
         let mut client = self.client().await.map_err(ChangeError::Store)?;
         let transaction = client.transaction().await.map_err(StoreError::from)?;
         let sql = format!("{SELECT_CAMPAIGN} WHERE c.sandbox = $1 AND c.id = $2 FOR UPDATE OF c");
-        let row = transaction.query_opt(&sql, &[&sandbox, &id]).await.map_err(StoreError::from)?;
+        let row = transaction
+            .query_opt(&sql, &[&sandbox, &id])
+            .await
+            .map_err(StoreError::from)?;
         let record = campaign_from(&row.ok_or(ChangeError::NotFound)?)?;
         let change = decide(&record).map_err(ChangeError::Refused)?;
         let statement = match &change {

@@ -30,9 +30,16 @@ impl Store {
     /// Builds a pool for `url` (a `postgres://` URL). Connections are made lazily, so this
     /// succeeds even while the database is down; [`Store::ping`] tells whether it is up.
     pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .runtime(Runtime::Tokio1)

@@ -5,7 +5,8 @@
 use crate::{Store, StoreError};
 
 /// (version, name, SQL), in order. Never edit an applied migration; add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
 const MIGRATION_LOCK_KEY: i64 = 0x4845_5241_4c44; // "HERALD"
@@ -15,7 +16,9 @@ impl Store {
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+        transaction
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await?;
         transaction
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS herald_schema_migrations (
@@ -32,10 +35,16 @@ impl Store {
             .map(|row| row.get(0))
             .collect();
         let mut newly_applied = Vec::new();
-        for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
+        for (version, name, sql) in MIGRATIONS
+            .iter()
+            .filter(|(version, _, _)| !applied.contains(version))
+        {
             transaction.batch_execute(sql).await?;
             transaction
-                .execute("INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)", &[version, name])
+                .execute(
+                    "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
                 .await?;
             tracing::info!(version, name, "applied migration");
             newly_applied.push(*version);

@@ -28,9 +28,15 @@ pub struct Profile {
 
 impl Store {
     /// Replaces the profile (or creates it); returns it and whether it was created.
-    pub async fn put_profile(&self, sandbox: &str, profile: &Profile, now: DateTime<Utc>) -> Result<(Profile, bool), StoreError> {
+    pub async fn put_profile(
+        &self,
+        sandbox: &str,
+        profile: &Profile,
+        now: DateTime<Utc>,
+    ) -> Result<(Profile, bool), StoreError> {
         let attributes = serde_json::Value::Object(profile.attributes.clone());
-        let push_tokens = serde_json::to_value(&profile.push_tokens).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let push_tokens = serde_json::to_value(&profile.push_tokens)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let row = self
             .client()
             .await?
@@ -44,11 +50,20 @@ impl Store {
                 &[&sandbox, &profile.namespace, &profile.user_id, &attributes, &profile.email_address, &profile.phone_number, &push_tokens, &now],
             )
             .await?;
-        let stored = Profile { created_at: row.get(0), updated_at: now, ..profile.clone() };
+        let stored = Profile {
+            created_at: row.get(0),
+            updated_at: now,
+            ..profile.clone()
+        };
         Ok((stored, row.get(1)))
     }
 
-    pub async fn get_profile(&self, sandbox: &str, namespace: &str, user_id: &str) -> Result<Option<Profile>, StoreError> {
+    pub async fn get_profile(
+        &self,
+        sandbox: &str,
+        namespace: &str,
+        user_id: &str,
+    ) -> Result<Option<Profile>, StoreError> {
         let row = self
             .client()
             .await?
@@ -61,9 +76,14 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let attributes = match row.get::<_, serde_json::Value>(0) {
             serde_json::Value::Object(map) => map,
-            other => return Err(StoreError::Corrupt(format!("profile attributes are not an object: {other}"))),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "profile attributes are not an object: {other}"
+                )));
+            }
         };
-        let push_tokens = serde_json::from_value(row.get(3)).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let push_tokens = serde_json::from_value(row.get(3))
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
         Ok(Some(Profile {
             namespace: namespace.to_string(),
             user_id: user_id.to_string(),

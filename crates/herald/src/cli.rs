@@ -9,7 +9,11 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about = "API-triggered transactional messaging: email, SMS and push")]
+#[command(
+    name = "herald",
+    version,
+    about = "API-triggered transactional messaging: email, SMS and push"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -55,7 +59,12 @@ pub struct CreateKeyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
-    #[arg(long, env = "HERALD_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/herald", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/herald",
+        hide_env_values = true
+    )]
     pub database_url: Secret,
     /// Largest number of pooled database connections per process.
     #[arg(long, env = "HERALD_DATABASE_POOL_SIZE", default_value_t = 16)]
@@ -65,7 +74,12 @@ pub struct DatabaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// RabbitMQ URL.
-    #[arg(long, env = "HERALD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_url: Secret,
 }
 
@@ -151,7 +165,10 @@ pub fn environment_variables() -> Vec<(String, Option<String>)> {
         for arg in command.get_arguments() {
             if let Some(env) = arg.get_env() {
                 let name = env.to_string_lossy().to_string();
-                let default = arg.get_default_values().first().map(|value| value.to_string_lossy().to_string());
+                let default = arg
+                    .get_default_values()
+                    .first()
+                    .map(|value| value.to_string_lossy().to_string());
                 if !out.iter().any(|(known, _)| *known == name) {
                     out.push((name, default));
                 }
@@ -186,9 +203,21 @@ mod tests {
 
     #[test]
     fn the_documented_variables_are_all_read() {
-        let names: Vec<String> = environment_variables().into_iter().map(|(name, _)| name).collect();
-        for expected in ["HERALD_DATABASE_URL", "HERALD_AMQP_URL", "HERALD_HTTP_ADDR", "HERALD_BOOTSTRAP_API_KEY", "HERALD_BOOTSTRAP_SANDBOX"] {
-            assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+        let names: Vec<String> = environment_variables()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for expected in [
+            "HERALD_DATABASE_URL",
+            "HERALD_AMQP_URL",
+            "HERALD_HTTP_ADDR",
+            "HERALD_BOOTSTRAP_API_KEY",
+            "HERALD_BOOTSTRAP_SANDBOX",
+        ] {
+            assert!(
+                names.iter().any(|name| name == expected),
+                "{expected} missing from {names:?}"
+            );
         }
     }
 }

@@ -20,12 +20,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn store(database: &DatabaseArgs) -> anyhow::Result<Store> {
-    Store::connect(database.database_url.expose(), database.database_pool_size).context("configuring the database pool")
+    Store::connect(database.database_url.expose(), database.database_pool_size)
+        .context("configuring the database pool")
 }
 
 async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
-    let applied = store(database)?.migrate().await.context("applying migrations")?;
-    tracing::info!(?applied, latest = Store::latest_migration(), "database schema is up to date");
+    let applied = store(database)?
+        .migrate()
+        .await
+        .context("applying migrations")?;
+    tracing::info!(
+        ?applied,
+        latest = Store::latest_migration(),
+        "database schema is up to date"
+    );
     Ok(())
 }
 
@@ -33,21 +41,43 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
     let store = store(&args.database)?;
     if args.migrate_on_start {
-        store.migrate().await.context("applying migrations at start-up")?;
+        store
+            .migrate()
+            .await
+            .context("applying migrations at start-up")?;
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         store
-            .ensure_api_key(&args.bootstrap_sandbox, key.expose(), &Scope::ALL, clock.now())
+            .ensure_api_key(
+                &args.bootstrap_sandbox,
+                key.expose(),
+                &Scope::ALL,
+                clock.now(),
+            )
             .await
             .context("registering the bootstrap API key")?;
         tracing::info!(sandbox = %args.bootstrap_sandbox, "bootstrap api key registered");
     }
-    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
-    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
+    let listener = TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("binding {}", args.http_addr))?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
+    let config = ApiConfig {
+        max_body_bytes: args.max_body_bytes,
+        public_url,
+    };
     tracing::info!(addr = %args.http_addr, "api listening");
-    herald_api::serve(listener, AppState::new(store, clock, config), shutdown_signal()).await.context("serving http")?;
+    herald_api::serve(
+        listener,
+        AppState::new(store, clock, config),
+        shutdown_signal(),
+    )
+    .await
+    .context("serving http")?;
     tracing::info!("api stopped");
     Ok(())
 }
@@ -56,7 +86,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
     let store = store(&args.database)?;
     if args.migrate_on_start {
-        store.migrate().await.context("applying migrations at start-up")?;
+        store
+            .migrate()
+            .await
+            .context("applying migrations at start-up")?;
     }
     bail!("the worker's consumers are not built yet (tracked in issue #4); nothing to run")
 }
@@ -69,7 +102,10 @@ async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
     }
     let store = store(&args.database)?;
     store.migrate().await.context("applying migrations")?;
-    let key = store.create_api_key(sandbox, &scopes, args.name.as_deref(), SystemClock.now()).await.context("creating the key")?;
+    let key = store
+        .create_api_key(sandbox, &scopes, args.name.as_deref(), SystemClock.now())
+        .await
+        .context("creating the key")?;
     println!("{key}");
     Ok(())
 }

@@ -20,19 +20,34 @@ use crate::problem::Problem;
 const MAX_COPY_SUFFIX: usize = 50;
 
 /// Reviews the draft and, when nothing blocks it, makes it the live version in one transaction.
-pub(crate) async fn activate(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn activate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsWrite)?;
     let uuid = parse_id(&id)?;
     let record = change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(Action::Activate, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
-        let draft = record.draft.as_ref().ok_or_else(|| Refusal::Problem(Problem::internal()))?;
+        lifecycle::check(Action::Activate, record.status(now), record.draft.is_some())
+            .map_err(Refusal::Illegal)?;
+        let draft = record
+            .draft
+            .as_ref()
+            .ok_or_else(|| Refusal::Problem(Problem::internal()))?;
         let problems = review::review(record.channel, &draft.definition, now);
         if !problems.is_empty() {
             let count = problems.len();
             return Err(Refusal::Problem(
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "review-failed", "The campaign did not pass review")
-                    .detail(format!("{count} problem(s) block activation"))
-                    .with("problems", serde_json::to_value(problems).unwrap_or_default()),
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "review-failed",
+                    "The campaign did not pass review",
+                )
+                .detail(format!("{count} problem(s) block activation"))
+                .with(
+                    "problems",
+                    serde_json::to_value(problems).unwrap_or_default(),
+                ),
             ));
         }
         Ok(CampaignChange::Activate)
@@ -43,11 +58,18 @@ pub(crate) async fn activate(State(state): State<AppState>, caller: Caller, Path
     Ok(Json(campaign_view(&record, state.clock.now())))
 }
 
-async fn simple(state: AppState, caller: Caller, id: String, action: Action, apply: CampaignChange) -> Result<Json<Value>, Problem> {
+async fn simple(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    action: Action,
+    apply: CampaignChange,
+) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsWrite)?;
     let uuid = parse_id(&id)?;
     let record = change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(action, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
+        lifecycle::check(action, record.status(now), record.draft.is_some())
+            .map_err(Refusal::Illegal)?;
         Ok(apply)
     })
     .await?
@@ -57,11 +79,19 @@ async fn simple(state: AppState, caller: Caller, id: String, action: Action, app
 }
 
 /// Stops a live or scheduled campaign for good.
-pub(crate) async fn stop(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
     simple(state, caller, id, Action::Stop, CampaignChange::Stop).await
 }
 
-pub(crate) async fn archive(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+pub(crate) async fn archive(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
     simple(state, caller, id, Action::Archive, CampaignChange::Archive).await
 }
 
@@ -79,18 +109,34 @@ pub(crate) async fn duplicate(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     caller.require(Scope::CampaignsWrite)?;
-    let request: DuplicateRequest = if body.iter().all(u8::is_ascii_whitespace) { DuplicateRequest::default() } else { parse(&body)? };
+    // No body (or `null`) means "pick a name for me".
+    let request: DuplicateRequest = match parse::<Option<DuplicateRequest>>(&body) {
+        _ if body.iter().all(u8::is_ascii_whitespace) => DuplicateRequest::default(),
+        result => result?.unwrap_or_default(),
+    };
     let source = load(&state, &caller, &id).await?;
-    let definition = source.latest().map(|version| version.definition.clone()).unwrap_or_default();
+    let definition = source
+        .latest()
+        .map(|version| version.definition.clone())
+        .unwrap_or_default();
     let names: Vec<String> = match request.name {
         Some(name) => {
             if let Some(error) = herald_core::campaign::check_name(&name) {
-                return Err(Problem::validation("Invalid name", vec![Problem::field_error(&error.pointer, error.detail)]));
+                return Err(Problem::validation(
+                    "Invalid name",
+                    vec![Problem::field_error(&error.pointer, error.detail)],
+                ));
             }
             vec![name.trim().to_string()]
         }
         None => (1..=MAX_COPY_SUFFIX)
-            .map(|n| if n == 1 { format!("{} copy", source.name) } else { format!("{} copy {n}", source.name) })
+            .map(|n| {
+                if n == 1 {
+                    format!("{} copy", source.name)
+                } else {
+                    format!("{} copy {n}", source.name)
+                }
+            })
             .collect(),
     };
     let now = state.clock.now();

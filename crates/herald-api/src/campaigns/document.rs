@@ -34,7 +34,12 @@ pub(crate) struct CampaignDocument {
 }
 
 impl CampaignDocument {
-    pub(crate) fn from_parts(name: &str, description: Option<&str>, channel: Channel, definition: &CampaignDefinition) -> Self {
+    pub(crate) fn from_parts(
+        name: &str,
+        description: Option<&str>,
+        channel: Channel,
+        definition: &CampaignDefinition,
+    ) -> Self {
         let d = definition.clone();
         Self {
             name: name.to_string(),
@@ -53,8 +58,16 @@ impl CampaignDocument {
 
     /// The document of a record's newest version.
     pub(crate) fn of_latest(record: &CampaignRecord) -> Self {
-        let definition = record.latest().map(|version| version.definition.clone()).unwrap_or_default();
-        Self::from_parts(&record.name, record.description.as_deref(), record.channel, &definition)
+        let definition = record
+            .latest()
+            .map(|version| version.definition.clone())
+            .unwrap_or_default();
+        Self::from_parts(
+            &record.name,
+            record.description.as_deref(),
+            record.channel,
+            &definition,
+        )
     }
 
     pub(crate) fn definition(&self) -> CampaignDefinition {
@@ -73,8 +86,15 @@ impl CampaignDocument {
     /// Checks every saved document must pass, complete or not.
     pub(crate) fn check(&self) -> Vec<FieldError> {
         let mut errors: Vec<FieldError> = check_name(&self.name).into_iter().collect();
-        if self.description.as_ref().is_some_and(|description| description.len() > 2_000) {
-            errors.push(FieldError { pointer: "/description".into(), detail: "at most 2000 bytes".into() });
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|description| description.len() > 2_000)
+        {
+            errors.push(FieldError {
+                pointer: "/description".into(),
+                detail: "at most 2000 bytes".into(),
+            });
         }
         errors.extend(self.definition().check_limits());
         errors
@@ -90,7 +110,9 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(serde_json::Map::new());
     }
-    let Value::Object(target) = target else { return };
+    let Value::Object(target) = target else {
+        return;
+    };
     for (key, value) in patch {
         if value.is_null() {
             target.remove(key);
