@@ -1,0 +1,204 @@
+//! The `herald` binary as users run it: real processes against a real PostgreSQL.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_core::Scope;
+use herald_tests::TestDatabase;
+use serde_json::json;
+
+const HERALD: &str = env!("CARGO_BIN_EXE_herald");
+
+fn herald(database: &TestDatabase) -> Command {
+    let mut command = Command::new(HERALD);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HERALD_DATABASE_URL", &database.url);
+    command
+}
+
+#[tokio::test]
+async fn keys_create_prints_only_the_key_and_stores_only_its_hash() {
+    let database = TestDatabase::create().await;
+    let output = herald(&database)
+        .args([
+            "keys",
+            "create",
+            "--sandbox",
+            "shop",
+            "--scopes",
+            "executions:write,campaigns:read",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout.trim_end();
+    assert_eq!(
+        stdout.lines().count(),
+        1,
+        "only the key on stdout: {stdout:?}"
+    );
+    assert!(key.starts_with("hk_"), "{key}");
+
+    let store = database.store();
+    let record = store
+        .find_api_key(key)
+        .await
+        .unwrap()
+        .expect("the key works");
+    assert_eq!(record.sandbox, "shop");
+    assert_eq!(
+        record.scopes,
+        [Scope::CampaignsRead, Scope::ExecutionsWrite]
+    );
+
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = client
+        .query("SELECT key_hash FROM api_keys", &[])
+        .await
+        .unwrap();
+    let stored: Vec<u8> = rows[0].get(0);
+    assert_ne!(stored, key.as_bytes(), "the key itself is not stored");
+    assert_eq!(stored.len(), 32);
+}
+
+#[tokio::test]
+async fn keys_create_refuses_unknown_scopes() {
+    let database = TestDatabase::create().await;
+    let output = herald(&database)
+        .args([
+            "keys",
+            "create",
+            "--sandbox",
+            "shop",
+            "--scopes",
+            "campaigns:nuke",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown scope `campaigns:nuke`"));
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn migrate_run_by_several_processes_at_once_succeeds_everywhere() {
+    let database = TestDatabase::create().await;
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            herald(&database)
+                .arg("migrate")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(database.store().migrate().await.unwrap(), Vec::<i32>::new());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn api_serves_with_the_bootstrap_key_and_stops_cleanly_on_sigterm() {
+    let database = TestDatabase::create().await;
+    let port = free_port();
+    let bootstrap = "hk_bootstrap_for_this_test";
+    let mut child = herald(&database)
+        .arg("api")
+        .env("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_BOOTSTRAP_API_KEY", bootstrap)
+        .env("HERALD_BOOTSTRAP_SANDBOX", "local")
+        .env("HERALD_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the api did not become ready"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the api exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let created = http
+        .post(format!("{base}/campaigns"))
+        .bearer_auth(bootstrap)
+        .json(&json!({"name": "otp", "channel": "sms"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let record = database
+        .store()
+        .find_api_key(bootstrap)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.sandbox.as_str(), record.scopes.len()),
+        ("local", Scope::ALL.len())
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the api did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(
+        !logs.contains(bootstrap),
+        "the bootstrap key must not be logged: {logs}"
+    );
+    assert!(
+        logs.lines()
+            .all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok()),
+        "json logs: {logs}"
+    );
+}
