@@ -252,15 +252,15 @@ async fn campaigns_are_listed_by_status_and_paged() {
     );
     assert_eq!(
         ids(&app.get("/campaigns?status=live").await),
-        [live.clone()]
+        [live.as_str()]
     );
     assert_eq!(
         ids(&app.get("/campaigns?status=draft").await),
-        [draft.clone()]
+        [draft.as_str()]
     );
     assert_eq!(
         ids(&app.get("/campaigns?status=stopped").await),
-        [stopped.clone()]
+        [stopped.as_str()]
     );
 
     let page = app.get("/campaigns?limit=2").await;

@@ -45,10 +45,14 @@ impl Caller {
     }
 }
 
+type KeyDigest = Vec<u8>;
+/// The lookup's answer (`None`: unknown key) and when it stops being trusted.
+type CachedLookup = (Option<ApiKeyRecord>, Instant);
+
 /// Recently seen keys, by SHA-256 of the key (the key itself is not kept).
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
-    entries: RwLock<HashMap<Vec<u8>, (Option<ApiKeyRecord>, Instant)>>,
+    entries: RwLock<HashMap<KeyDigest, CachedLookup>>,
 }
 
 impl KeyCache {
@@ -60,10 +64,9 @@ impl KeyCache {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
+            && *expires > now
         {
-            if *expires > now {
-                return Ok(record.clone());
-            }
+            return Ok(record.clone());
         }
         let record = store.find_api_key(key).await?;
         let ttl = if record.is_some() {

@@ -11,23 +11,27 @@ use crate::request_id;
 /// The base of every problem `type`; the suffix is the stable part.
 pub const TYPE_BASE: &str = "https://herald.dev/errors/";
 
+/// A problem response; boxed so that `Result<T, Problem>` stays small on the happy path.
 #[derive(Debug)]
-pub struct Problem {
-    pub status: StatusCode,
+pub struct Problem(Box<Details>);
+
+#[derive(Debug)]
+struct Details {
+    status: StatusCode,
     /// The stable suffix of `type`, e.g. `validation`.
-    pub kind: &'static str,
-    pub title: String,
-    pub detail: Option<String>,
+    kind: &'static str,
+    title: String,
+    detail: Option<String>,
     /// Extra members (field errors, review problems, the campaign status, ...).
-    pub extensions: Map<String, Value>,
+    extensions: Map<String, Value>,
     /// Ids echoed in `report.additionalContext`, as AJO does.
-    pub context: Map<String, Value>,
-    pub retry_after_seconds: Option<u32>,
+    context: Map<String, Value>,
+    retry_after_seconds: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, title: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(Details {
             status,
             kind,
             title: title.into(),
@@ -35,27 +39,28 @@ impl Problem {
             extensions: Map::new(),
             context: Map::new(),
             retry_after_seconds: None,
-        }
+        }))
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.extensions.insert(key.to_string(), value.into());
+        self.0.extensions.insert(key.to_string(), value.into());
         self
     }
 
     pub fn campaign(mut self, campaign_id: impl ToString) -> Self {
-        self.context
+        self.0
+            .context
             .insert("campaignId".into(), Value::String(campaign_id.to_string()));
         self
     }
 
     pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after_seconds = Some(seconds);
+        self.0.retry_after_seconds = Some(seconds);
         self
     }
 
@@ -93,18 +98,19 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
+        let problem = *self.0;
         let request_id = request_id::current();
         let mut body = Map::new();
         body.insert(
             "type".into(),
-            Value::String(format!("{TYPE_BASE}{}", self.kind)),
+            Value::String(format!("{TYPE_BASE}{}", problem.kind)),
         );
-        body.insert("title".into(), Value::String(self.title));
-        body.insert("status".into(), Value::from(self.status.as_u16()));
-        if let Some(detail) = self.detail {
+        body.insert("title".into(), Value::String(problem.title));
+        body.insert("status".into(), Value::from(problem.status.as_u16()));
+        if let Some(detail) = problem.detail {
             body.insert("detail".into(), Value::String(detail));
         }
-        let mut context = self.context;
+        let mut context = problem.context;
         if let Some(id) = &request_id {
             context
                 .entry("requestId")
@@ -112,17 +118,17 @@ impl IntoResponse for Problem {
             body.insert("requestId".into(), Value::String(id.clone()));
         }
         body.insert("report".into(), json!({ "additionalContext": context }));
-        body.extend(self.extensions);
-        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        body.extend(problem.extensions);
+        let mut response = (problem.status, axum::Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(seconds) = self.retry_after_seconds {
+        if let Some(seconds) = problem.retry_after_seconds {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
+        if problem.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response

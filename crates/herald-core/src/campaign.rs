@@ -189,33 +189,33 @@ impl CampaignDefinition {
                 });
             }
         }
-        if let Some(rate) = self.throttle_rate_per_sec {
-            if !THROTTLE_RANGE.contains(&rate) {
-                errors.push(FieldError {
-                    pointer: "/throttleRatePerSec".into(),
-                    detail: format!(
-                        "must be between {} and {}",
-                        THROTTLE_RANGE.start(),
-                        THROTTLE_RANGE.end()
-                    ),
-                });
-            }
+        if let Some(rate) = self.throttle_rate_per_sec
+            && !THROTTLE_RANGE.contains(&rate)
+        {
+            errors.push(FieldError {
+                pointer: "/throttleRatePerSec".into(),
+                detail: format!(
+                    "must be between {} and {}",
+                    THROTTLE_RANGE.start(),
+                    THROTTLE_RANGE.end()
+                ),
+            });
         }
-        if let Some(ttl) = self.message_ttl_seconds {
-            if ttl == 0 || ttl > MAX_MESSAGE_TTL_SECONDS {
-                errors.push(FieldError {
-                    pointer: "/messageTtlSeconds".into(),
-                    detail: format!("must be between 1 and {MAX_MESSAGE_TTL_SECONDS}"),
-                });
-            }
+        if let Some(ttl) = self.message_ttl_seconds
+            && (ttl == 0 || ttl > MAX_MESSAGE_TTL_SECONDS)
+        {
+            errors.push(FieldError {
+                pointer: "/messageTtlSeconds".into(),
+                detail: format!("must be between 1 and {MAX_MESSAGE_TTL_SECONDS}"),
+            });
         }
-        if let Some(namespace) = &self.identity_namespace {
-            if namespace.trim().is_empty() || namespace.len() > 100 {
-                errors.push(FieldError {
-                    pointer: "/identityNamespace".into(),
-                    detail: "must be 1 to 100 characters".into(),
-                });
-            }
+        if let Some(namespace) = &self.identity_namespace
+            && (namespace.trim().is_empty() || namespace.len() > 100)
+        {
+            errors.push(FieldError {
+                pointer: "/identityNamespace".into(),
+                detail: "must be 1 to 100 characters".into(),
+            });
         }
         errors
     }

@@ -72,7 +72,7 @@ pub enum CampaignChange {
     EditDraft {
         name: String,
         description: Option<String>,
-        definition: CampaignDefinition,
+        definition: Box<CampaignDefinition>,
     },
     /// Promotes the draft to live, replacing any live version.
     Activate,

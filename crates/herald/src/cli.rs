@@ -100,20 +100,25 @@ pub struct ApiArgs {
     /// The sandbox of the bootstrap key.
     #[arg(long, env = "HERALD_BOOTSTRAP_SANDBOX", default_value = "default")]
     pub bootstrap_sandbox: String,
-    /// Apply pending migrations at start-up (safe with several processes starting at once).
-    #[arg(long, env = "HERALD_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
-    pub migrate_on_start: bool,
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub broker: BrokerArgs,
+    pub startup: StartupArgs,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub startup: StartupArgs,
+}
+
+/// What every long-running process needs at start-up.
+#[derive(Debug, Clone, Args)]
+pub struct StartupArgs {
     /// Apply pending migrations at start-up (safe with several processes starting at once).
     #[arg(long, env = "HERALD_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate_on_start: bool,
+    /// How long to wait for the database at start-up before giving up, in seconds.
+    #[arg(long, env = "HERALD_DATABASE_WAIT_SECONDS", default_value_t = 60)]
+    pub database_wait_seconds: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]

@@ -1,14 +1,27 @@
 //! The subcommands.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use backon::{ExponentialBuilder, Retryable};
 use herald_api::{ApiConfig, AppState};
 use herald_core::{Clock, Scope, SystemClock};
-use herald_store::Store;
+use herald_store::{Store, StoreError};
 use tokio::net::TcpListener;
 
-use crate::cli::{ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, KeysCommand, WorkerArgs};
+use crate::cli::{
+    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, KeysCommand, StartupArgs, WorkerArgs,
+};
+
+/// Start-up waits: quick first retries for a database that is just starting, capped so a long
+/// outage is polled every few seconds until `HERALD_DATABASE_WAIT_SECONDS` runs out.
+const STARTUP_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_max_delay(Duration::from_secs(5))
+    .with_factor(2.0)
+    .with_jitter()
+    .without_max_times();
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -37,15 +50,30 @@ async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects to the database, waiting for it with backoff (in compose or Kubernetes it may come
+/// up after us), and applies migrations when configured to.
+async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
+    let store = store(&startup.database)?;
+    let deadline = Instant::now() + Duration::from_secs(startup.database_wait_seconds);
+    let ready = || async {
+        if startup.migrate_on_start {
+            store.migrate().await.map(drop)
+        } else {
+            store.ping().await
+        }
+    };
+    ready
+        .retry(STARTUP_BACKOFF)
+        .when(|error| matches!(error, StoreError::Unavailable(_)) && Instant::now() < deadline)
+        .notify(|error, delay| tracing::warn!(%error, retry_in = ?delay, "database not ready"))
+        .await
+        .context("preparing the database at start-up")?;
+    Ok(store)
+}
+
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
-    let store = store(&args.database)?;
-    if args.migrate_on_start {
-        store
-            .migrate()
-            .await
-            .context("applying migrations at start-up")?;
-    }
+    let store = start(&args.startup).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         store
@@ -84,13 +112,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
-    let store = store(&args.database)?;
-    if args.migrate_on_start {
-        store
-            .migrate()
-            .await
-            .context("applying migrations at start-up")?;
-    }
+    let _store = start(&args.startup).await?;
     bail!("the worker's consumers are not built yet (tracked in issue #4); nothing to run")
 }
 

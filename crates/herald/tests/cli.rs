@@ -202,3 +202,97 @@ async fn api_serves_with_the_bootstrap_key_and_stops_cleanly_on_sigterm() {
         "json logs: {logs}"
     );
 }
+
+/// Forwards connections accepted on `listener` to PostgreSQL; stands for a database that comes up late.
+async fn forward_to_postgres(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn api_waits_for_a_database_that_comes_up_after_it() {
+    let database = TestDatabase::create().await;
+    let db_port = free_port();
+    let late_url = database
+        .url
+        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"), 1);
+    assert_ne!(
+        late_url, database.url,
+        "the test database URL names 127.0.0.1:5432"
+    );
+    let http_port = free_port();
+    let mut child = Command::new(HERALD)
+        .env_clear()
+        .args(["api", "--database-wait-seconds", "30"])
+        .env("HERALD_DATABASE_URL", &late_url)
+        .env("HERALD_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the api gave up instead of waiting"
+    );
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", db_port))
+        .await
+        .unwrap();
+    tokio::spawn(forward_to_postgres(listener));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http
+        .get(format!("http://127.0.0.1:{http_port}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the api did not come up once the database did"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        database.store().migrate().await.unwrap(),
+        Vec::<i32>::new(),
+        "the api migrated once it could"
+    );
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("database not ready"));
+}
+
+#[tokio::test]
+async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
+    let database = TestDatabase::create().await;
+    let absent = database
+        .url
+        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
+    let started = Instant::now();
+    let output = Command::new(HERALD)
+        .env_clear()
+        .args([
+            "api",
+            "--database-wait-seconds",
+            "1",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("HERALD_DATABASE_URL", &absent)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("preparing the database at start-up"));
+}

@@ -259,7 +259,7 @@ pub(crate) async fn patch(
         Ok(CampaignChange::EditDraft {
             name: document.name.trim().to_string(),
             description: document.description.clone(),
-            definition: document.definition(),
+            definition: Box::new(document.definition()),
         })
     })
     .await?

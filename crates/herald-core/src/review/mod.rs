@@ -205,14 +205,14 @@ fn review_schedule(
     problems: &mut Vec<ReviewProblem>,
 ) {
     let schedule = &definition.schedule;
-    if let (Some(start), Some(end)) = (schedule.start_date, schedule.end_date) {
-        if end <= start {
-            problems.push(ReviewProblem::new(
-                "schedule-end-not-after-start",
-                "/schedule/endDate",
-                "the end date must be after the start date",
-            ));
-        }
+    if let (Some(start), Some(end)) = (schedule.start_date, schedule.end_date)
+        && end <= start
+    {
+        problems.push(ReviewProblem::new(
+            "schedule-end-not-after-start",
+            "/schedule/endDate",
+            "the end date must be after the start date",
+        ));
     }
     if schedule.end_date.is_some_and(|end| end <= now) {
         problems.push(ReviewProblem::new(
