@@ -1,5 +1,406 @@
-//! Herald's thin ingest: turns `POST /im/executions/unitary` calls into RabbitMQ messages, with a
-//! 202 only once every message is confirmed by the broker.
+//! Herald's thin ingest: turns `POST /im/executions/unitary` calls into RabbitMQ messages, and
+//! answers 202 only once the broker has confirmed every one of them.
 //!
-//! Not built yet: the execution API, topology and publisher arrive with issue #3. The crate
-//! exists now so that the workspace has its final shape and the API crate can mount its routes.
+//! The path of one call: rate limit → campaign from the cache (live and inside its schedule?) →
+//! validation against the live version → idempotency claim (batched) → one persistent,
+//! mandatory message per recipient on a confirm channel → all confirms → completion (batched).
+
+pub mod batch;
+pub mod broker;
+pub mod campaigns;
+pub mod ratelimit;
+pub mod topology;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use herald_core::address::mask;
+use herald_core::campaign::FieldError;
+use herald_core::execution::{self, ENVELOPE_VERSION, Envelope, ExecutionRequest, RecipientType};
+use herald_core::{CampaignStatus, Channel};
+use herald_store::{ClaimOutcome, ExecutionClaim, Store, StoreError};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::batch::Batcher;
+use crate::broker::{Broker, OutgoingMessage};
+use crate::campaigns::CampaignCache;
+use crate::ratelimit::RateLimiter;
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// How long a request holds its idempotency key while publishing before a retry may take over.
+    pub lease: Duration,
+    pub rate_limit_per_sec: u32,
+    /// Rows per batched idempotency write.
+    pub max_batch: usize,
+    /// Concurrent batched writers.
+    pub batch_workers: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            rate_limit_per_sec: 5_000,
+            max_batch: 256,
+            batch_workers: 4,
+        }
+    }
+}
+
+/// Why an execution was not accepted; the API turns each into its problem type.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("rate limited")]
+    RateLimited(Duration),
+    #[error("unknown campaign")]
+    CampaignNotFound,
+    #[error("campaign is {0}")]
+    NotLive(CampaignStatus),
+    #[error("campaign is {0}: outside its schedule")]
+    OutsideSchedule(CampaignStatus),
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error("unknown profiles")]
+    ProfilesNotFound(Vec<String>),
+    #[error("request id reused with another body")]
+    KeyReused,
+    #[error("request still being accepted")]
+    InProgress,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<&StoreError> for IngestError {
+    fn from(error: &StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(reason) => {
+                IngestError::Unavailable(format!("database: {reason}"))
+            }
+            other => IngestError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A 202.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub execution_id: Uuid,
+    pub request_id: String,
+    pub created_at: DateTime<Utc>,
+    /// True when this answers a retry of an already accepted request.
+    pub replayed: bool,
+}
+
+#[derive(Debug)]
+pub struct Ingest {
+    store: Store,
+    broker: Broker,
+    campaigns: Arc<CampaignCache>,
+    limiter: RateLimiter,
+    claims: Batcher<ExecutionClaim, ClaimOutcome>,
+    completions: Batcher<(Uuid, DateTime<Utc>), ()>,
+    settings: IngestSettings,
+}
+
+impl Ingest {
+    pub fn new(store: Store, broker: Broker, settings: IngestSettings) -> Self {
+        let claim_store = store.clone();
+        let claims = Batcher::start(
+            settings.batch_workers,
+            settings.max_batch,
+            move |claims: Vec<ExecutionClaim>| {
+                let store = claim_store.clone();
+                async move { store.claim_executions(&claims).await }
+            },
+        );
+        let completion_store = store.clone();
+        let completions = Batcher::start(
+            settings.batch_workers,
+            settings.max_batch,
+            move |done: Vec<(Uuid, DateTime<Utc>)>| {
+                let store = completion_store.clone();
+                async move {
+                    let now = done
+                        .iter()
+                        .map(|(_, at)| *at)
+                        .max()
+                        .unwrap_or_else(Utc::now);
+                    let ids: Vec<Uuid> = done.iter().map(|(id, _)| *id).collect();
+                    store
+                        .complete_executions(&ids, now)
+                        .await
+                        .map(|()| vec![(); done.len()])
+                }
+            },
+        );
+        Self {
+            campaigns: CampaignCache::start(store.clone()),
+            limiter: RateLimiter::new(settings.rate_limit_per_sec),
+            store,
+            broker,
+            claims,
+            completions,
+            settings,
+        }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    pub fn campaigns(&self) -> &CampaignCache {
+        &self.campaigns
+    }
+
+    /// Accepts `request` (whose raw JSON is `body`) for `sandbox` at `now`.
+    pub async fn execute(
+        &self,
+        sandbox: &str,
+        body: &Value,
+        request: &ExecutionRequest,
+        now: DateTime<Utc>,
+        traceparent: Option<&str>,
+    ) -> Result<Accepted, IngestError> {
+        self.limiter
+            .check(sandbox, Instant::now())
+            .map_err(IngestError::RateLimited)?;
+        let campaign_id =
+            Uuid::parse_str(&request.campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
+        let campaign = self
+            .campaigns
+            .get(sandbox, campaign_id)
+            .await
+            .map_err(|e| IngestError::from(&e))?
+            .ok_or(IngestError::CampaignNotFound)?;
+        let status = campaign.status(now);
+        match status {
+            CampaignStatus::Live => {}
+            CampaignStatus::Scheduled | CampaignStatus::Completed => {
+                return Err(IngestError::OutsideSchedule(status));
+            }
+            _ => return Err(IngestError::NotLive(status)),
+        }
+        let live = campaign.live.as_ref().ok_or(IngestError::NotLive(status))?;
+        let recipients = execution::prepare(request, &live.facts).map_err(IngestError::Invalid)?;
+        if !live.create_new_profiles {
+            self.check_profiles_exist(sandbox, &recipients).await?;
+        }
+
+        let body_hash = Sha256::digest(execution::canonical_json(body)).to_vec();
+        let summary: Vec<Value> = recipients
+            .iter()
+            .map(|prepared| {
+                let address = prepared.recipient.channel_data.as_ref().and_then(|data| {
+                    match campaign.channel {
+                        Channel::Email => data.email_address.clone(),
+                        Channel::Sms => data.mobile_phone_number.clone(),
+                        Channel::Push => data.push_token.clone(),
+                    }
+                });
+                let address = address.or_else(|| {
+                    (prepared.recipient.kind == RecipientType::External)
+                        .then(|| prepared.recipient.user_id.clone())
+                });
+                json!({
+                    "userId": prepared.recipient.user_id,
+                    "type": prepared.recipient.kind,
+                    "namespace": prepared.recipient.namespace,
+                    "address": address.as_deref().map(mask),
+                })
+            })
+            .collect();
+        let claim = ExecutionClaim {
+            sandbox: sandbox.to_string(),
+            campaign_id,
+            request_id: request.request_id.clone(),
+            body_hash,
+            execution_id: Uuid::now_v7(),
+            recipients: Value::Array(summary),
+            now,
+            lease_until: now + self.settings.lease,
+        };
+        let (execution_id, created_at) = match self
+            .claims
+            .submit(claim)
+            .await
+            .map_err(|e| IngestError::from(e.as_ref()))?
+        {
+            ClaimOutcome::Claimed {
+                execution_id,
+                created_at,
+            }
+            | ClaimOutcome::TakenOver {
+                execution_id,
+                created_at,
+            } => (execution_id, created_at),
+            ClaimOutcome::AlreadyAccepted {
+                execution_id,
+                created_at,
+            } => {
+                return Ok(Accepted {
+                    execution_id,
+                    request_id: request.request_id.clone(),
+                    created_at,
+                    replayed: true,
+                });
+            }
+            ClaimOutcome::InProgress => return Err(IngestError::InProgress),
+            ClaimOutcome::BodyMismatch => return Err(IngestError::KeyReused),
+        };
+
+        let expires_at = live
+            .message_ttl_seconds
+            .map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
+        let traceparent = traceparent.map_or_else(new_traceparent, str::to_string);
+        let mut messages = Vec::with_capacity(recipients.len());
+        for (index, prepared) in recipients.into_iter().enumerate() {
+            let envelope = Envelope {
+                version: ENVELOPE_VERSION,
+                execution_id,
+                request_id: request.request_id.clone(),
+                campaign_id,
+                sandbox: sandbox.to_string(),
+                channel: campaign.channel,
+                recipient_index: u32::try_from(index).unwrap_or(u32::MAX),
+                recipient: prepared.recipient,
+                context: prepared.context,
+                profile: prepared.profile,
+                accepted_at: created_at,
+                expires_at,
+            };
+            messages.push(outgoing(&envelope, &traceparent)?);
+        }
+        if let Err(error) = self.broker.publish_all(&messages).await {
+            tracing::warn!(%error, %execution_id, "publishing failed; the execution is released for a retry");
+            if let Err(release) = self.store.release_execution(execution_id, now).await {
+                tracing::warn!(error = %release, %execution_id, "could not release the execution; a retry waits for its lease");
+            }
+            return Err(IngestError::Unavailable(format!("broker: {error}")));
+        }
+        // Every message is in the broker now: the 202 stands even if recording that fails (a
+        // retry would republish the same message ids, which workers deduplicate).
+        if let Err(error) = self.completions.submit((execution_id, now)).await {
+            tracing::warn!(%error, %execution_id, "could not mark the execution accepted");
+        }
+        Ok(Accepted {
+            execution_id,
+            request_id: request.request_id.clone(),
+            created_at,
+            replayed: false,
+        })
+    }
+
+    async fn check_profiles_exist(
+        &self,
+        sandbox: &str,
+        recipients: &[execution::PreparedRecipient],
+    ) -> Result<(), IngestError> {
+        let identities: Vec<(String, String)> = recipients
+            .iter()
+            .filter(|p| p.recipient.kind == RecipientType::Aep)
+            .map(|p| (p.recipient.namespace.clone(), p.recipient.user_id.clone()))
+            .collect();
+        if identities.is_empty() {
+            return Ok(());
+        }
+        let found = self
+            .store
+            .existing_profiles(sandbox, &identities)
+            .await
+            .map_err(|e| IngestError::from(&e))?;
+        let missing: Vec<String> = identities
+            .into_iter()
+            .filter(|identity| !found.contains(identity))
+            .map(|(_, user)| user)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(IngestError::ProfilesNotFound(missing))
+        }
+    }
+}
+
+fn header_text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_string()))
+}
+
+fn outgoing(envelope: &Envelope, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
+    let payload =
+        serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
+    let mut headers = FieldTable::default();
+    headers.insert("traceparent".into(), header_text(traceparent));
+    headers.insert(
+        "x-herald-envelope-version".into(),
+        AMQPValue::LongInt(i32::try_from(envelope.version).unwrap_or(i32::MAX)),
+    );
+    headers.insert(
+        "x-herald-execution-id".into(),
+        header_text(&envelope.execution_id.to_string()),
+    );
+    headers.insert(
+        "x-herald-campaign-id".into(),
+        header_text(&envelope.campaign_id.to_string()),
+    );
+    Ok(OutgoingMessage {
+        routing_key: envelope.channel.as_str().to_string(),
+        message_id: envelope.message_id(),
+        payload,
+        headers,
+        timestamp_secs: u64::try_from(envelope.accepted_at.timestamp()).unwrap_or(0),
+    })
+}
+
+/// A W3C `traceparent` for a request that arrived without one.
+fn new_traceparent() -> String {
+    let trace = Uuid::new_v4().simple().to_string();
+    let span = &Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// Accepts only a well-formed W3C `traceparent` from a caller.
+pub fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_traceparents_are_valid_and_bad_ones_are_refused() {
+        assert!(valid_traceparent(&new_traceparent()));
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+    }
+}

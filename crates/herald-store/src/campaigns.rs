@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
+/// The PostgreSQL notification channel on which every campaign change is announced, with the
+/// campaign id as payload.
+pub const CAMPAIGN_CHANGES_CHANNEL: &str = "herald_campaign_changes";
+
 /// One stored version of a campaign.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionRecord {
@@ -287,6 +291,14 @@ impl Store {
             CampaignChange::Delete => transaction.execute("DELETE FROM campaigns WHERE id = $1", &[&id]).await.map(|_| ()),
         };
         statement.map_err(StoreError::from)?;
+        // Delivered to listeners on commit only: every API process drops its cached copy.
+        transaction
+            .execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CAMPAIGN_CHANGES_CHANNEL, &id.to_string()],
+            )
+            .await
+            .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;
         if matches!(change, CampaignChange::Delete) {
             return Ok(None);

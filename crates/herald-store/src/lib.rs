@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod campaigns;
 mod error;
+pub mod executions;
 pub mod migrate;
 pub mod profiles;
 
@@ -13,8 +14,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use api_keys::ApiKeyRecord;
-pub use campaigns::{CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord};
+pub use campaigns::{
+    CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign,
+    VersionRecord,
+};
 pub use error::StoreError;
+pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};
 
 /// How long a request waits for a pooled connection before the store reports itself unavailable.
@@ -24,6 +29,7 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl Store {
@@ -34,7 +40,7 @@ impl Store {
             .parse()
             .map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -48,13 +54,21 @@ impl Store {
             .recycle_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|error| StoreError::Config(error.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            config: std::sync::Arc::new(config),
+        })
     }
 
     /// Checks that a connection can be had and answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// The connection settings, for callers that need a dedicated connection (LISTEN).
+    pub fn connection_config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -5,8 +5,14 @@
 use crate::{Store, StoreError};
 
 /// (version, name, SQL), in order. Never edit an applied migration; add a new one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "executions",
+        include_str!("../migrations/0002_executions.sql"),
+    ),
+];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
 const MIGRATION_LOCK_KEY: i64 = 0x4845_5241_4c44; // "HERALD"

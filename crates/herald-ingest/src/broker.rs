@@ -1,0 +1,272 @@
+//! The connection to RabbitMQ and the confirmed publisher.
+//!
+//! A supervisor task owns the connection: it connects with backoff, declares the topology,
+//! opens confirm-mode channels, and starts over when the connection breaks. Requests never wait
+//! for a reconnect: while there is no healthy session they fail at once (and the API answers 503),
+//! because a client retrying against another instance is faster than one waiting on this one.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, Event};
+use tokio::sync::Notify;
+
+use crate::topology::Topology;
+
+/// Reconnection pacing: quick at first, then every few seconds while the broker stays down.
+const RECONNECT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(3))
+    .with_jitter()
+    .without_max_times();
+/// How often the supervisor double-checks a session it has not heard of.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub url: String,
+    pub topology: Topology,
+    /// Confirm-mode channels publishes are spread over.
+    pub publish_channels: usize,
+    /// A publish not confirmed within this time counts as failed.
+    pub confirm_timeout: Duration,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker is not connected")]
+    NotConnected,
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error("the broker could not route the message: {0}")]
+    Returned(String),
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// One message to publish on the work exchange.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage {
+    pub routing_key: String,
+    pub message_id: String,
+    pub payload: Vec<u8>,
+    pub headers: FieldTable,
+    pub timestamp_secs: u64,
+}
+
+struct Session {
+    connection: Connection,
+    channels: Vec<lapin::Channel>,
+}
+
+struct Inner {
+    settings: BrokerSettings,
+    session: RwLock<Option<Arc<Session>>>,
+    broken: Notify,
+    next_channel: AtomicUsize,
+}
+
+/// A handle on the broker; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Broker {
+    /// Starts the supervisor; the broker connects in the background.
+    pub fn start(settings: BrokerSettings) -> Self {
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                settings,
+                session: RwLock::new(None),
+                broken: Notify::new(),
+                next_channel: AtomicUsize::new(0),
+            }),
+        };
+        tokio::spawn(broker.clone().supervise());
+        broker
+    }
+
+    /// Starts and waits until connected (or `timeout` passes).
+    pub async fn start_and_wait(
+        settings: BrokerSettings,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        let broker = Self::start(settings);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !broker.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PublishError::NotConnected);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.settings.topology
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current()
+            .is_some_and(|session| session.connection.status().connected())
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.inner
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = session;
+    }
+
+    async fn connect(&self) -> Result<Session, lapin::Error> {
+        let settings = &self.inner.settings;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(settings.connection_name.clone().into());
+        let connection = Connection::connect(&settings.url, properties).await?;
+        let setup = connection.create_channel().await?;
+        settings.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut channels = Vec::with_capacity(settings.publish_channels.max(1));
+        for _ in 0..settings.publish_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        Ok(Session {
+            connection,
+            channels,
+        })
+    }
+
+    async fn supervise(self) {
+        loop {
+            let mut delays = RECONNECT_BACKOFF.build();
+            let session = loop {
+                match self.connect().await {
+                    Ok(session) => break Arc::new(session),
+                    Err(error) => {
+                        let delay = delays.next().unwrap_or(Duration::from_secs(3));
+                        tracing::warn!(%error, retry_in = ?delay, "broker connection failed");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            };
+            let mut events = session.connection.events_listener();
+            self.set_session(Some(session.clone()));
+            tracing::info!("broker connected, topology declared");
+            let mut check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+            loop {
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(Event::Error(error)) => { tracing::warn!(%error, "broker connection error"); break; }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    () = self.inner.broken.notified() => break,
+                    _ = check.tick() => {
+                        if !session.connection.status().connected() || session.channels.iter().any(|c| !c.status().connected()) {
+                            break;
+                        }
+                    }
+                }
+            }
+            self.set_session(None);
+            tracing::warn!("broker session lost; reconnecting");
+            let _ = session.connection.close(320, "reconnecting".into()).await;
+        }
+    }
+
+    /// Publishes every message (persistent, mandatory) and returns once the broker has
+    /// confirmed all of them; any nack, return, timeout or error fails the whole call.
+    pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        let session = self.current().ok_or(PublishError::NotConnected)?;
+        if !session.connection.status().connected() {
+            self.inner.broken.notify_one();
+            return Err(PublishError::NotConnected);
+        }
+        let index =
+            self.inner.next_channel.fetch_add(1, Ordering::Relaxed) % session.channels.len();
+        let channel = &session.channels[index];
+        let result = self.publish_on(channel, messages).await;
+        if let Err(PublishError::Broker(error)) = &result {
+            tracing::warn!(%error, "publish failed; the session will be re-established");
+            self.inner.broken.notify_one();
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &lapin::Channel,
+        messages: &[OutgoingMessage],
+    ) -> Result<(), PublishError> {
+        let exchange = self.inner.settings.topology.work_exchange();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(message.message_id.clone().into())
+                .with_timestamp(message.timestamp_secs)
+                .with_app_id("herald".into())
+                .with_headers(message.headers.clone());
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            confirms.push(
+                channel
+                    .basic_publish(
+                        exchange.clone().into(),
+                        message.routing_key.clone().into(),
+                        options,
+                        &message.payload,
+                        properties,
+                    )
+                    .await?,
+            );
+        }
+        let timeout = self.inner.settings.confirm_timeout;
+        for confirm in confirms {
+            let confirmation = tokio::time::timeout(timeout, confirm)
+                .await
+                .map_err(|_| PublishError::Timeout(timeout))??;
+            if confirmation.is_nack() {
+                return Err(PublishError::Nacked);
+            }
+            if let Some(returned) = confirmation.take_message() {
+                return Err(PublishError::Returned(returned.reply_text.to_string()));
+            }
+        }
+        Ok(())
+    }
+}

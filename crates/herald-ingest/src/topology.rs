@@ -1,0 +1,277 @@
+//! The broker topology, declared idempotently by every API and worker process at start-up.
+//!
+//! ```text
+//! PREFIX.work (direct) ──email/sms/push──▶ PREFIX.email | PREFIX.sms | PREFIX.push   (quorum)
+//!        ▲                                     │ delivery limit reached
+//!        │ TTL expired                         ▼
+//! PREFIX.retry.Ns (quorum, x-message-ttl)   PREFIX.dead (fanout) ──▶ PREFIX.dead (quorum)
+//!        ▲
+//! PREFIX.retry (headers: x-herald-retry-tier = Ns)
+//! ```
+//!
+//! Every argument is set explicitly: RabbitMQ 4.x changed defaults (a quorum queue now has a
+//! delivery limit of 20 unless told otherwise) and the broker refuses a re-declaration whose
+//! arguments differ, so relying on defaults would make mixed-version clusters fail at start-up.
+
+use std::time::Duration;
+
+use herald_core::Channel;
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+/// The header that selects a retry tier on the retry exchange.
+pub const RETRY_TIER_HEADER: &str = "x-herald-retry-tier";
+
+/// Names and limits of the topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Every exchange and queue name starts with this.
+    pub prefix: String,
+    /// Delays of the retry queues, shortest first.
+    pub retry_tiers: Vec<Duration>,
+    /// Deliveries of one message before the broker dead-letters it (poison messages).
+    pub delivery_limit: u32,
+    /// Bound on each channel queue; publishes beyond it are refused (and answered 503).
+    pub max_queue_length: Option<u32>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            prefix: "herald".into(),
+            retry_tiers: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                Duration::from_secs(300),
+            ],
+            delivery_limit: 10,
+            max_queue_length: None,
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_string()))
+}
+
+fn long(value: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+impl Topology {
+    pub fn work_exchange(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn channel_queue(&self, channel: Channel) -> String {
+        format!("{}.{}", self.prefix, channel.as_str())
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// The tier's value of [`RETRY_TIER_HEADER`], e.g. `30s`.
+    pub fn tier_name(delay: Duration) -> String {
+        format!("{}s", delay.as_secs())
+    }
+
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, Self::tier_name(delay))
+    }
+
+    /// Every queue of the topology (for purging or deleting in tests and tools).
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = Channel::ALL
+            .iter()
+            .map(|c| self.channel_queue(*c))
+            .collect();
+        queues.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
+        queues.push(self.dead_letter_queue());
+        queues
+    }
+
+    pub fn exchanges(&self) -> Vec<String> {
+        vec![
+            self.work_exchange(),
+            self.retry_exchange(),
+            self.dead_letter_exchange(),
+        ]
+    }
+
+    /// Arguments shared by every quorum queue Herald declares.
+    fn quorum_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert(
+            "x-delivery-limit".into(),
+            long(u64::from(self.delivery_limit)),
+        );
+        args
+    }
+
+    /// Arguments of a queue whose rejected or expired messages go to `exchange`, at least once.
+    fn dead_lettering_arguments(&self, exchange: &str) -> FieldTable {
+        let mut args = self.quorum_arguments();
+        args.insert("x-dead-letter-exchange".into(), text(exchange));
+        // At-least-once dead-lettering needs reject-publish overflow; it keeps a dead-lettered
+        // message in the source queue until the target confirms it, so nothing is lost in between.
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
+        args
+    }
+
+    pub fn channel_queue_arguments(&self) -> FieldTable {
+        let mut args = self.dead_lettering_arguments(&self.dead_letter_exchange());
+        if let Some(max) = self.max_queue_length {
+            args.insert("x-max-length".into(), long(u64::from(max)));
+        }
+        args
+    }
+
+    pub fn retry_queue_arguments(&self, delay: Duration) -> FieldTable {
+        let mut args = self.dead_lettering_arguments(&self.work_exchange());
+        args.insert(
+            "x-message-ttl".into(),
+            long(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+        );
+        args
+    }
+
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = self.quorum_arguments();
+        args.insert("x-overflow".into(), text("reject-publish"));
+        args
+    }
+
+    /// Declares everything; safe to run any number of times, from any number of processes.
+    pub async fn declare(&self, channel: &lapin::Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let queue_options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (self.work_exchange(), ExchangeKind::Direct),
+            (self.retry_exchange(), ExchangeKind::Headers),
+            (self.dead_letter_exchange(), ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(name.into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+        for queue_channel in Channel::ALL {
+            let queue = self.channel_queue(queue_channel);
+            channel
+                .queue_declare(
+                    queue.clone().into(),
+                    queue_options,
+                    self.channel_queue_arguments(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.work_exchange().into(),
+                    queue_channel.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for delay in &self.retry_tiers {
+            let queue = self.retry_queue(*delay);
+            channel
+                .queue_declare(
+                    queue.clone().into(),
+                    queue_options,
+                    self.retry_queue_arguments(*delay),
+                )
+                .await?;
+            let mut binding = FieldTable::default();
+            binding.insert("x-match".into(), text("all"));
+            binding.insert(RETRY_TIER_HEADER.into(), text(&Self::tier_name(*delay)));
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.retry_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    binding,
+                )
+                .await?;
+        }
+        let dead = self.dead_letter_queue();
+        channel
+            .queue_declare(
+                dead.clone().into(),
+                queue_options,
+                self.dead_letter_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                dead.into(),
+                self.dead_letter_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let topology = Topology {
+            prefix: "t1".into(),
+            ..Topology::default()
+        };
+        assert_eq!(topology.channel_queue(Channel::Sms), "t1.sms");
+        assert_eq!(
+            topology.retry_queue(Duration::from_secs(30)),
+            "t1.retry.30s"
+        );
+        assert_eq!(topology.queues().len(), 3 + 3 + 1);
+    }
+
+    #[test]
+    fn every_channel_queue_argument_is_explicit() {
+        let topology = Topology {
+            max_queue_length: Some(7),
+            ..Topology::default()
+        };
+        let args = topology.channel_queue_arguments();
+        let keys: Vec<String> = args.inner().keys().map(|k| k.to_string()).collect();
+        for expected in [
+            "x-queue-type",
+            "x-delivery-limit",
+            "x-dead-letter-exchange",
+            "x-dead-letter-strategy",
+            "x-overflow",
+            "x-max-length",
+        ] {
+            assert!(
+                keys.iter().any(|k| k == expected),
+                "{expected} missing from {keys:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Executions: the idempotency record of each request and its per-recipient deliveries.
+//!
+//! Claims are written in batches (one statement for many concurrent requests) because
+//! PostgreSQL commits only a few thousand single-row transactions a second here, and ingest
+//! must accept more requests than that.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// One request's claim on its idempotency key.
+#[derive(Debug, Clone)]
+pub struct ExecutionClaim {
+    pub sandbox: String,
+    pub campaign_id: Uuid,
+    pub request_id: String,
+    pub body_hash: Vec<u8>,
+    /// The id this execution gets if the claim creates it.
+    pub execution_id: Uuid,
+    /// Recipient summary shown by the status endpoint (addresses masked).
+    pub recipients: Value,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// New execution: publish it.
+    Claimed {
+        execution_id: Uuid,
+        created_at: DateTime<Utc>,
+    },
+    /// An earlier attempt stopped half-way and its lease expired: publish it again, same ids.
+    TakenOver {
+        execution_id: Uuid,
+        created_at: DateTime<Utc>,
+    },
+    /// Already accepted: answer the original 202, publish nothing.
+    AlreadyAccepted {
+        execution_id: Uuid,
+        created_at: DateTime<Utc>,
+    },
+    /// Another attempt is accepting it right now.
+    InProgress,
+    /// The key was used with a different body.
+    BodyMismatch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionRecord {
+    pub execution_id: Uuid,
+    pub campaign_id: Uuid,
+    pub request_id: String,
+    pub accepted: bool,
+    pub recipients: Value,
+    pub created_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub recipient_index: i32,
+    pub status: String,
+    pub reason: Option<String>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type Key = (String, Uuid, String);
+
+impl Store {
+    /// Claims every key in `claims` (one round trip for the new ones); outcomes are in order.
+    pub async fn claim_executions(
+        &self,
+        claims: &[ExecutionClaim],
+    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        let client = self.client().await?;
+        let column = |f: fn(&ExecutionClaim) -> Value| claims.iter().map(f).collect::<Vec<Value>>();
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.execution_id).collect();
+        let sandboxes: Vec<&str> = claims.iter().map(|c| c.sandbox.as_str()).collect();
+        let campaigns: Vec<Uuid> = claims.iter().map(|c| c.campaign_id).collect();
+        let requests: Vec<&str> = claims.iter().map(|c| c.request_id.as_str()).collect();
+        let hashes: Vec<&[u8]> = claims.iter().map(|c| c.body_hash.as_slice()).collect();
+        let recipients = column(|c| c.recipients.clone());
+        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.now).collect();
+        let leases: Vec<DateTime<Utc>> = claims.iter().map(|c| c.lease_until).collect();
+        let inserted: HashSet<Uuid> = client
+            .query(
+                "INSERT INTO executions (execution_id, sandbox, campaign_id, request_id, body_hash, state, recipients, created_at, lease_until)
+                 SELECT e, s, c, r, h, 'accepting', rc, ca, lu
+                   FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
+                        AS t(e, s, c, r, h, rc, ca, lu)
+                 ON CONFLICT (sandbox, campaign_id, request_id) DO NOTHING
+                 RETURNING execution_id",
+                &[&ids, &sandboxes, &campaigns, &requests, &hashes, &recipients, &created, &leases],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let conflicts: Vec<&ExecutionClaim> = claims
+            .iter()
+            .filter(|c| !inserted.contains(&c.execution_id))
+            .collect();
+        let mut existing: HashMap<Key, (Uuid, Vec<u8>, String, DateTime<Utc>, DateTime<Utc>)> =
+            HashMap::new();
+        if !conflicts.is_empty() {
+            let sandboxes: Vec<&str> = conflicts.iter().map(|c| c.sandbox.as_str()).collect();
+            let campaigns: Vec<Uuid> = conflicts.iter().map(|c| c.campaign_id).collect();
+            let requests: Vec<&str> = conflicts.iter().map(|c| c.request_id.as_str()).collect();
+            let rows = client
+                .query(
+                    "SELECT sandbox, campaign_id, request_id, execution_id, body_hash, state, created_at, lease_until
+                       FROM executions
+                      WHERE (sandbox, campaign_id, request_id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[]))",
+                    &[&sandboxes, &campaigns, &requests],
+                )
+                .await?;
+            for row in rows {
+                existing.insert(
+                    (row.get(0), row.get(1), row.get(2)),
+                    (row.get(3), row.get(4), row.get(5), row.get(6), row.get(7)),
+                );
+            }
+        }
+        let mut outcomes = Vec::with_capacity(claims.len());
+        for claim in claims {
+            if inserted.contains(&claim.execution_id) {
+                outcomes.push(ClaimOutcome::Claimed {
+                    execution_id: claim.execution_id,
+                    created_at: claim.now,
+                });
+                continue;
+            }
+            let key = (
+                claim.sandbox.clone(),
+                claim.campaign_id,
+                claim.request_id.clone(),
+            );
+            let Some((execution_id, hash, state, created_at, lease_until)) = existing.get(&key)
+            else {
+                // Deleted between the two statements (retention purge): the client retries.
+                outcomes.push(ClaimOutcome::InProgress);
+                continue;
+            };
+            let outcome = if *hash != claim.body_hash {
+                ClaimOutcome::BodyMismatch
+            } else if state == "accepted" {
+                ClaimOutcome::AlreadyAccepted {
+                    execution_id: *execution_id,
+                    created_at: *created_at,
+                }
+            } else if *lease_until > claim.now {
+                ClaimOutcome::InProgress
+            } else {
+                let taken = client
+                    .query_opt(
+                        "UPDATE executions SET lease_until = $2
+                          WHERE execution_id = $1 AND state = 'accepting' AND lease_until <= $3 RETURNING execution_id",
+                        &[execution_id, &claim.lease_until, &claim.now],
+                    )
+                    .await?;
+                match taken {
+                    Some(_) => ClaimOutcome::TakenOver {
+                        execution_id: *execution_id,
+                        created_at: *created_at,
+                    },
+                    None => ClaimOutcome::InProgress,
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Marks executions whose messages are all confirmed by the broker as accepted.
+    pub async fn complete_executions(
+        &self,
+        execution_ids: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE executions SET state = 'accepted', accepted_at = $2 WHERE execution_id = ANY($1) AND state = 'accepting'",
+                &[&execution_ids, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Ends the lease of an execution whose publishing failed, so the client's retry can take it
+    /// over at once (with the same execution id, so nothing already confirmed is sent twice).
+    pub async fn release_execution(
+        &self,
+        execution_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("UPDATE executions SET lease_until = $2 WHERE execution_id = $1 AND state = 'accepting'", &[&execution_id, &now])
+            .await?;
+        Ok(())
+    }
+
+    /// The execution and the deliveries workers recorded for it, if it is in `sandbox`.
+    pub async fn execution_status(
+        &self,
+        sandbox: &str,
+        execution_id: Uuid,
+    ) -> Result<Option<(ExecutionRecord, Vec<DeliveryRow>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT campaign_id, request_id, state, recipients, created_at, accepted_at
+                   FROM executions WHERE execution_id = $1 AND sandbox = $2",
+                &[&execution_id, &sandbox],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.get(2);
+        let record = ExecutionRecord {
+            execution_id,
+            campaign_id: row.get(0),
+            request_id: row.get(1),
+            accepted: state == "accepted",
+            recipients: row.get(3),
+            created_at: row.get(4),
+            accepted_at: row.get(5),
+        };
+        let deliveries = client
+            .query(
+                "SELECT recipient_index, status, reason, attempts, created_at, updated_at FROM deliveries WHERE execution_id = $1 ORDER BY recipient_index",
+                &[&execution_id],
+            )
+            .await?
+            .iter()
+            .map(|row| DeliveryRow {
+                recipient_index: row.get(0),
+                status: row.get(1),
+                reason: row.get(2),
+                attempts: row.get(3),
+                created_at: row.get(4),
+                updated_at: row.get(5),
+            })
+            .collect();
+        Ok(Some((record, deliveries)))
+    }
+
+    /// Which of the (namespace, user id) pairs have a profile in `sandbox`.
+    pub async fn existing_profiles(
+        &self,
+        sandbox: &str,
+        identities: &[(String, String)],
+    ) -> Result<HashSet<(String, String)>, StoreError> {
+        let namespaces: Vec<&str> = identities.iter().map(|(n, _)| n.as_str()).collect();
+        let users: Vec<&str> = identities.iter().map(|(_, u)| u.as_str()).collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT namespace, user_id FROM profiles
+                  WHERE sandbox = $1 AND (namespace, user_id) IN (SELECT * FROM UNNEST($2::text[], $3::text[]))",
+                &[&sandbox, &namespaces, &users],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+
+    /// Deletes accepted executions older than `before` (their idempotency window has passed).
+    pub async fn purge_executions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM executions WHERE created_at < $1 AND state = 'accepted'",
+                &[&before],
+            )
+            .await?)
+    }
+}
