@@ -104,3 +104,11 @@ fn body_problem(rejection: BytesRejection) -> Problem {
         .detail(rejection.body_text())
     }
 }
+
+/// Deserializes an already parsed JSON value as `T`, with the same field-pointing errors.
+pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let pointer = pointer_of(error.path());
+        Problem::validation("Invalid request body", vec![Problem::field_error(&pointer, error.into_inner().to_string())])
+    })
+}

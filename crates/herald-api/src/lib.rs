@@ -3,6 +3,7 @@
 
 mod auth;
 mod campaigns;
+mod executions;
 mod health;
 pub mod json;
 pub mod problem;
@@ -48,15 +49,23 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub config: Arc<ApiConfig>,
     keys: Arc<auth::KeyCache>,
+    /// The execution API; without it (no broker configured) executions answer 503.
+    pub ingest: Option<Arc<herald_ingest::Ingest>>,
 }
 
 impl AppState {
+    pub fn with_ingest(mut self, ingest: Arc<herald_ingest::Ingest>) -> Self {
+        self.ingest = Some(ingest);
+        self
+    }
+
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
         Self {
             store,
             clock,
             config: Arc::new(config),
             keys: Arc::default(),
+            ingest: None,
         }
     }
 }
@@ -67,6 +76,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/im/health", get(health::readyz))
+        .route("/im/executions/unitary", post(executions::execute))
+        .route("/im/executions/{execution_id}", get(executions::status))
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
         .route(
             "/campaigns/{id}",

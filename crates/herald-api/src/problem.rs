@@ -59,6 +59,12 @@ impl Problem {
         self
     }
 
+    /// Adds an id to `report.additionalContext`.
+    pub fn context_value(mut self, key: &str, value: &str) -> Self {
+        self.0.context.insert(key.to_string(), Value::String(value.to_string()));
+        self
+    }
+
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.0.retry_after_seconds = Some(seconds);
         self

@@ -81,6 +81,29 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub amqp_url: Secret,
+    /// Prefix of every exchange and queue name (`PREFIX.work`, `PREFIX.email`, ...).
+    #[arg(long, env = "HERALD_AMQP_PREFIX", default_value = "herald")]
+    pub amqp_prefix: String,
+    /// Delays of the retry queues in seconds, shortest first.
+    #[arg(long, env = "HERALD_RETRY_TIERS_SECONDS", default_value = "5,30,300", value_delimiter = ',')]
+    pub retry_tiers_seconds: Vec<u64>,
+    /// Deliveries of one message before the broker dead-letters it.
+    #[arg(long, env = "HERALD_DELIVERY_LIMIT", default_value_t = 10)]
+    pub delivery_limit: u32,
+    /// Bound on each channel queue; publishes beyond it are refused and answered 503.
+    #[arg(long, env = "HERALD_QUEUE_MAX_LENGTH")]
+    pub queue_max_length: Option<u32>,
+}
+
+impl BrokerArgs {
+    pub fn topology(&self) -> herald_ingest::topology::Topology {
+        herald_ingest::topology::Topology {
+            prefix: self.amqp_prefix.clone(),
+            retry_tiers: self.retry_tiers_seconds.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
+            delivery_limit: self.delivery_limit,
+            max_queue_length: self.queue_max_length,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -100,6 +123,15 @@ pub struct ApiArgs {
     /// The sandbox of the bootstrap key.
     #[arg(long, env = "HERALD_BOOTSTRAP_SANDBOX", default_value = "default")]
     pub bootstrap_sandbox: String,
+    /// Sustained execution requests per second per sandbox (per API process); beyond, 429.
+    #[arg(long, env = "HERALD_RATE_LIMIT_PER_SEC", default_value_t = 5_000)]
+    pub rate_limit_per_sec: u32,
+    /// Confirm-mode channels executions are published on.
+    #[arg(long, env = "HERALD_PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+    /// A publish not confirmed by the broker within this many milliseconds fails (503).
+    #[arg(long, env = "HERALD_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
+    pub confirm_timeout_ms: u64,
     #[command(flatten)]
     pub startup: StartupArgs,
 }

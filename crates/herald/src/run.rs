@@ -7,6 +7,8 @@ use anyhow::{Context, bail};
 use backon::{ExponentialBuilder, Retryable};
 use herald_api::{ApiConfig, AppState};
 use herald_core::{Clock, Scope, SystemClock};
+use herald_ingest::broker::{Broker, BrokerSettings};
+use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
 use tokio::net::TcpListener;
 
@@ -94,6 +96,18 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
+    let broker = Broker::start(BrokerSettings {
+        url: args.startup.broker.amqp_url.expose().to_string(),
+        topology: args.startup.broker.topology(),
+        publish_channels: args.publish_channels,
+        confirm_timeout: Duration::from_millis(args.confirm_timeout_ms),
+        connection_name: "herald-api".into(),
+    });
+    let ingest = Ingest::new(
+        store.clone(),
+        broker,
+        IngestSettings { rate_limit_per_sec: args.rate_limit_per_sec, ..IngestSettings::default() },
+    );
     let config = ApiConfig {
         max_body_bytes: args.max_body_bytes,
         public_url,
@@ -101,7 +115,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.http_addr, "api listening");
     herald_api::serve(
         listener,
-        AppState::new(store, clock, config),
+        AppState::new(store, clock, config).with_ingest(Arc::new(ingest)),
         shutdown_signal(),
     )
     .await

@@ -1,0 +1,116 @@
+//! The execution API, AJO-compatible: `POST /im/executions/unitary` and, Herald's addition,
+//! `GET /im/executions/{executionId}` to see what happened to each recipient.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use herald_core::Scope;
+use herald_core::execution::ExecutionRequest;
+use herald_ingest::{IngestError, valid_traceparent};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::json::{ApiJson, from_value};
+use crate::problem::Problem;
+
+fn problem_for(error: IngestError) -> Problem {
+    match error {
+        IngestError::RateLimited(wait) => Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests for this sandbox")
+            .retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX)),
+        IngestError::CampaignNotFound => Problem::not_found("campaign-not-found", "No such campaign"),
+        IngestError::NotLive(status) => Problem::new(StatusCode::CONFLICT, "campaign-not-live", "The campaign is not live")
+            .detail(format!("the campaign is {status}"))
+            .with("campaignStatus", status.as_str()),
+        IngestError::OutsideSchedule(status) => {
+            Problem::new(StatusCode::CONFLICT, "campaign-outside-schedule", "The campaign is outside its schedule")
+                .detail(if status == herald_core::CampaignStatus::Scheduled { "its start date has not come yet" } else { "its end date has passed" })
+                .with("campaignStatus", status.as_str())
+        }
+        IngestError::Invalid(errors) => {
+            let errors = errors.into_iter().map(|e| Problem::field_error(&e.pointer, e.detail)).collect();
+            Problem::validation("Invalid execution request", errors)
+        }
+        IngestError::ProfilesNotFound(users) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "profile-not-found", "Unknown recipient profiles")
+            .detail("the campaign does not create new profiles, and these recipients have none")
+            .with("userIds", users),
+        IngestError::KeyReused => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "This requestId was used with a different body")
+            .detail("use a new requestId for a new execution"),
+        IngestError::InProgress => Problem::new(StatusCode::CONFLICT, "request-in-progress", "This requestId is still being accepted")
+            .detail("retry shortly to get its outcome")
+            .retry_after(1),
+        IngestError::Unavailable(reason) => {
+            tracing::warn!(%reason, "execution not accepted: dependency unavailable");
+            Problem::unavailable("a dependency is unavailable; nothing was accepted, retry with the same requestId")
+        }
+        IngestError::Internal(reason) => {
+            tracing::error!(%reason, "execution failed");
+            Problem::internal()
+        }
+    }
+}
+
+/// Adds the body's ids to a problem, as AJO's `report.additionalContext` does.
+fn with_ids(mut problem: Problem, body: &Value) -> Problem {
+    for key in ["requestId", "campaignId"] {
+        if let Some(id) = body.get(key).and_then(Value::as_str) {
+            problem = problem.context_value(key, id);
+        }
+    }
+    problem
+}
+
+pub(crate) async fn execute(State(state): State<AppState>, caller: Caller, headers: HeaderMap, ApiJson(body): ApiJson<Value>) -> Result<Response, Problem> {
+    caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, &body))?;
+    let request: ExecutionRequest = from_value(&body).map_err(|p| with_ids(p, &body))?;
+    let ingest = state.ingest.as_ref().ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
+    let accepted = ingest
+        .execute(&caller.sandbox, &body, &request, state.clock.now(), traceparent)
+        .await
+        .map_err(|error| with_ids(problem_for(error), &body))?;
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "executionId": accepted.execution_id, "requestId": accepted.request_id, "createdAt": accepted.created_at })),
+    )
+        .into_response();
+    if accepted.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub(crate) async fn status(State(state): State<AppState>, caller: Caller, Path(execution_id): Path<String>) -> Result<Json<Value>, Problem> {
+    caller.require(Scope::ExecutionsRead)?;
+    let not_found = || Problem::not_found("execution-not-found", "No such execution");
+    let id = Uuid::parse_str(&execution_id).map_err(|_| not_found())?;
+    let (record, deliveries) = state.store.execution_status(&caller.sandbox, id).await?.ok_or_else(not_found)?;
+    let recipients: Vec<Value> = record
+        .recipients
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, summary)| {
+            let delivery = deliveries.iter().find(|d| usize::try_from(d.recipient_index).ok() == Some(index));
+            let mut entry = summary.clone();
+            entry["status"] = json!(delivery.map_or("queued", |d| if d.status == "sending" { "queued" } else { d.status.as_str() }));
+            entry["reason"] = json!(delivery.and_then(|d| d.reason.clone()));
+            entry["attempts"] = json!(delivery.map_or(0, |d| d.attempts));
+            entry["updatedAt"] = json!(delivery.map(|d| d.updated_at));
+            entry
+        })
+        .collect();
+    Ok(Json(json!({
+        "executionId": record.execution_id,
+        "campaignId": record.campaign_id,
+        "requestId": record.request_id,
+        "createdAt": record.created_at,
+        "acceptedAt": record.accepted_at,
+        "state": if record.accepted { "accepted" } else { "accepting" },
+        "recipients": recipients,
+    })))
+}
