@@ -3,6 +3,8 @@
 mod auth;
 mod campaign_tools;
 mod errors;
+mod executions;
+mod idempotency;
 mod lifecycle;
 mod migrations;
 mod profiles;

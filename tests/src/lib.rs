@@ -4,7 +4,10 @@
 //! PostgreSQL must be running (see CONTRIBUTING.md); when it is not, tests fail with a message
 //! that says how to start it rather than skipping.
 
+pub mod broker;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use herald_api::{ApiConfig, AppState};
@@ -83,6 +86,41 @@ impl Drop for TestDatabase {
     }
 }
 
+/// How to build a [`TestApp`].
+#[derive(Debug, Clone)]
+pub struct TestOptions {
+    /// Serve the execution API against RabbitMQ under a fresh topology.
+    pub broker: bool,
+    /// Override the broker URL (e.g. a closed port, to test outages).
+    pub amqp_url: Option<String>,
+    pub max_queue_length: Option<u32>,
+    pub rate_limit_per_sec: u32,
+    pub max_body_bytes: usize,
+    pub lease: Duration,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            broker: false,
+            amqp_url: None,
+            max_queue_length: None,
+            rate_limit_per_sec: 100_000,
+            max_body_bytes: 64 * 1024,
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TestOptions {
+    pub fn with_broker() -> Self {
+        Self {
+            broker: true,
+            ..Self::default()
+        }
+    }
+}
+
 /// A running API with its own database, a manual clock and an all-scopes key for sandbox `a`.
 #[derive(Debug)]
 pub struct TestApp {
@@ -92,45 +130,124 @@ pub struct TestApp {
     /// All scopes, sandbox `a`.
     pub key: String,
     pub http: reqwest::Client,
+    pub ingest: Option<Arc<herald_ingest::Ingest>>,
+    pub options: TestOptions,
     shutdown: Option<oneshot::Sender<()>>,
     // Declared last: dropped after the server is told to stop.
-    pub database: TestDatabase,
+    pub topology: Option<Arc<broker::TestTopology>>,
+    pub database: Arc<TestDatabase>,
 }
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        let database = TestDatabase::create().await;
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: TestOptions) -> Self {
+        let database = Arc::new(TestDatabase::create().await);
         let store = database.store();
         store.migrate().await.expect("migrate the test database");
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
         ));
+        let topology = options
+            .broker
+            .then(|| Arc::new(broker::TestTopology::new(options.max_queue_length)));
+        let mut app = Self::serve(database, store.clone(), clock, topology, options).await;
+        app.key = store
+            .create_api_key("a", &Scope::ALL, Some("test"), Utc::now())
+            .await
+            .expect("create a test key");
+        app
+    }
+
+    /// A second API instance on the same database, broker topology and clock (its own caches).
+    pub async fn spawn_peer(&self) -> Self {
+        let mut peer = Self::serve(
+            Arc::clone(&self.database),
+            self.database.store(),
+            Arc::clone(&self.clock),
+            self.topology.clone(),
+            self.options.clone(),
+        )
+        .await;
+        peer.key = self.key.clone();
+        peer
+    }
+
+    async fn serve(
+        database: Arc<TestDatabase>,
+        store: Store,
+        clock: Arc<ManualClock>,
+        topology: Option<Arc<broker::TestTopology>>,
+        options: TestOptions,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
         let config = ApiConfig {
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: options.max_body_bytes,
             public_url: address.clone(),
         };
-        let state = AppState::new(store.clone(), clock.clone(), config);
+        let mut state = AppState::new(store.clone(), clock.clone(), config);
+        let mut ingest = None;
+        if let Some(topology) = &topology {
+            let settings = herald_ingest::broker::BrokerSettings {
+                url: options.amqp_url.clone().unwrap_or_else(broker::amqp_url),
+                topology: topology.topology.clone(),
+                publish_channels: 2,
+                confirm_timeout: Duration::from_secs(10),
+                connection_name: format!("herald-test-{}", topology.topology.prefix),
+            };
+            let broker = if options.amqp_url.is_some() {
+                herald_ingest::broker::Broker::start(settings)
+            } else {
+                herald_ingest::broker::Broker::start_and_wait(settings, Duration::from_secs(15)).await.unwrap_or_else(|error| {
+                    panic!("RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`", broker::amqp_url())
+                })
+            };
+            let settings = herald_ingest::IngestSettings {
+                rate_limit_per_sec: options.rate_limit_per_sec,
+                lease: options.lease,
+                ..herald_ingest::IngestSettings::default()
+            };
+            let created = Arc::new(herald_ingest::Ingest::new(store.clone(), broker, settings));
+            // Executions must see campaign changes; wait until the change listener is up.
+            for _ in 0..500 {
+                if created.campaigns().is_listening() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                created.campaigns().is_listening(),
+                "the campaign change listener did not start"
+            );
+            state = state.with_ingest(Arc::clone(&created));
+            ingest = Some(created);
+        }
         let (shutdown, stopped) = oneshot::channel::<()>();
         tokio::spawn(herald_api::serve(listener, state, async move {
             let _ = stopped.await;
         }));
-        let key = store
-            .create_api_key("a", &Scope::ALL, Some("test"), Utc::now())
-            .await
-            .expect("create a test key");
         Self {
             address,
             clock,
             store,
-            key,
+            key: String::new(),
             http: reqwest::Client::new(),
+            ingest,
+            options,
             shutdown: Some(shutdown),
+            topology,
             database,
         }
+    }
+
+    /// The test topology; panics when the app runs without a broker.
+    pub fn topology(&self) -> &broker::TestTopology {
+        self.topology.as_deref().expect("spawned with a broker")
     }
 
     /// A new key for `sandbox` with `scopes`.
@@ -266,6 +383,15 @@ impl Reply {
         );
         self
     }
+}
+
+/// An execution body for `campaign_id` with one `external` recipient per address.
+pub fn execution(request_id: &str, campaign_id: &str, recipients: &[(&str, Value)]) -> Value {
+    let recipients: Vec<Value> = recipients
+        .iter()
+        .map(|(user_id, context)| serde_json::json!({"type": "external", "userId": user_id, "context": context}))
+        .collect();
+    serde_json::json!({"requestId": request_id, "campaignId": campaign_id, "recipients": recipients})
 }
 
 pub mod fixtures {

@@ -24,5 +24,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
         Some(ingest) if ingest.broker().is_connected() => "ok",
         Some(_) => return Err(Problem::unavailable("broker: not connected")),
     };
-    Ok(Json(json!({ "status": "ready", "database": "ok", "broker": broker })))
+    Ok(Json(
+        json!({ "status": "ready", "database": "ok", "broker": broker }),
+    ))
 }

@@ -109,6 +109,12 @@ fn body_problem(rejection: BytesRejection) -> Problem {
 pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, Problem> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let pointer = pointer_of(error.path());
-        Problem::validation("Invalid request body", vec![Problem::field_error(&pointer, error.into_inner().to_string())])
+        Problem::validation(
+            "Invalid request body",
+            vec![Problem::field_error(
+                &pointer,
+                error.into_inner().to_string(),
+            )],
+        )
     })
 }

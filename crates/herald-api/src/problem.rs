@@ -61,7 +61,9 @@ impl Problem {
 
     /// Adds an id to `report.additionalContext`.
     pub fn context_value(mut self, key: &str, value: &str) -> Self {
-        self.0.context.insert(key.to_string(), Value::String(value.to_string()));
+        self.0
+            .context
+            .insert(key.to_string(), Value::String(value.to_string()));
         self
     }
 

@@ -208,8 +208,13 @@ impl Ingest {
                     (prepared.recipient.kind == RecipientType::External)
                         .then(|| prepared.recipient.user_id.clone())
                 });
+                // An external recipient's user id is its address: it is masked like one.
+                let user_id = match prepared.recipient.kind {
+                    RecipientType::External => mask(&prepared.recipient.user_id),
+                    RecipientType::Aep => prepared.recipient.user_id.clone(),
+                };
                 json!({
-                    "userId": prepared.recipient.user_id,
+                    "userId": user_id,
                     "type": prepared.recipient.kind,
                     "namespace": prepared.recipient.namespace,
                     "address": address.as_deref().map(mask),

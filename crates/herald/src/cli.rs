@@ -85,7 +85,12 @@ pub struct BrokerArgs {
     #[arg(long, env = "HERALD_AMQP_PREFIX", default_value = "herald")]
     pub amqp_prefix: String,
     /// Delays of the retry queues in seconds, shortest first.
-    #[arg(long, env = "HERALD_RETRY_TIERS_SECONDS", default_value = "5,30,300", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "HERALD_RETRY_TIERS_SECONDS",
+        default_value = "5,30,300",
+        value_delimiter = ','
+    )]
     pub retry_tiers_seconds: Vec<u64>,
     /// Deliveries of one message before the broker dead-letters it.
     #[arg(long, env = "HERALD_DELIVERY_LIMIT", default_value_t = 10)]
@@ -99,7 +104,11 @@ impl BrokerArgs {
     pub fn topology(&self) -> herald_ingest::topology::Topology {
         herald_ingest::topology::Topology {
             prefix: self.amqp_prefix.clone(),
-            retry_tiers: self.retry_tiers_seconds.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
+            retry_tiers: self
+                .retry_tiers_seconds
+                .iter()
+                .map(|s| std::time::Duration::from_secs(*s))
+                .collect(),
             delivery_limit: self.delivery_limit,
             max_queue_length: self.queue_max_length,
         }

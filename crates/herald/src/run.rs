@@ -106,7 +106,10 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let ingest = Ingest::new(
         store.clone(),
         broker,
-        IngestSettings { rate_limit_per_sec: args.rate_limit_per_sec, ..IngestSettings::default() },
+        IngestSettings {
+            rate_limit_per_sec: args.rate_limit_per_sec,
+            ..IngestSettings::default()
+        },
     );
     let config = ApiConfig {
         max_body_bytes: args.max_body_bytes,

@@ -1,0 +1,139 @@
+//! RabbitMQ for tests: a topology under a unique prefix (deleted afterwards), and helpers to read
+//! what was published.
+
+use std::time::Duration;
+
+use herald_core::Channel;
+use herald_ingest::topology::Topology;
+use lapin::options::{
+    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use uuid::Uuid;
+
+pub fn amqp_url() -> String {
+    std::env::var("HERALD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A connection for test-side inspection; panics with a hint when RabbitMQ is down.
+pub async fn connect() -> Connection {
+    Connection::connect(
+        &amqp_url(),
+        ConnectionProperties::default().with_connection_name("herald-test-inspector".into()),
+    )
+    .await
+    .unwrap_or_else(|error| {
+        panic!(
+            "RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`",
+            amqp_url()
+        )
+    })
+}
+
+/// A message read back from a queue.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub body: serde_json::Value,
+    pub message_id: String,
+    pub delivery_mode: Option<u8>,
+    pub headers: FieldTable,
+}
+
+/// A topology with a unique prefix, deleted on drop.
+#[derive(Debug)]
+pub struct TestTopology {
+    pub topology: Topology,
+}
+
+impl TestTopology {
+    pub fn new(max_queue_length: Option<u32>) -> Self {
+        let prefix = format!("test-{}", Uuid::new_v4().simple());
+        Self {
+            topology: Topology {
+                prefix,
+                max_queue_length,
+                ..Topology::default()
+            },
+        }
+    }
+
+    pub fn queue(&self, channel: Channel) -> String {
+        self.topology.channel_queue(channel)
+    }
+
+    /// Takes every message currently in `queue` (acknowledged, so they are gone).
+    pub async fn drain(&self, queue: &str) -> Vec<Published> {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut messages = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let properties = &message.delivery.properties;
+            messages.push(Published {
+                body: serde_json::from_slice(&message.delivery.data).expect("a JSON body"),
+                message_id: properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                delivery_mode: *properties.delivery_mode(),
+                headers: properties.headers().clone().unwrap_or_default(),
+            });
+        }
+        let _ = connection.close(200, "done".into()).await;
+        messages
+    }
+
+    /// How many messages `queue` holds, waiting briefly for quorum-queue counters to settle.
+    pub async fn count(&self, queue: &str) -> u32 {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let count = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count();
+        let _ = connection.close(200, "done".into()).await;
+        count
+    }
+}
+
+impl Drop for TestTopology {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+                    .await
+                    .ok()?;
+                let channel = connection.create_channel().await.ok()?;
+                for queue in topology.queues() {
+                    let _ = channel
+                        .queue_delete(queue.into(), QueueDeleteOptions::default())
+                        .await;
+                }
+                for exchange in topology.exchanges() {
+                    let _ = channel
+                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                        .await;
+                }
+                connection.close(200, "cleaned up".into()).await.ok()
+            })
+        })
+        .join();
+    }
+}
