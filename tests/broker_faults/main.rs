@@ -1,1 +1,112 @@
-fn main() {}
+//! Broker faults, in a test binary of their own: `rabbitmqctl close_all_connections` closes every
+//! connection on the broker, which would disturb tests running beside it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_core::Channel;
+use herald_tests::fixtures::otp_sms;
+use herald_tests::{TestApp, TestOptions, execution};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+const REQUESTS: usize = 3_000;
+const CONCURRENCY: usize = 8;
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// request id → execution id of its 202.
+    accepted: HashMap<String, String>,
+    /// Requests that saw at least one non-202 before their 202.
+    retried: HashSet<String>,
+    /// When each 202 arrived.
+    accepted_at: Vec<Instant>,
+}
+
+#[tokio::test]
+async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_nothing() {
+    let app = Arc::new(TestApp::spawn_with(TestOptions::with_broker()).await);
+    let id = app.live_campaign(&otp_sms("otp")).await;
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let clients: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (app, id, outcomes, next) = (Arc::clone(&app), id.clone(), Arc::clone(&outcomes), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n >= REQUESTS {
+                        return;
+                    }
+                    let request_id = format!("fault-{n}");
+                    let body = execution(&request_id, &id, &[("+33612345678", json!({"otp": format!("{n:06}")}))]);
+                    let started = Instant::now();
+                    loop {
+                        let reply = app.post("/im/executions/unitary", &body).await;
+                        match reply.status {
+                            StatusCode::ACCEPTED => {
+                                let mut outcomes = outcomes.lock().await;
+                                outcomes.accepted.insert(request_id.clone(), reply.body["executionId"].as_str().unwrap().to_string());
+                                outcomes.accepted_at.push(Instant::now());
+                                break;
+                            }
+                            StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
+                                outcomes.lock().await.retried.insert(request_id.clone());
+                                assert!(started.elapsed() < Duration::from_secs(60), "{request_id} never accepted");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            other => panic!("{request_id}: unexpected {other}: {}", reply.body),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Let part of the run through, then cut every connection the broker has.
+    while outcomes.lock().await.accepted.len() < REQUESTS / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald fault test"]).output()
+    })
+    .await
+    .unwrap()
+    .expect("rabbitmqctl must be installed for this test");
+    assert!(output.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&output.stderr));
+    // The command returns once the connections are closed.
+    let cut_at = Instant::now();
+    let broker = app.ingest.as_ref().unwrap().broker().clone();
+    assert!(outcomes.lock().await.accepted.len() < REQUESTS, "the run ended before the cut; make it longer");
+
+    for client in clients {
+        client.await.unwrap();
+    }
+    let outcomes = outcomes.lock().await;
+    assert_eq!(outcomes.accepted.len(), REQUESTS, "every request ends in exactly one 202");
+    assert!(broker.sessions_established() >= 2, "the api never lost (and re-established) its broker session");
+    let after_cut: Vec<&Instant> = outcomes.accepted_at.iter().filter(|at| **at > cut_at).collect();
+    let first_after = after_cut.iter().min().expect("requests were accepted after the cut");
+    let recovery = first_after.duration_since(cut_at);
+    assert!(recovery < Duration::from_secs(10), "reconnect took {recovery:?}");
+
+    let messages = app.topology().drain(&app.topology().queue(Channel::Sms)).await;
+    let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    let expected: HashSet<String> = outcomes.accepted.values().map(|execution| format!("{execution}/0")).collect();
+    assert_eq!(distinct.len(), expected.len());
+    assert!(expected.iter().all(|id| distinct.contains(id)), "every 202 has its message on the queue");
+    // A message confirmed by the broker whose confirm was lost with the connection is published
+    // again by the client's retry under the same message id (the worker deduplicates on it);
+    // only retried requests can have such a twin.
+    let duplicates = ids.len() - distinct.len();
+    assert!(duplicates <= outcomes.retried.len(), "{duplicates} duplicates for {} retried requests", outcomes.retried.len());
+    println!(
+        "requests={REQUESTS} retried={} duplicates_by_message_id={duplicates} first_202_after_cut={recovery:?} sessions={}",
+        outcomes.retried.len(),
+        broker.sessions_established()
+    );
+}

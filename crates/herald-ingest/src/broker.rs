@@ -73,6 +73,7 @@ struct Inner {
     session: RwLock<Option<Arc<Session>>>,
     broken: Notify,
     next_channel: AtomicUsize,
+    sessions: AtomicUsize,
 }
 
 /// A handle on the broker; cheap to clone.
@@ -98,6 +99,7 @@ impl Broker {
                 session: RwLock::new(None),
                 broken: Notify::new(),
                 next_channel: AtomicUsize::new(0),
+                sessions: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(broker.clone().supervise());
@@ -122,6 +124,11 @@ impl Broker {
 
     pub fn topology(&self) -> &Topology {
         &self.inner.settings.topology
+    }
+
+    /// How many sessions have been established so far (1 + reconnections).
+    pub fn sessions_established(&self) -> usize {
+        self.inner.sessions.load(Ordering::SeqCst)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -182,6 +189,7 @@ impl Broker {
             };
             let mut events = session.connection.events_listener();
             self.set_session(Some(session.clone()));
+            self.inner.sessions.fetch_add(1, Ordering::SeqCst);
             tracing::info!("broker connected, topology declared");
             let mut check = tokio::time::interval(HEALTH_CHECK_INTERVAL);
             loop {
