@@ -25,3 +25,67 @@ async fn migrations_applied_by_several_processes_at_once_are_applied_exactly_onc
         "a second run has nothing to do"
     );
 }
+
+#[tokio::test]
+async fn purging_forgets_only_accepted_executions_past_the_window() {
+    use chrono::{Duration, Utc};
+    use herald_store::{ClaimOutcome, ExecutionClaim};
+    let database = TestDatabase::create().await;
+    let store = database.store();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let claim = |request: &str, at: chrono::DateTime<Utc>| ExecutionClaim {
+        sandbox: "a".into(),
+        campaign_id: uuid::Uuid::nil(),
+        request_id: request.into(),
+        body_hash: vec![1],
+        execution_id: uuid::Uuid::now_v7(),
+        recipients: serde_json::json!([]),
+        now: at,
+        lease_until: at + Duration::seconds(30),
+    };
+    let claims = [
+        claim("old-accepted", now - Duration::hours(49)),
+        claim("old-accepting", now - Duration::hours(49)),
+        claim("new", now),
+    ];
+    let outcomes = store.claim_executions(&claims).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, ClaimOutcome::Claimed { .. }))
+    );
+    store
+        .complete_executions(&[claims[0].execution_id, claims[2].execution_id], now)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .purge_executions(now - Duration::hours(48))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .execution_status("a", claims[0].execution_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .execution_status("a", claims[1].execution_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "an unfinished execution is kept"
+    );
+    assert!(
+        store
+            .execution_status("a", claims[2].execution_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -196,7 +196,7 @@ impl TestApp {
             let settings = herald_ingest::broker::BrokerSettings {
                 url: options.amqp_url.clone().unwrap_or_else(broker::amqp_url),
                 topology: topology.topology.clone(),
-                publish_channels: 2,
+                publish_channels: 4,
                 confirm_timeout: Duration::from_secs(10),
                 connection_name: format!("herald-test-{}", topology.topology.prefix),
             };

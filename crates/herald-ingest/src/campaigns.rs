@@ -124,15 +124,14 @@ impl CampaignCache {
         sandbox: &str,
         id: Uuid,
     ) -> Result<Option<Arc<CachedCampaign>>, StoreError> {
-        if self.is_listening() {
-            if let Some(entry) = self
+        if self.is_listening()
+            && let Some(entry) = self
                 .entries
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&id)
-            {
-                return Ok((entry.sandbox == sandbox).then(|| Arc::clone(entry)));
-            }
+        {
+            return Ok((entry.sandbox == sandbox).then(|| Arc::clone(entry)));
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let Some(record) = self.store.get_campaign(sandbox, id).await? else {

@@ -39,6 +39,8 @@ pub struct IngestSettings {
     pub max_batch: usize,
     /// Concurrent batched writers.
     pub batch_workers: usize,
+    /// How long an accepted request id is remembered (at least the 24 h Herald promises).
+    pub idempotency_retention: Duration,
 }
 
 impl Default for IngestSettings {
@@ -47,7 +49,8 @@ impl Default for IngestSettings {
             lease: Duration::from_secs(30),
             rate_limit_per_sec: 5_000,
             max_batch: 256,
-            batch_workers: 4,
+            batch_workers: 2,
+            idempotency_retention: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -140,6 +143,10 @@ impl Ingest {
                 }
             },
         );
+        tokio::spawn(purge_expired_executions(
+            store.clone(),
+            settings.idempotency_retention,
+        ));
         Self {
             campaigns: CampaignCache::start(store.clone()),
             limiter: RateLimiter::new(settings.rate_limit_per_sec),
@@ -329,6 +336,23 @@ impl Ingest {
             Ok(())
         } else {
             Err(IngestError::ProfilesNotFound(missing))
+        }
+    }
+}
+
+/// How often old executions are purged; a few minutes' lag only keeps a key a little longer.
+const PURGE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Forgets accepted executions older than `retention`, every [`PURGE_INTERVAL`].
+async fn purge_expired_executions(store: Store, retention: Duration) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let before = Utc::now() - retention;
+        match store.purge_executions(before).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged executions past the idempotency window"),
+            Err(error) => tracing::warn!(%error, "could not purge old executions"),
         }
     }
 }

@@ -74,6 +74,15 @@ pub struct DeliveryRow {
 
 type Key = (String, Uuid, String);
 
+/// An existing execution as a conflicting claim sees it.
+struct Existing {
+    execution_id: Uuid,
+    body_hash: Vec<u8>,
+    state: String,
+    created_at: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+}
+
 impl Store {
     /// Claims every key in `claims` (one round trip for the new ones); outcomes are in order.
     pub async fn claim_executions(
@@ -108,8 +117,7 @@ impl Store {
             .iter()
             .filter(|c| !inserted.contains(&c.execution_id))
             .collect();
-        let mut existing: HashMap<Key, (Uuid, Vec<u8>, String, DateTime<Utc>, DateTime<Utc>)> =
-            HashMap::new();
+        let mut existing: HashMap<Key, Existing> = HashMap::new();
         if !conflicts.is_empty() {
             let sandboxes: Vec<&str> = conflicts.iter().map(|c| c.sandbox.as_str()).collect();
             let campaigns: Vec<Uuid> = conflicts.iter().map(|c| c.campaign_id).collect();
@@ -125,7 +133,13 @@ impl Store {
             for row in rows {
                 existing.insert(
                     (row.get(0), row.get(1), row.get(2)),
-                    (row.get(3), row.get(4), row.get(5), row.get(6), row.get(7)),
+                    Existing {
+                        execution_id: row.get(3),
+                        body_hash: row.get(4),
+                        state: row.get(5),
+                        created_at: row.get(6),
+                        lease_until: row.get(7),
+                    },
                 );
             }
         }
@@ -143,7 +157,13 @@ impl Store {
                 claim.campaign_id,
                 claim.request_id.clone(),
             );
-            let Some((execution_id, hash, state, created_at, lease_until)) = existing.get(&key)
+            let Some(Existing {
+                execution_id,
+                body_hash: hash,
+                state,
+                created_at,
+                lease_until,
+            }) = existing.get(&key)
             else {
                 // Deleted between the two statements (retention purge): the client retries.
                 outcomes.push(ClaimOutcome::InProgress);
