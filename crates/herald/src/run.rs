@@ -130,7 +130,27 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
     let _store = start(&args.startup).await?;
-    bail!("the worker's consumers are not built yet (tracked in issue #4); nothing to run")
+    // The topology is declared by workers too, so either role can start first.
+    let broker = &args.startup.broker;
+    let connection = lapin::Connection::connect(
+        broker.amqp_url.expose(),
+        lapin::ConnectionProperties::default().with_connection_name("herald-worker".into()),
+    )
+    .await
+    .context("connecting to the broker")?;
+    let channel = connection
+        .create_channel()
+        .await
+        .context("opening a channel")?;
+    broker
+        .topology()
+        .declare(&channel)
+        .await
+        .context("declaring the broker topology")?;
+    let _ = connection.close(200, "topology declared".into()).await;
+    bail!(
+        "the worker's consumers are not built yet (tracked in issue #4); the topology is declared, nothing else to run"
+    )
 }
 
 async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {

@@ -296,3 +296,23 @@ async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("preparing the database at start-up"));
 }
+
+#[tokio::test]
+async fn worker_declares_the_topology_then_says_it_has_no_consumers_yet() {
+    let database = TestDatabase::create().await;
+    let topology = herald_tests::broker::TestTopology::new(None);
+    let output = herald(&database)
+        .args(["worker", "--amqp-prefix", &topology.topology.prefix])
+        .env("HERALD_AMQP_URL", herald_tests::broker::amqp_url())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("issue #4"));
+    // The queue exists (a passive declare of a missing queue would fail).
+    assert_eq!(
+        topology
+            .count(&topology.queue(herald_core::Channel::Sms))
+            .await,
+        0
+    );
+}
