@@ -163,11 +163,12 @@ pub(crate) async fn status(
                 .iter()
                 .find(|d| usize::try_from(d.recipient_index).ok() == Some(index));
             let mut entry = summary.clone();
-            entry["status"] = json!(delivery.map_or("queued", |d| if d.status == "sending" {
-                "queued"
-            } else {
-                d.status.as_str()
-            }));
+            // Claimed by a worker or waiting in a retry tier: not decided yet.
+            let status = delivery.map_or("queued", |d| match d.status.as_str() {
+                "sending" | "retrying" => "queued",
+                decided => decided,
+            });
+            entry["status"] = json!(status);
             entry["reason"] = json!(delivery.and_then(|d| d.reason.clone()));
             entry["attempts"] = json!(delivery.map_or(0, |d| d.attempts));
             entry["updatedAt"] = json!(delivery.map(|d| d.updated_at));

@@ -7,6 +7,7 @@
 pub mod address;
 pub mod campaign;
 pub mod clock;
+pub mod delivery;
 pub mod execution;
 pub mod lifecycle;
 pub mod review;

@@ -27,7 +27,8 @@ use uuid::Uuid;
 
 use crate::batch::Batcher;
 use crate::broker::{Broker, OutgoingMessage};
-use crate::campaigns::CampaignCache;
+use crate::campaigns::CachedCampaign;
+use herald_store::CampaignCache;
 use crate::ratelimit::RateLimiter;
 
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ pub struct Accepted {
 pub struct Ingest {
     store: Store,
     broker: Broker,
-    campaigns: Arc<CampaignCache>,
+    campaigns: Arc<CampaignCache<CachedCampaign>>,
     limiter: RateLimiter,
     claims: Batcher<ExecutionClaim, ClaimOutcome>,
     completions: Batcher<(Uuid, DateTime<Utc>), ()>,
@@ -148,7 +149,7 @@ impl Ingest {
             settings.idempotency_retention,
         ));
         Self {
-            campaigns: CampaignCache::start(store.clone()),
+            campaigns: CampaignCache::start(store.clone(), CachedCampaign::from_record),
             limiter: RateLimiter::new(settings.rate_limit_per_sec),
             store,
             broker,
@@ -162,7 +163,7 @@ impl Ingest {
         &self.broker
     }
 
-    pub fn campaigns(&self) -> &CampaignCache {
+    pub fn campaigns(&self) -> &CampaignCache<CachedCampaign> {
         &self.campaigns
     }
 

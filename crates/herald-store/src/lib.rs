@@ -2,7 +2,9 @@
 //! filter: a caller can never name a row of another sandbox into existence.
 
 pub mod api_keys;
+pub mod campaign_cache;
 pub mod campaigns;
+pub mod deliveries;
 mod error;
 pub mod executions;
 pub mod migrate;
@@ -14,10 +16,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use api_keys::ApiKeyRecord;
+pub use campaign_cache::CampaignCache;
 pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign,
     VersionRecord,
 };
+pub use deliveries::{DeliveryClaim, DeliveryKey};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};

@@ -10,6 +10,13 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_sesv2::config::http::HttpResponse;
+use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
+use futures_util::future::BoxFuture;
+use herald_core::delivery::{ErrorClass, ProviderError};
+
+use super::classify::{self, Failure};
+use super::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 
 /// Connection and call limits for provider calls: a send that hangs must fail and be retried by
 /// Herald rather than hold a delivery forever.
@@ -60,6 +67,146 @@ pub fn ses_client(config: &SdkConfig) -> aws_sdk_sesv2::Client {
 
 pub fn sns_client(config: &SdkConfig) -> aws_sdk_sns::Client {
     aws_sdk_sns::Client::new(config)
+}
+
+/// What the classifiers need of an SDK error.
+fn failure_of<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failure<'_> {
+    match error {
+        SdkError::ServiceError(context) => Failure::Service {
+            code: context.err().code(),
+            status: Some(context.raw().status().as_u16()),
+            message: context.err().message(),
+        },
+        SdkError::TimeoutError(_) => Failure::Timeout,
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => Failure::Timeout,
+        SdkError::DispatchFailure(_) => Failure::Dispatch,
+        SdkError::ResponseError(_) => Failure::Response,
+        SdkError::ConstructionFailure(_) => Failure::Construction,
+        _ => Failure::Response,
+    }
+}
+
+fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> ProviderResult<T> {
+    result.map_err(|error| ProviderError::new(ErrorClass::Permanent, "Construction", format!("invalid request: {error}")))
+}
+
+/// SES v2 for email, SNS for SMS and mobile push.
+#[derive(Debug, Clone)]
+pub struct AwsProvider {
+    ses: aws_sdk_sesv2::Client,
+    sns: aws_sdk_sns::Client,
+}
+
+impl AwsProvider {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self { ses: ses_client(config), sns: sns_client(config) }
+    }
+
+    async fn email(&self, message: &EmailMessage) -> ProviderResult<Receipt> {
+        use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message, MessageTag};
+        let text = |data: &str| built(Content::builder().data(data).charset("UTF-8").build());
+        let mut body = Body::builder();
+        if let Some(html) = &message.html {
+            body = body.html(text(html)?);
+        }
+        if let Some(plain) = &message.text {
+            body = body.text(text(plain)?);
+        }
+        let content = EmailContent::builder().simple(Message::builder().subject(text(&message.subject)?).body(body.build()).build()).build();
+        let mut request = self
+            .ses
+            .send_email()
+            .from_email_address(&message.from)
+            .destination(Destination::builder().to_addresses(&message.to).build())
+            .content(content)
+            .set_reply_to_addresses(message.reply_to.clone().map(|address| vec![address]));
+        for (name, value) in &message.tags {
+            request = request.email_tags(built(MessageTag::builder().name(name).value(value).build())?);
+        }
+        let output = request.send().await.map_err(|error| classify::ses(&failure_of(&error)))?;
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+    }
+
+    async fn sms(&self, message: &SmsMessage) -> ProviderResult<Receipt> {
+        use aws_sdk_sns::types::MessageAttributeValue;
+        let attribute = |value: &str| built(MessageAttributeValue::builder().data_type("String").string_value(value).build());
+        let mut request = self
+            .sns
+            .publish()
+            .phone_number(&message.to)
+            .message(&message.body)
+            .message_attributes("AWS.SNS.SMS.SMSType", attribute("Transactional")?);
+        if let Some(sender_id) = &message.sender_id {
+            request = request.message_attributes("AWS.SNS.SMS.SenderID", attribute(sender_id)?);
+        }
+        if let Some(number) = &message.origination_number {
+            request = request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
+        }
+        let output = request.send().await.map_err(|error| classify::sns(&failure_of(&error)))?;
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+    }
+
+    async fn endpoint(&self, application_arn: &str, token: &str) -> ProviderResult<String> {
+        let output = self
+            .sns
+            .create_platform_endpoint()
+            .platform_application_arn(application_arn)
+            .token(token)
+            .send()
+            .await
+            .map_err(|error| classify::sns(&failure_of(&error)))?;
+        output.endpoint_arn().map(str::to_string).ok_or_else(|| ProviderError::new(ErrorClass::Transient, "NoEndpointArn", "sns returned no endpoint"))
+    }
+
+    async fn push(&self, endpoint_arn: &str, message: &PushMessage) -> ProviderResult<Receipt> {
+        let output = self
+            .sns
+            .publish()
+            .target_arn(endpoint_arn)
+            .message_structure("json")
+            .message(push_payload(message))
+            .send()
+            .await
+            .map_err(|error| classify::sns(&failure_of(&error)))?;
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+    }
+}
+
+/// The SNS `json` message structure: a default text and one payload per platform family.
+pub fn push_payload(message: &PushMessage) -> String {
+    let fcm = serde_json::json!({
+        "notification": { "title": message.title, "body": message.body },
+        "data": message.data,
+    });
+    let mut apns = serde_json::json!({ "aps": { "alert": { "title": message.title, "body": message.body } } });
+    for (key, value) in &message.data {
+        apns[key] = serde_json::Value::String(value.clone());
+    }
+    serde_json::json!({
+        "default": message.body,
+        "GCM": fcm.to_string(),
+        "APNS": apns.to_string(),
+        "APNS_SANDBOX": apns.to_string(),
+    })
+    .to_string()
+}
+
+impl Provider for AwsProvider {
+    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+        Box::pin(self.email(message))
+    }
+
+    fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+        Box::pin(self.sms(message))
+    }
+
+    fn create_push_endpoint<'a>(&'a self, application_arn: &'a str, token: &'a str) -> BoxFuture<'a, ProviderResult<String>> {
+        Box::pin(self.endpoint(application_arn, token))
+    }
+
+    fn send_push<'a>(&'a self, endpoint_arn: &'a str, message: &'a PushMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+        Box::pin(self.push(endpoint_arn, message))
+    }
 }
 
 #[cfg(test)]

@@ -1,3 +1,58 @@
-//! Message providers. One folder per provider family, the same files in each.
+//! Message providers: what the worker hands a rendered message to. [`aws::AwsProvider`] sends
+//! through SES v2 and SNS; [`fake::ScriptedProvider`] answers from a script, for fault-injection
+//! tests and benchmarks. Each provider family classifies its own errors (`classify.rs`).
 
 pub mod aws;
+pub mod classify;
+pub mod fake;
+
+use std::collections::BTreeMap;
+
+use futures_util::future::BoxFuture;
+use herald_core::delivery::ProviderError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailMessage {
+    /// `Name <address>` or a bare address.
+    pub from: String,
+    pub reply_to: Option<String>,
+    pub to: String,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    /// Tags the provider attaches to the message (name, value), e.g. the execution id.
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsMessage {
+    /// E.164.
+    pub to: String,
+    pub body: String,
+    pub sender_id: Option<String>,
+    pub origination_number: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushMessage {
+    pub title: Option<String>,
+    pub body: String,
+    pub data: BTreeMap<String, String>,
+}
+
+/// The provider's id for an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub provider_message_id: String,
+}
+
+pub type ProviderResult<T> = Result<T, ProviderError>;
+
+/// Sends rendered messages. Implementations classify every failure.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
+    fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
+    /// Registers `token` with the platform application; returns the endpoint to publish to.
+    fn create_push_endpoint<'a>(&'a self, application_arn: &'a str, token: &'a str) -> BoxFuture<'a, ProviderResult<String>>;
+    fn send_push<'a>(&'a self, endpoint_arn: &'a str, message: &'a PushMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
+}

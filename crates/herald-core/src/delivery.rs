@@ -1,0 +1,184 @@
+//! What can happen to one delivery, and the retry policy that decides what happens next. Pure
+//! rules: the worker supplies provider results and counters, these functions say ack, retry in a
+//! tier, dead-letter or pause the channel.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The recorded state of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Claimed by a worker that is calling the provider.
+    Sending,
+    /// A transient failure; the message waits in a retry tier.
+    Retrying,
+    Sent,
+    Failed,
+    Excluded,
+    /// The worker died between calling the provider and recording the answer: maybe sent.
+    Unknown,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Excluded => "excluded",
+            DeliveryStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Sending, Self::Retrying, Self::Sent, Self::Failed, Self::Excluded, Self::Unknown].into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Whether the delivery has its final outcome.
+    pub fn is_final(self) -> bool {
+        !matches!(self, DeliveryStatus::Sending | DeliveryStatus::Retrying)
+    }
+}
+
+/// How a provider failure is to be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// Throttling, 5xx, timeouts, connection errors: try again later.
+    Transient,
+    /// The message itself is refused: one call, recorded failed, never retried.
+    Permanent,
+    /// The account or application cannot send at all: pause the channel, keep the message.
+    AccountWide,
+}
+
+/// A classified provider failure. `code` is the provider's error code (e.g. `MessageRejected`);
+/// `message` never contains addresses or content (classifiers build it from codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    pub code: String,
+    pub message: String,
+    /// A push endpoint reported disabled: the token is dead.
+    pub token_dead: bool,
+}
+
+impl ProviderError {
+    pub fn new(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { class, code: code.into(), message: message.into(), token_dead: false }
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?} {}: {}", self.class, self.code, self.message)
+    }
+}
+
+/// Exclusion and failure reasons recorded on deliveries (AJO's vocabulary where it has one).
+pub mod reasons {
+    pub const CAMPAIGN_NOT_LIVE: &str = "campaign-not-live";
+    pub const EXPIRED: &str = "expired";
+    pub const NO_ADDRESS: &str = "no-address";
+    pub const MALFORMED_ADDRESS: &str = "malformed-address";
+    pub const RENDERING_ERROR: &str = "rendering-error";
+    pub const MAX_ATTEMPTS: &str = "max-attempts";
+    pub const INVALID_MESSAGE: &str = "invalid-message";
+    pub const MAYBE_SENT: &str = "worker-died-during-send";
+}
+
+/// Retry parameters. Named presets rather than numbers in code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Provider calls within one delivery of the message before it goes to a retry tier.
+    pub in_process_attempts: u32,
+    pub in_process_base_delay: Duration,
+    pub in_process_max_delay: Duration,
+    /// Delays of the broker retry tiers, in the order they are used.
+    pub tiers: Vec<Duration>,
+    /// Provider calls in all before the message is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The production preset: three quick tries, then 5 s, 30 s, 5 min, at most 12 calls.
+    pub fn standard(tiers: Vec<Duration>) -> Self {
+        Self {
+            in_process_attempts: 3,
+            in_process_base_delay: Duration::from_millis(100),
+            in_process_max_delay: Duration::from_secs(2),
+            tiers,
+            max_attempts: 12,
+        }
+    }
+
+    /// Delay before in-process attempt `attempt` (1-based, the retry after the first call),
+    /// exponential with full jitter: `jitter` in [0, 1) scales the capped delay.
+    pub fn in_process_delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(16);
+        let capped = self.in_process_base_delay.saturating_mul(1 << exponent).min(self.in_process_max_delay);
+        capped.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// After a transient failure, with `attempts` provider calls made in all and the message
+    /// having been through `tiers_used` retry tiers: the next tier, or `None` to dead-letter.
+    pub fn next_tier(&self, attempts: u32, tiers_used: u32) -> Option<Duration> {
+        if attempts >= self.max_attempts {
+            return None;
+        }
+        self.tiers.get(usize::try_from(tiers_used).ok()?).copied()
+    }
+}
+
+/// Growing pause of a channel after account-wide failures: 5 s, 10 s, ... capped at 5 minutes.
+pub fn channel_pause(consecutive_pauses: u32) -> Duration {
+    Duration::from_secs(5).saturating_mul(1 << consecutive_pauses.min(6)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::standard(vec![Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)])
+    }
+
+    #[test]
+    fn in_process_delays_grow_exponentially_under_a_cap_with_jitter() {
+        let policy = policy();
+        assert_eq!(policy.in_process_delay(1, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.in_process_delay(2, 1.0), Duration::from_millis(200));
+        assert_eq!(policy.in_process_delay(3, 0.5), Duration::from_millis(200));
+        assert_eq!(policy.in_process_delay(30, 1.0), Duration::from_secs(2));
+        assert_eq!(policy.in_process_delay(2, 0.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn tiers_are_taken_in_order_then_the_message_is_dead_lettered() {
+        let policy = policy();
+        assert_eq!(policy.next_tier(3, 0), Some(Duration::from_secs(5)));
+        assert_eq!(policy.next_tier(6, 1), Some(Duration::from_secs(30)));
+        assert_eq!(policy.next_tier(9, 2), Some(Duration::from_secs(300)));
+        assert_eq!(policy.next_tier(12, 3), None, "out of attempts");
+        assert_eq!(policy.next_tier(10, 3), None, "out of tiers");
+    }
+
+    #[test]
+    fn channel_pauses_grow_to_a_cap() {
+        assert_eq!(channel_pause(0), Duration::from_secs(5));
+        assert_eq!(channel_pause(1), Duration::from_secs(10));
+        assert_eq!(channel_pause(10), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for status in [DeliveryStatus::Sending, DeliveryStatus::Retrying, DeliveryStatus::Sent, DeliveryStatus::Failed, DeliveryStatus::Excluded, DeliveryStatus::Unknown] {
+            assert_eq!(DeliveryStatus::parse(status.as_str()), Some(status));
+        }
+        assert!(!DeliveryStatus::Sending.is_final());
+    }
+}

@@ -1,0 +1,156 @@
+//! An in-process campaign cache, so hot paths (ingest's "is it live?", the worker's re-check)
+//! do not pay a database round trip per request or message.
+//!
+//! Freshness comes from PostgreSQL LISTEN/NOTIFY: every campaign change notifies on commit
+//! ([`CAMPAIGN_CHANGES_CHANNEL`]) and each process drops its copy on receipt, so a stop made
+//! through any instance is seen by all within the notification latency. While the listening
+//! connection is down the cache is bypassed (every lookup reads the database), so a lost
+//! notification can never leave a stopped campaign in use.
+//!
+//! What is cached is up to the user: a function builds it from the campaign record once per
+//! change (ingest keeps validation facts, the worker compiled templates).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+use uuid::Uuid;
+
+use crate::{CAMPAIGN_CHANGES_CHANNEL, CampaignRecord, Store, StoreError};
+
+type Build<T> = dyn Fn(&CampaignRecord) -> T + Send + Sync;
+
+pub struct CampaignCache<T> {
+    store: Store,
+    build: Box<Build<T>>,
+    /// campaign id → (sandbox, cached value).
+    entries: RwLock<HashMap<Uuid, (String, Arc<T>)>>,
+    /// Bumped on every invalidation, so a load that raced with one is not cached.
+    generation: AtomicU64,
+    listening: AtomicBool,
+}
+
+impl<T> fmt::Debug for CampaignCache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CampaignCache").field("listening", &self.is_listening()).finish()
+    }
+}
+
+impl<T> CampaignCache<T> {
+    /// Whether invalidations are being received (and the cache therefore used).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+}
+
+impl<T: Send + Sync + 'static> CampaignCache<T> {
+    /// Creates the cache, caching `build(record)` per campaign, and starts its listener.
+    pub fn start(store: Store, build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static) -> Arc<Self> {
+        let cache = Arc::new(Self {
+            store,
+            build: Box::new(build),
+            entries: RwLock::default(),
+            generation: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+        });
+        tokio::spawn(Arc::clone(&cache).listen_forever());
+        cache
+    }
+
+    /// The campaign `id` of `sandbox`, from the cache when it can be trusted.
+    pub async fn get(
+        &self,
+        sandbox: &str,
+        id: Uuid,
+    ) -> Result<Option<Arc<T>>, StoreError> {
+        if self.is_listening()
+            && let Some((owner, entry)) = self
+                .entries
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+        {
+            return Ok((owner == sandbox).then(|| Arc::clone(entry)));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Some(record) = self.store.get_campaign(sandbox, id).await? else {
+            return Ok(None);
+        };
+        let campaign = Arc::new((self.build)(&record));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if self.is_listening() && self.generation.load(Ordering::SeqCst) == generation {
+            entries.insert(id, (record.sandbox.clone(), Arc::clone(&campaign)));
+        }
+        Ok(Some(campaign))
+    }
+
+    fn invalidate(&self, id: Option<Uuid>) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        match id {
+            Some(id) => {
+                entries.remove(&id);
+            }
+            None => entries.clear(),
+        }
+    }
+
+    async fn listen_forever(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if let Err(error) = self.listen_once().await {
+                tracing::warn!(%error, "campaign change listener lost; the cache is bypassed until it is back");
+            }
+            self.listening.store(false, Ordering::SeqCst);
+            self.invalidate(None);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(3));
+        }
+    }
+
+    async fn listen_once(&self) -> Result<(), tokio_postgres::Error> {
+        let (client, mut connection) = self
+            .store
+            .connection_config()
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        let (notifications, mut received) = mpsc::unbounded_channel();
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let driver = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(notification)) => {
+                        if notifications
+                            .send(notification.payload().to_string())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "campaign change listener connection failed");
+                        return;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CAMPAIGN_CHANGES_CHANNEL}"))
+            .await?;
+        self.invalidate(None);
+        self.listening.store(true, Ordering::SeqCst);
+        tracing::info!("listening for campaign changes");
+        while let Some(payload) = received.recv().await {
+            self.invalidate(Uuid::parse_str(&payload).ok());
+        }
+        driver.abort();
+        Ok(())
+    }
+}
+

@@ -1,0 +1,205 @@
+//! Delivery records: the claim a worker takes before calling a provider, and the outcome it
+//! writes after. The claim is what makes a redelivered message safe: a delivery whose row is
+//! final is acknowledged without a provider call.
+
+use chrono::{DateTime, Duration, Utc};
+use herald_core::delivery::DeliveryStatus;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// Identifies one delivery and who is working on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryKey {
+    pub execution_id: Uuid,
+    pub recipient_index: i32,
+    pub campaign_id: Uuid,
+    pub channel: String,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryClaim {
+    /// This worker holds the delivery; `attempts` counts provider calls before this one.
+    Claimed { token: Uuid, attempts: i32 },
+    /// Already decided: acknowledge without calling the provider.
+    Final(DeliveryStatus),
+    /// Another worker claimed it moments ago and may still be sending: look again later.
+    Busy,
+    /// A claim older than the stale limit: its worker died during the call, so the message may
+    /// have been sent. Recorded `unknown`, not resent.
+    Abandoned,
+}
+
+impl Store {
+    /// Claims `key` for a provider call at `now`. A `sending` claim older than `stale_after`
+    /// is turned into `unknown`.
+    pub async fn claim_delivery(
+        &self,
+        key: &DeliveryKey,
+        version_id: Option<Uuid>,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+    ) -> Result<DeliveryClaim, StoreError> {
+        let client = self.client().await?;
+        let token = Uuid::now_v7();
+        // One statement: insert a new claim, or take over a delivery waiting for a retry.
+        let claimed = client
+            .query_opt(
+                "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
+                                         claim_token, claimed_at, created_at, updated_at)
+                 VALUES ($1, $2, 'sending', 0, $3, $4, $5, $6, $7, $7, $7)
+                 ON CONFLICT (execution_id, recipient_index) DO UPDATE
+                    SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
+                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
+                  WHERE deliveries.status = 'retrying'
+                 RETURNING attempts",
+                &[&key.execution_id, &key.recipient_index, &version_id, &key.campaign_id, &key.channel, &token, &now],
+            )
+            .await?;
+        if let Some(row) = claimed {
+            return Ok(DeliveryClaim::Claimed { token, attempts: row.get(0) });
+        }
+        let row = client
+            .query_one(
+                "SELECT status, claimed_at FROM deliveries WHERE execution_id = $1 AND recipient_index = $2",
+                &[&key.execution_id, &key.recipient_index],
+            )
+            .await?;
+        let status: String = row.get(0);
+        let claimed_at: Option<DateTime<Utc>> = row.get(1);
+        let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown);
+        if status != DeliveryStatus::Sending {
+            return Ok(DeliveryClaim::Final(status));
+        }
+        if claimed_at.is_some_and(|at| now - at < stale_after) {
+            return Ok(DeliveryClaim::Busy);
+        }
+        let abandoned = client
+            .execute(
+                "UPDATE deliveries SET status = 'unknown', reason = 'worker-died-during-send', updated_at = $3
+                  WHERE execution_id = $1 AND recipient_index = $2 AND status = 'sending'",
+                &[&key.execution_id, &key.recipient_index, &now],
+            )
+            .await?;
+        Ok(if abandoned == 1 { DeliveryClaim::Abandoned } else { DeliveryClaim::Busy })
+    }
+
+    /// Records the outcome of the claim `token`. Returns false when the claim was lost (another
+    /// worker declared it abandoned), in which case nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_delivery(
+        &self,
+        key: &DeliveryKey,
+        token: Uuid,
+        status: DeliveryStatus,
+        reason: Option<&str>,
+        provider_message_id: Option<&str>,
+        calls: i32,
+        last_error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE deliveries SET status = $4, reason = $5, provider_message_id = $6, attempts = attempts + $7,
+                        last_error = $8, updated_at = $9
+                  WHERE execution_id = $1 AND recipient_index = $2 AND claim_token = $3 AND status = 'sending'",
+                &[&key.execution_id, &key.recipient_index, &token, &status.as_str(), &reason, &provider_message_id, &calls, &last_error, &now],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Records a delivery decided without a provider call (excluded, or failed before sending).
+    /// A delivery that already has a row keeps it.
+    pub async fn record_delivery(
+        &self,
+        key: &DeliveryKey,
+        version_id: Option<Uuid>,
+        status: DeliveryStatus,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO deliveries (execution_id, recipient_index, status, reason, attempts, campaign_version_id, campaign_id, channel,
+                                         created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $8)
+                 ON CONFLICT (execution_id, recipient_index) DO UPDATE
+                    SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at
+                  WHERE deliveries.status = 'retrying'",
+                &[&key.execution_id, &key.recipient_index, &status.as_str(), &reason, &version_id, &key.campaign_id, &key.channel, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The delivery row's status and provider calls so far, if any.
+    pub async fn delivery_status(&self, execution_id: Uuid, recipient_index: i32) -> Result<Option<(DeliveryStatus, i32, Option<String>)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT status, attempts, reason FROM deliveries WHERE execution_id = $1 AND recipient_index = $2",
+                &[&execution_id, &recipient_index],
+            )
+            .await?;
+        Ok(row.map(|row| {
+            let status: String = row.get(0);
+            (DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown), row.get(1), row.get(2))
+        }))
+    }
+
+    /// Creates a profile holding only its identity, unless one exists (`createNewProfiles`).
+    pub async fn ensure_identity_profile(&self, sandbox: &str, namespace: &str, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO profiles (sandbox, namespace, user_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
+                 ON CONFLICT DO NOTHING",
+                &[&sandbox, &namespace, &user_id, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The SNS endpoint created earlier for (application, token): its ARN and whether it is dead.
+    pub async fn push_endpoint(&self, sandbox: &str, application_arn: &str, token: &str) -> Result<Option<(String, bool)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT endpoint_arn, disabled_at IS NOT NULL FROM push_endpoints WHERE sandbox = $1 AND application_arn = $2 AND token = $3",
+                &[&sandbox, &application_arn, &token],
+            )
+            .await?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
+    }
+
+    pub async fn remember_push_endpoint(&self, sandbox: &str, application_arn: &str, token: &str, endpoint_arn: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO push_endpoints (sandbox, application_arn, token, endpoint_arn, created_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (sandbox, application_arn, token) DO UPDATE SET endpoint_arn = EXCLUDED.endpoint_arn, disabled_at = NULL",
+                &[&sandbox, &application_arn, &token, &endpoint_arn, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a token dead after its endpoint reported disabled.
+    pub async fn mark_push_token_dead(&self, sandbox: &str, application_arn: &str, token: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE push_endpoints SET disabled_at = $4 WHERE sandbox = $1 AND application_arn = $2 AND token = $3",
+                &[&sandbox, &application_arn, &token, &now],
+            )
+            .await?;
+        Ok(())
+    }
+}
