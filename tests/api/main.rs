@@ -11,3 +11,4 @@ mod profiles;
 mod review;
 mod schedule;
 mod templates;
+mod worker;

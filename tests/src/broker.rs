@@ -89,6 +89,35 @@ impl TestTopology {
         messages
     }
 
+    /// Publishes `message` again on the work exchange (same body, id and headers).
+    pub async fn publish_copy(&self, message: &Published, channel: Channel) {
+        let connection = connect().await;
+        let publisher = connection.create_channel().await.unwrap();
+        publisher
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(message.message_id.clone().into())
+            .with_headers(message.headers.clone());
+        let body = serde_json::to_vec(&message.body).unwrap();
+        let confirm = publisher
+            .basic_publish(
+                self.topology.work_exchange().into(),
+                channel.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+        let _ = connection.close(200, "done".into()).await;
+    }
+
     /// How many messages `queue` holds, waiting briefly for quorum-queue counters to settle.
     pub async fn count(&self, queue: &str) -> u32 {
         let connection = connect().await;

@@ -5,6 +5,7 @@
 //! that says how to start it rather than skipping.
 
 pub mod broker;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,8 @@ pub struct TestOptions {
     pub rate_limit_per_sec: u32,
     pub max_body_bytes: usize,
     pub lease: Duration,
+    /// Retry tier delays of the topology (tests use short ones).
+    pub retry_tiers: Vec<Duration>,
 }
 
 impl Default for TestOptions {
@@ -108,6 +111,7 @@ impl Default for TestOptions {
             rate_limit_per_sec: 100_000,
             max_body_bytes: 64 * 1024,
             lease: Duration::from_secs(30),
+            retry_tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
         }
     }
 }
@@ -150,9 +154,11 @@ impl TestApp {
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
         ));
-        let topology = options
-            .broker
-            .then(|| Arc::new(broker::TestTopology::new(options.max_queue_length)));
+        let topology = options.broker.then(|| {
+            let mut topology = broker::TestTopology::new(options.max_queue_length);
+            topology.topology.retry_tiers = options.retry_tiers.clone();
+            Arc::new(topology)
+        });
         let mut app = Self::serve(database, store.clone(), clock, topology, options).await;
         app.key = store
             .create_api_key("a", &Scope::ALL, Some("test"), Utc::now())

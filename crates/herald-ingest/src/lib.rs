@@ -28,8 +28,8 @@ use uuid::Uuid;
 use crate::batch::Batcher;
 use crate::broker::{Broker, OutgoingMessage};
 use crate::campaigns::CachedCampaign;
-use herald_store::CampaignCache;
 use crate::ratelimit::RateLimiter;
+use herald_store::CampaignCache;
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {

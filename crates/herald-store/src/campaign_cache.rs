@@ -37,7 +37,9 @@ pub struct CampaignCache<T> {
 
 impl<T> fmt::Debug for CampaignCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CampaignCache").field("listening", &self.is_listening()).finish()
+        f.debug_struct("CampaignCache")
+            .field("listening", &self.is_listening())
+            .finish()
     }
 }
 
@@ -50,7 +52,10 @@ impl<T> CampaignCache<T> {
 
 impl<T: Send + Sync + 'static> CampaignCache<T> {
     /// Creates the cache, caching `build(record)` per campaign, and starts its listener.
-    pub fn start(store: Store, build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static) -> Arc<Self> {
+    pub fn start(
+        store: Store,
+        build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static,
+    ) -> Arc<Self> {
         let cache = Arc::new(Self {
             store,
             build: Box::new(build),
@@ -63,11 +68,7 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
     }
 
     /// The campaign `id` of `sandbox`, from the cache when it can be trusted.
-    pub async fn get(
-        &self,
-        sandbox: &str,
-        id: Uuid,
-    ) -> Result<Option<Arc<T>>, StoreError> {
+    pub async fn get(&self, sandbox: &str, id: Uuid) -> Result<Option<Arc<T>>, StoreError> {
         if self.is_listening()
             && let Some((owner, entry)) = self
                 .entries
@@ -153,4 +154,3 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
         Ok(())
     }
 }
-

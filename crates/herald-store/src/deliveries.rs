@@ -52,13 +52,16 @@ impl Store {
                  ON CONFLICT (execution_id, recipient_index) DO UPDATE
                     SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
                         campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
-                  WHERE deliveries.status = 'retrying'
+                  WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
                  RETURNING attempts",
                 &[&key.execution_id, &key.recipient_index, &version_id, &key.campaign_id, &key.channel, &token, &now],
             )
             .await?;
         if let Some(row) = claimed {
-            return Ok(DeliveryClaim::Claimed { token, attempts: row.get(0) });
+            return Ok(DeliveryClaim::Claimed {
+                token,
+                attempts: row.get(0),
+            });
         }
         let row = client
             .query_one(
@@ -69,6 +72,10 @@ impl Store {
         let status: String = row.get(0);
         let claimed_at: Option<DateTime<Utc>> = row.get(1);
         let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown);
+        if status == DeliveryStatus::Retrying {
+            // Another copy is waiting in a retry tier and is not due yet: look again later.
+            return Ok(DeliveryClaim::Busy);
+        }
         if status != DeliveryStatus::Sending {
             return Ok(DeliveryClaim::Final(status));
         }
@@ -82,11 +89,16 @@ impl Store {
                 &[&key.execution_id, &key.recipient_index, &now],
             )
             .await?;
-        Ok(if abandoned == 1 { DeliveryClaim::Abandoned } else { DeliveryClaim::Busy })
+        Ok(if abandoned == 1 {
+            DeliveryClaim::Abandoned
+        } else {
+            DeliveryClaim::Busy
+        })
     }
 
     /// Records the outcome of the claim `token`. Returns false when the claim was lost (another
-    /// worker declared it abandoned), in which case nothing is written.
+    /// worker declared it abandoned), in which case nothing is written. A `retrying` outcome is
+    /// not claimable again before `retry_after` has passed (database time).
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_delivery(
         &self,
@@ -97,16 +109,20 @@ impl Store {
         provider_message_id: Option<&str>,
         calls: i32,
         last_error: Option<&str>,
+        retry_after: Option<std::time::Duration>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        // A little less than the tier delay: the broker never delivers before the TTL expires.
+        let not_before_seconds = retry_after.map(|delay| delay.as_secs_f64() * 0.9);
         let updated = self
             .client()
             .await?
             .execute(
                 "UPDATE deliveries SET status = $4, reason = $5, provider_message_id = $6, attempts = attempts + $7,
-                        last_error = $8, updated_at = $9
+                        last_error = $8, updated_at = $9,
+                        not_before = CASE WHEN $10::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $10::float8) END
                   WHERE execution_id = $1 AND recipient_index = $2 AND claim_token = $3 AND status = 'sending'",
-                &[&key.execution_id, &key.recipient_index, &token, &status.as_str(), &reason, &provider_message_id, &calls, &last_error, &now],
+                &[&key.execution_id, &key.recipient_index, &token, &status.as_str(), &reason, &provider_message_id, &calls, &last_error, &now, &not_before_seconds],
             )
             .await?;
         Ok(updated == 1)
@@ -138,7 +154,11 @@ impl Store {
     }
 
     /// The delivery row's status and provider calls so far, if any.
-    pub async fn delivery_status(&self, execution_id: Uuid, recipient_index: i32) -> Result<Option<(DeliveryStatus, i32, Option<String>)>, StoreError> {
+    pub async fn delivery_status(
+        &self,
+        execution_id: Uuid,
+        recipient_index: i32,
+    ) -> Result<Option<(DeliveryStatus, i32, Option<String>)>, StoreError> {
         let row = self
             .client()
             .await?
@@ -149,12 +169,22 @@ impl Store {
             .await?;
         Ok(row.map(|row| {
             let status: String = row.get(0);
-            (DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown), row.get(1), row.get(2))
+            (
+                DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown),
+                row.get(1),
+                row.get(2),
+            )
         }))
     }
 
     /// Creates a profile holding only its identity, unless one exists (`createNewProfiles`).
-    pub async fn ensure_identity_profile(&self, sandbox: &str, namespace: &str, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn ensure_identity_profile(
+        &self,
+        sandbox: &str,
+        namespace: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
@@ -167,7 +197,12 @@ impl Store {
     }
 
     /// The SNS endpoint created earlier for (application, token): its ARN and whether it is dead.
-    pub async fn push_endpoint(&self, sandbox: &str, application_arn: &str, token: &str) -> Result<Option<(String, bool)>, StoreError> {
+    pub async fn push_endpoint(
+        &self,
+        sandbox: &str,
+        application_arn: &str,
+        token: &str,
+    ) -> Result<Option<(String, bool)>, StoreError> {
         let row = self
             .client()
             .await?
@@ -179,7 +214,14 @@ impl Store {
         Ok(row.map(|row| (row.get(0), row.get(1))))
     }
 
-    pub async fn remember_push_endpoint(&self, sandbox: &str, application_arn: &str, token: &str, endpoint_arn: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn remember_push_endpoint(
+        &self,
+        sandbox: &str,
+        application_arn: &str,
+        token: &str,
+        endpoint_arn: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
@@ -192,7 +234,13 @@ impl Store {
     }
 
     /// Marks a token dead after its endpoint reported disabled.
-    pub async fn mark_push_token_dead(&self, sandbox: &str, application_arn: &str, token: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn mark_push_token_dead(
+        &self,
+        sandbox: &str,
+        application_arn: &str,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(

@@ -12,6 +12,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "executions",
         include_str!("../migrations/0002_executions.sql"),
     ),
+    (3, "worker", include_str!("../migrations/0003_worker.sql")),
+    (
+        4,
+        "retry_not_before",
+        include_str!("../migrations/0004_retry_not_before.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

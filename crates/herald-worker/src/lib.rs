@@ -1,7 +1,11 @@
 //! Herald's worker: consumes the per-channel queues, re-checks the campaign, renders with tera,
 //! sends through SES v2 / SNS, retries transient failures and dead-letters permanent ones.
 //!
-//! Built so far: the AWS client configuration ([`providers::aws`]). The consumers arrive with
-//! issue #4; until then `herald worker` says so and exits.
+//! [`pipeline`] decides what happens to one message (no broker access); [`consumer`] is the
+//! delivery loop that consumes, runs the pipeline and settles every message (ack, retry tier,
+//! dead letter). [`providers`] hold the SES/SNS clients and their error classifiers.
 
+pub mod consumer;
+pub mod pipeline;
 pub mod providers;
+pub mod resolve;

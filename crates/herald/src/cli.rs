@@ -147,6 +147,30 @@ pub struct ApiArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
+    /// Channels this worker consumes (comma-separated).
+    #[arg(
+        long,
+        env = "HERALD_WORKER_CHANNELS",
+        default_value = "email,sms,push",
+        value_delimiter = ','
+    )]
+    pub worker_channels: Vec<String>,
+    /// Unacknowledged messages the broker may push to each channel consumer.
+    #[arg(long, env = "HERALD_WORKER_PREFETCH", default_value_t = 200)]
+    pub worker_prefetch: u16,
+    /// Messages of one channel processed at once.
+    #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 64)]
+    pub worker_concurrency: usize,
+    /// On SIGTERM, how long in-flight sends may take to finish before the worker exits.
+    #[arg(long, env = "HERALD_WORKER_GRACE_SECONDS", default_value_t = 25)]
+    pub worker_grace_seconds: u64,
+    /// Provider calls in all (across retry tiers) before a message is dead-lettered.
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 12)]
+    pub max_attempts: u32,
+    /// A delivery claimed longer ago than this by a worker that never finished is recorded
+    /// `unknown` (maybe sent) instead of being sent again.
+    #[arg(long, env = "HERALD_STALE_CLAIM_SECONDS", default_value_t = 120)]
+    pub stale_claim_seconds: u64,
     #[command(flatten)]
     pub startup: StartupArgs,
 }

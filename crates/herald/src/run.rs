@@ -6,10 +6,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use backon::{ExponentialBuilder, Retryable};
 use herald_api::{ApiConfig, AppState};
+use herald_core::Channel;
+use herald_core::delivery::RetryPolicy;
 use herald_core::{Clock, Scope, SystemClock};
 use herald_ingest::broker::{Broker, BrokerSettings};
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
+use herald_worker::consumer::{self, ConsumerSettings};
+use herald_worker::pipeline::{Pipeline, PipelineSettings};
+use herald_worker::providers::Provider;
+use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
 use tokio::net::TcpListener;
 
 use crate::cli::{
@@ -129,28 +135,45 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
-    let _store = start(&args.startup).await?;
-    // The topology is declared by workers too, so either role can start first.
-    let broker = &args.startup.broker;
-    let connection = lapin::Connection::connect(
-        broker.amqp_url.expose(),
-        lapin::ConnectionProperties::default().with_connection_name("herald-worker".into()),
-    )
-    .await
-    .context("connecting to the broker")?;
-    let channel = connection
-        .create_channel()
-        .await
-        .context("opening a channel")?;
-    broker
-        .topology()
-        .declare(&channel)
-        .await
-        .context("declaring the broker topology")?;
-    let _ = connection.close(200, "topology declared".into()).await;
-    bail!(
-        "the worker's consumers are not built yet (tracked in issue #4); the topology is declared, nothing else to run"
-    )
+    let store = start(&args.startup).await?;
+    let channels = args
+        .worker_channels
+        .iter()
+        .map(|name| name.trim().parse::<Channel>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let aws = load_config(&AwsSettings::default()).await;
+    let provider: Arc<dyn Provider> = Arc::new(AwsProvider::new(&aws));
+    let topology = args.startup.broker.topology();
+    let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
+    policy.max_attempts = args.max_attempts;
+    let pipeline = Arc::new(Pipeline::new(
+        store,
+        provider,
+        Arc::new(SystemClock),
+        PipelineSettings {
+            policy,
+            stale_claim: chrono::Duration::seconds(
+                i64::try_from(args.stale_claim_seconds).unwrap_or(i64::MAX),
+            ),
+            database_pause: Duration::from_secs(2),
+        },
+    ));
+    let settings = ConsumerSettings {
+        amqp_url: args.startup.broker.amqp_url.expose().to_string(),
+        topology,
+        channels,
+        prefetch: args.worker_prefetch,
+        concurrency: args.worker_concurrency,
+        grace: Duration::from_secs(args.worker_grace_seconds),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    consumer::run(pipeline, settings, stopped).await;
+    tracing::info!("worker stopped");
+    Ok(())
 }
 
 async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {

@@ -87,7 +87,13 @@ fn failure_of<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Fai
 }
 
 fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> ProviderResult<T> {
-    result.map_err(|error| ProviderError::new(ErrorClass::Permanent, "Construction", format!("invalid request: {error}")))
+    result.map_err(|error| {
+        ProviderError::new(
+            ErrorClass::Permanent,
+            "Construction",
+            format!("invalid request: {error}"),
+        )
+    })
 }
 
 /// SES v2 for email, SNS for SMS and mobile push.
@@ -99,7 +105,10 @@ pub struct AwsProvider {
 
 impl AwsProvider {
     pub fn new(config: &SdkConfig) -> Self {
-        Self { ses: ses_client(config), sns: sns_client(config) }
+        Self {
+            ses: ses_client(config),
+            sns: sns_client(config),
+        }
     }
 
     async fn email(&self, message: &EmailMessage) -> ProviderResult<Receipt> {
@@ -112,7 +121,14 @@ impl AwsProvider {
         if let Some(plain) = &message.text {
             body = body.text(text(plain)?);
         }
-        let content = EmailContent::builder().simple(Message::builder().subject(text(&message.subject)?).body(body.build()).build()).build();
+        let content = EmailContent::builder()
+            .simple(
+                Message::builder()
+                    .subject(text(&message.subject)?)
+                    .body(body.build())
+                    .build(),
+            )
+            .build();
         let mut request = self
             .ses
             .send_email()
@@ -121,15 +137,29 @@ impl AwsProvider {
             .content(content)
             .set_reply_to_addresses(message.reply_to.clone().map(|address| vec![address]));
         for (name, value) in &message.tags {
-            request = request.email_tags(built(MessageTag::builder().name(name).value(value).build())?);
+            request = request.email_tags(built(
+                MessageTag::builder().name(name).value(value).build(),
+            )?);
         }
-        let output = request.send().await.map_err(|error| classify::ses(&failure_of(&error)))?;
-        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+        let output = request
+            .send()
+            .await
+            .map_err(|error| classify::ses(&failure_of(&error)))?;
+        Ok(Receipt {
+            provider_message_id: output.message_id().unwrap_or_default().to_string(),
+        })
     }
 
     async fn sms(&self, message: &SmsMessage) -> ProviderResult<Receipt> {
         use aws_sdk_sns::types::MessageAttributeValue;
-        let attribute = |value: &str| built(MessageAttributeValue::builder().data_type("String").string_value(value).build());
+        let attribute = |value: &str| {
+            built(
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build(),
+            )
+        };
         let mut request = self
             .sns
             .publish()
@@ -140,10 +170,16 @@ impl AwsProvider {
             request = request.message_attributes("AWS.SNS.SMS.SenderID", attribute(sender_id)?);
         }
         if let Some(number) = &message.origination_number {
-            request = request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
+            request =
+                request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
         }
-        let output = request.send().await.map_err(|error| classify::sns(&failure_of(&error)))?;
-        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+        let output = request
+            .send()
+            .await
+            .map_err(|error| classify::sns(&failure_of(&error)))?;
+        Ok(Receipt {
+            provider_message_id: output.message_id().unwrap_or_default().to_string(),
+        })
     }
 
     async fn endpoint(&self, application_arn: &str, token: &str) -> ProviderResult<String> {
@@ -155,7 +191,13 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|error| classify::sns(&failure_of(&error)))?;
-        output.endpoint_arn().map(str::to_string).ok_or_else(|| ProviderError::new(ErrorClass::Transient, "NoEndpointArn", "sns returned no endpoint"))
+        output.endpoint_arn().map(str::to_string).ok_or_else(|| {
+            ProviderError::new(
+                ErrorClass::Transient,
+                "NoEndpointArn",
+                "sns returned no endpoint",
+            )
+        })
     }
 
     async fn push(&self, endpoint_arn: &str, message: &PushMessage) -> ProviderResult<Receipt> {
@@ -168,7 +210,9 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|error| classify::sns(&failure_of(&error)))?;
-        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+        Ok(Receipt {
+            provider_message_id: output.message_id().unwrap_or_default().to_string(),
+        })
     }
 }
 
@@ -178,7 +222,8 @@ pub fn push_payload(message: &PushMessage) -> String {
         "notification": { "title": message.title, "body": message.body },
         "data": message.data,
     });
-    let mut apns = serde_json::json!({ "aps": { "alert": { "title": message.title, "body": message.body } } });
+    let mut apns =
+        serde_json::json!({ "aps": { "alert": { "title": message.title, "body": message.body } } });
     for (key, value) in &message.data {
         apns[key] = serde_json::Value::String(value.clone());
     }
@@ -192,7 +237,10 @@ pub fn push_payload(message: &PushMessage) -> String {
 }
 
 impl Provider for AwsProvider {
-    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+    fn send_email<'a>(
+        &'a self,
+        message: &'a EmailMessage,
+    ) -> BoxFuture<'a, ProviderResult<Receipt>> {
         Box::pin(self.email(message))
     }
 
@@ -200,11 +248,19 @@ impl Provider for AwsProvider {
         Box::pin(self.sms(message))
     }
 
-    fn create_push_endpoint<'a>(&'a self, application_arn: &'a str, token: &'a str) -> BoxFuture<'a, ProviderResult<String>> {
+    fn create_push_endpoint<'a>(
+        &'a self,
+        application_arn: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, ProviderResult<String>> {
         Box::pin(self.endpoint(application_arn, token))
     }
 
-    fn send_push<'a>(&'a self, endpoint_arn: &'a str, message: &'a PushMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+    fn send_push<'a>(
+        &'a self,
+        endpoint_arn: &'a str,
+        message: &'a PushMessage,
+    ) -> BoxFuture<'a, ProviderResult<Receipt>> {
         Box::pin(self.push(endpoint_arn, message))
     }
 }

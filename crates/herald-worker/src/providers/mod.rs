@@ -50,9 +50,20 @@ pub type ProviderResult<T> = Result<T, ProviderError>;
 
 /// Sends rendered messages. Implementations classify every failure.
 pub trait Provider: Send + Sync + std::fmt::Debug {
-    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
+    fn send_email<'a>(
+        &'a self,
+        message: &'a EmailMessage,
+    ) -> BoxFuture<'a, ProviderResult<Receipt>>;
     fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
     /// Registers `token` with the platform application; returns the endpoint to publish to.
-    fn create_push_endpoint<'a>(&'a self, application_arn: &'a str, token: &'a str) -> BoxFuture<'a, ProviderResult<String>>;
-    fn send_push<'a>(&'a self, endpoint_arn: &'a str, message: &'a PushMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
+    fn create_push_endpoint<'a>(
+        &'a self,
+        application_arn: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, ProviderResult<String>>;
+    fn send_push<'a>(
+        &'a self,
+        endpoint_arn: &'a str,
+        message: &'a PushMessage,
+    ) -> BoxFuture<'a, ProviderResult<Receipt>>;
 }

@@ -1,0 +1,370 @@
+//! The delivery loop: one consumer per channel queue (manual acks, bounded prefetch), a bounded
+//! number of messages in the pipeline at once, and the only place where messages are settled —
+//! acknowledged, republished to a retry tier or to the dead-letter exchange (with a confirm
+//! before the ack, so a message is never dropped between two queues).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use herald_core::Channel;
+use herald_core::delivery::channel_pause;
+use herald_ingest::topology::{RETRY_TIER_HEADER, Topology};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use crate::pipeline::{Decision, Pipeline};
+
+/// The header counting the retry tiers a message has been through.
+pub const TIERS_USED_HEADER: &str = "x-herald-tiers-used";
+pub const DEAD_REASON_HEADER: &str = "x-herald-dead-letter-reason";
+pub const LAST_ERROR_HEADER: &str = "x-herald-last-error";
+
+const RECONNECT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(200))
+    .with_max_delay(Duration::from_secs(5))
+    .with_jitter()
+    .without_max_times();
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub channels: Vec<Channel>,
+    /// Unacknowledged messages the broker may push to one channel consumer.
+    pub prefetch: u16,
+    /// Messages of one channel in the pipeline at once.
+    pub concurrency: usize,
+    /// How long a shutdown waits for in-flight messages.
+    pub grace: Duration,
+}
+
+/// Per-channel pause after account-wide failures.
+#[derive(Debug, Default)]
+struct PauseState {
+    until: Mutex<Option<tokio::time::Instant>>,
+    consecutive: AtomicU32,
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.to_string()))
+}
+
+fn tiers_used(delivery: &Delivery) -> u32 {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(TIERS_USED_HEADER))
+    {
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Runs the worker until `shutdown` turns true, reconnecting whenever the broker goes away.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    settings: ConsumerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delays = RECONNECT_BACKOFF.build();
+    while !*shutdown.borrow() {
+        match session(&pipeline, &settings, shutdown.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(%error, retry_in = ?delay, "worker broker session ended");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One connection's life: declare, consume every channel, settle, and on shutdown drain.
+async fn session(
+    pipeline: &Arc<Pipeline>,
+    settings: &ConsumerSettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name("herald-worker".into());
+    let connection = Connection::connect(&settings.amqp_url, properties).await?;
+    let setup = connection.create_channel().await?;
+    settings.topology.declare(&setup).await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let settler = Arc::new(Settler {
+        publisher,
+        topology: settings.topology.clone(),
+    });
+    tracing::info!(channels = ?settings.channels, "worker consuming");
+    let mut loops = Vec::new();
+    for channel in &settings.channels {
+        let amqp = connection.create_channel().await?;
+        amqp.basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = amqp
+            .basic_consume(
+                settings.topology.channel_queue(*channel).into(),
+                format!("herald-worker-{channel}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loops.push(tokio::spawn(consume(
+            Arc::clone(pipeline),
+            Arc::clone(&settler),
+            consumer,
+            settings.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let mut result = Ok(());
+    for handle in loops {
+        if let Ok(Err(error)) = handle.await {
+            result = Err(error);
+        }
+    }
+    let _ = connection.close(200, "worker stopping".into()).await;
+    result
+}
+
+async fn consume(
+    pipeline: Arc<Pipeline>,
+    settler: Arc<Settler>,
+    mut consumer: lapin::Consumer,
+    settings: ConsumerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let pause = Arc::new(PauseState::default());
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            _ = shutdown.changed() => continue,
+        };
+        let Some(delivery) = delivery else {
+            return Err(lapin::Error::from(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+            ));
+        };
+        let delivery = delivery?;
+        // A paused channel holds the message (unacknowledged) until the pause is over; on
+        // shutdown it goes back to the queue with the channel.
+        let paused_until = *pause.until.lock().await;
+        if let Some(until) = paused_until.filter(|until| *until > tokio::time::Instant::now()) {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // The semaphore is never closed; a closed one would mean the loop is being torn down.
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (pipeline, settler, pause) = (
+            Arc::clone(&pipeline),
+            Arc::clone(&settler),
+            Arc::clone(&pause),
+        );
+        tokio::spawn(async move {
+            let decision = pipeline
+                .process(&delivery.data, tiers_used(&delivery))
+                .await;
+            if let Decision::Pause {
+                pause: wait,
+                reason,
+            } = &decision
+            {
+                let consecutive = pause.consecutive.fetch_add(1, Ordering::SeqCst);
+                let wait = if wait.is_zero() {
+                    channel_pause(consecutive)
+                } else {
+                    *wait
+                };
+                tracing::warn!(%reason, pause = ?wait, "channel paused");
+                *pause.until.lock().await = Some(tokio::time::Instant::now() + wait);
+            } else {
+                pause.consecutive.store(0, Ordering::SeqCst);
+            }
+            settler
+                .settle(&delivery, decision, pipeline.first_tier())
+                .await;
+            drop(permit);
+        });
+    }
+    // Shutdown: stop taking messages, let the in-flight ones finish within the grace period.
+    // Anything prefetched but not started is returned to the queue when the channel closes.
+    let all = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(settings.grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed with messages in flight; they will be redelivered");
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+enum RepublishError {
+    Broker(lapin::Error),
+    /// Nacked or returned by the broker.
+    Refused,
+}
+
+impl std::fmt::Display for RepublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepublishError::Broker(error) => write!(f, "broker error: {error}"),
+            RepublishError::Refused => f.write_str("the broker refused the republished message"),
+        }
+    }
+}
+
+impl From<lapin::Error> for RepublishError {
+    fn from(error: lapin::Error) -> Self {
+        RepublishError::Broker(error)
+    }
+}
+
+/// Applies decisions to deliveries. Republishes are confirmed before the original is acked.
+struct Settler {
+    publisher: lapin::Channel,
+    topology: Topology,
+}
+
+impl Settler {
+    async fn settle(&self, delivery: &Delivery, decision: Decision, first_tier: Duration) {
+        let republished = match decision {
+            Decision::Ack => Ok(()),
+            Decision::Retry { tier, tiers_used } => {
+                self.to_retry_tier(delivery, tier, tiers_used).await
+            }
+            // Put back without counting a tier: the message is not at fault.
+            Decision::Pause { .. } => {
+                self.to_retry_tier(delivery, first_tier, tiers_used(delivery))
+                    .await
+            }
+            Decision::DeadLetter { reason, last_error } => {
+                self.to_dead_letters(delivery, &reason, &last_error).await
+            }
+        };
+        let settled = match republished {
+            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+            Err(error) => {
+                tracing::warn!(%error, "republish failed; returning the message to its queue");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(error) = settled {
+            // The channel is gone: the broker redelivers the message, and its delivery row
+            // makes the redelivery safe.
+            tracing::warn!(%error, "could not settle a delivery");
+        }
+    }
+
+    fn properties(delivery: &Delivery, headers: FieldTable) -> BasicProperties {
+        let mut properties = delivery
+            .properties
+            .clone()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if properties.content_type().is_none() {
+            properties = properties.with_content_type("application/json".into());
+        }
+        properties
+    }
+
+    fn headers(delivery: &Delivery) -> FieldTable {
+        delivery.properties.headers().clone().unwrap_or_default()
+    }
+
+    async fn publish(
+        &self,
+        exchange: String,
+        routing_key: String,
+        delivery: &Delivery,
+        headers: FieldTable,
+    ) -> Result<(), RepublishError> {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &delivery.data,
+                Self::properties(delivery, headers),
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() || confirm.take_message().is_some() {
+            return Err(RepublishError::Refused);
+        }
+        Ok(())
+    }
+
+    async fn to_retry_tier(
+        &self,
+        delivery: &Delivery,
+        tier: Duration,
+        tiers_used: u32,
+    ) -> Result<(), RepublishError> {
+        let mut headers = Self::headers(delivery);
+        headers.insert(RETRY_TIER_HEADER.into(), text(&Topology::tier_name(tier)));
+        headers.insert(
+            TIERS_USED_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(tiers_used)),
+        );
+        self.publish(
+            self.topology.retry_exchange(),
+            delivery.routing_key.to_string(),
+            delivery,
+            headers,
+        )
+        .await
+    }
+
+    async fn to_dead_letters(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        last_error: &str,
+    ) -> Result<(), RepublishError> {
+        let mut headers = Self::headers(delivery);
+        headers.insert(DEAD_REASON_HEADER.into(), text(reason));
+        headers.insert(LAST_ERROR_HEADER.into(), text(last_error));
+        self.publish(
+            self.topology.dead_letter_exchange(),
+            delivery.routing_key.to_string(),
+            delivery,
+            headers,
+        )
+        .await
+    }
+}

@@ -1,0 +1,511 @@
+//! The life of one delivery: decode → re-check the campaign → expiry → resolve the recipient →
+//! render → claim → send (with quick in-process retries) → record. It returns a [`Decision`];
+//! it never touches the broker, so acks and republishes stay in the delivery loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_core::delivery::{DeliveryStatus, ErrorClass, ProviderError, RetryPolicy, reasons};
+use herald_core::execution::{ENVELOPE_VERSION, Envelope, RecipientType};
+use herald_core::template::{CompiledContent, Rendered};
+use herald_core::{CampaignStatus, Channel, Clock};
+use herald_store::{CampaignCache, CampaignRecord, DeliveryClaim, DeliveryKey, Store, StoreError};
+use uuid::Uuid;
+
+use crate::providers::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
+use crate::resolve::{Resolved, resolve};
+
+/// What the delivery loop does with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Outcome recorded (or nothing to do): acknowledge.
+    Ack,
+    /// Transient failure: republish to the retry tier `tier`, counting `tiers_used`.
+    Retry { tier: Duration, tiers_used: u32 },
+    /// Out of attempts or unreadable: publish to the dead-letter queue, then acknowledge.
+    DeadLetter { reason: String, last_error: String },
+    /// The channel cannot send (account-wide failure) or the database is away: put the message
+    /// back without counting an attempt, and stop consuming the channel for `pause`.
+    Pause { pause: Duration, reason: String },
+}
+
+/// A campaign as the worker caches it: the record and the live version's compiled content.
+#[derive(Debug)]
+pub struct WorkerCampaign {
+    pub record: CampaignRecord,
+    pub compiled: Option<Arc<CompiledContent>>,
+}
+
+impl WorkerCampaign {
+    pub fn from_record(record: &CampaignRecord) -> Self {
+        let compiled = record
+            .live
+            .as_ref()
+            .and_then(|live| CompiledContent::compile(&live.definition.content).ok())
+            .map(Arc::new);
+        Self {
+            record: record.clone(),
+            compiled,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub policy: RetryPolicy,
+    /// A `sending` claim older than this belongs to a dead worker.
+    pub stale_claim: chrono::Duration,
+    /// Pause after a database failure.
+    pub database_pause: Duration,
+}
+
+#[derive(Debug)]
+pub struct Pipeline {
+    store: Store,
+    provider: Arc<dyn Provider>,
+    campaigns: Arc<CampaignCache<WorkerCampaign>>,
+    clock: Arc<dyn Clock>,
+    settings: PipelineSettings,
+}
+
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Store,
+        provider: Arc<dyn Provider>,
+        clock: Arc<dyn Clock>,
+        settings: PipelineSettings,
+    ) -> Self {
+        let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
+        Self {
+            store,
+            provider,
+            campaigns,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {
+        &self.campaigns
+    }
+
+    pub fn first_tier(&self) -> Duration {
+        self.settings
+            .policy
+            .tiers
+            .first()
+            .copied()
+            .unwrap_or(Duration::from_secs(5))
+    }
+
+    fn database_down(&self, error: &StoreError) -> Decision {
+        match error {
+            StoreError::Unavailable(_) => tracing::warn!(%error, "database unavailable; pausing"),
+            other => tracing::error!(error = ?other, "database error; pausing"),
+        }
+        Decision::Pause {
+            pause: self.settings.database_pause,
+            reason: "database-unavailable".into(),
+        }
+    }
+
+    /// Processes one message body that has been through `tiers_used` retry tiers.
+    pub async fn process(&self, body: &[u8], tiers_used: u32) -> Decision {
+        let envelope: Envelope = match serde_json::from_slice(body) {
+            Ok(envelope) if envelope_version_ok(&envelope) => envelope,
+            Ok(_) => {
+                return Decision::DeadLetter {
+                    reason: reasons::INVALID_MESSAGE.into(),
+                    last_error: "unknown envelope version".into(),
+                };
+            }
+            Err(error) => {
+                return Decision::DeadLetter {
+                    reason: reasons::INVALID_MESSAGE.into(),
+                    last_error: format!("undecodable envelope: {error}"),
+                };
+            }
+        };
+        match self.deliver(&envelope, tiers_used).await {
+            Ok(decision) => decision,
+            Err(error) => self.database_down(&error),
+        }
+    }
+
+    async fn deliver(&self, envelope: &Envelope, tiers_used: u32) -> Result<Decision, StoreError> {
+        let now = self.clock.now();
+        let key = DeliveryKey {
+            execution_id: envelope.execution_id,
+            recipient_index: i32::try_from(envelope.recipient_index).unwrap_or(i32::MAX),
+            campaign_id: envelope.campaign_id,
+            channel: envelope.channel.as_str().to_string(),
+        };
+        let campaign = self
+            .campaigns
+            .get(&envelope.sandbox, envelope.campaign_id)
+            .await?;
+        let live = campaign
+            .as_ref()
+            .filter(|c| c.record.status(now) == CampaignStatus::Live)
+            .and_then(|c| c.record.live.as_ref().map(|live| (c, live)));
+        let Some((campaign, live)) = live else {
+            return self
+                .exclude(&key, None, reasons::CAMPAIGN_NOT_LIVE, now)
+                .await;
+        };
+        let version = Some(live.id);
+        if envelope.expires_at.is_some_and(|expires| now >= expires) {
+            return self.exclude(&key, version, reasons::EXPIRED, now).await;
+        }
+        let stored = match envelope.recipient.kind {
+            RecipientType::External => None,
+            RecipientType::Aep => {
+                let (namespace, user) =
+                    (&envelope.recipient.namespace, &envelope.recipient.user_id);
+                let profile = self
+                    .store
+                    .get_profile(&envelope.sandbox, namespace, user)
+                    .await?;
+                if profile.is_none() && live.definition.create_new_profiles {
+                    self.store
+                        .ensure_identity_profile(&envelope.sandbox, namespace, user, now)
+                        .await?;
+                }
+                profile
+            }
+        };
+        let resolved = match resolve(envelope, &live.definition, stored.as_ref()) {
+            Ok(resolved) => resolved,
+            Err(reason) => return self.exclude(&key, version, reason, now).await,
+        };
+        let rendered = campaign.compiled.as_ref().map(|compiled| {
+            compiled.render(
+                &serde_json::Value::Object(resolved.profile.clone()),
+                &serde_json::Value::Object(envelope.context.clone()),
+            )
+        });
+        let rendered = match rendered {
+            Some(Ok(rendered)) => rendered,
+            _ => {
+                self.store
+                    .record_delivery(
+                        &key,
+                        version,
+                        DeliveryStatus::Failed,
+                        reasons::RENDERING_ERROR,
+                        now,
+                    )
+                    .await?;
+                return Ok(Decision::Ack);
+            }
+        };
+        let (token, attempts) = match self
+            .store
+            .claim_delivery(&key, version, now, self.settings.stale_claim)
+            .await?
+        {
+            DeliveryClaim::Claimed { token, attempts } => (token, attempts),
+            DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),
+            DeliveryClaim::Busy => {
+                return Ok(Decision::Retry {
+                    tier: self.first_tier(),
+                    tiers_used,
+                });
+            }
+        };
+        self.send_and_record(
+            envelope,
+            &campaign.record,
+            &resolved,
+            &rendered,
+            &key,
+            token,
+            attempts,
+            tiers_used,
+        )
+        .await
+    }
+
+    async fn exclude(
+        &self,
+        key: &DeliveryKey,
+        version: Option<Uuid>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, StoreError> {
+        tracing::debug!(execution_id = %key.execution_id, reason, "delivery excluded");
+        self.store
+            .record_delivery(key, version, DeliveryStatus::Excluded, reason, now)
+            .await?;
+        Ok(Decision::Ack)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_and_record(
+        &self,
+        envelope: &Envelope,
+        campaign: &CampaignRecord,
+        resolved: &Resolved,
+        rendered: &Rendered,
+        key: &DeliveryKey,
+        token: Uuid,
+        attempts: i32,
+        tiers_used: u32,
+    ) -> Result<Decision, StoreError> {
+        let policy = &self.settings.policy;
+        let mut calls: i32 = 0;
+        loop {
+            calls += 1;
+            let result = self.send_once(envelope, campaign, resolved, rendered).await;
+            let now = self.clock.now();
+            let error = match result {
+                Ok(receipt) => {
+                    self.store
+                        .finish_delivery(
+                            key,
+                            token,
+                            DeliveryStatus::Sent,
+                            None,
+                            Some(&receipt.provider_message_id),
+                            calls,
+                            None,
+                            None,
+                            now,
+                        )
+                        .await?;
+                    return Ok(Decision::Ack);
+                }
+                Err(error) => error,
+            };
+            let last_error = error.to_string();
+            match error.class {
+                ErrorClass::Permanent => {
+                    if error.token_dead
+                        && let Some(push) = &resolved.push
+                    {
+                        self.store
+                            .mark_push_token_dead(
+                                &envelope.sandbox,
+                                &push.application_arn,
+                                &push.token,
+                                now,
+                            )
+                            .await?;
+                    }
+                    self.store
+                        .finish_delivery(
+                            key,
+                            token,
+                            DeliveryStatus::Failed,
+                            Some(&error.code),
+                            None,
+                            calls,
+                            Some(&last_error),
+                            None,
+                            now,
+                        )
+                        .await?;
+                    return Ok(Decision::Ack);
+                }
+                ErrorClass::AccountWide => {
+                    // Not the message's fault: the calls are not counted against it.
+                    self.store
+                        .finish_delivery(
+                            key,
+                            token,
+                            DeliveryStatus::Retrying,
+                            Some(&error.code),
+                            None,
+                            0,
+                            Some(&last_error),
+                            Some(self.first_tier()),
+                            now,
+                        )
+                        .await?;
+                    tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
+                    return Ok(Decision::Pause {
+                        pause: Duration::ZERO,
+                        reason: error.code,
+                    });
+                }
+                ErrorClass::Transient
+                    if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts =>
+                {
+                    tokio::time::sleep(
+                        policy.in_process_delay(u32::try_from(calls).unwrap_or(1), jitter()),
+                    )
+                    .await;
+                }
+                ErrorClass::Transient => {
+                    let total = u32::try_from(attempts + calls).unwrap_or(u32::MAX);
+                    return Ok(match policy.next_tier(total, tiers_used) {
+                        Some(tier) => {
+                            self.store
+                                .finish_delivery(
+                                    key,
+                                    token,
+                                    DeliveryStatus::Retrying,
+                                    Some(&error.code),
+                                    None,
+                                    calls,
+                                    Some(&last_error),
+                                    Some(tier),
+                                    now,
+                                )
+                                .await?;
+                            Decision::Retry {
+                                tier,
+                                tiers_used: tiers_used + 1,
+                            }
+                        }
+                        None => {
+                            self.store
+                                .finish_delivery(
+                                    key,
+                                    token,
+                                    DeliveryStatus::Failed,
+                                    Some(reasons::MAX_ATTEMPTS),
+                                    None,
+                                    calls,
+                                    Some(&last_error),
+                                    None,
+                                    now,
+                                )
+                                .await?;
+                            Decision::DeadLetter {
+                                reason: reasons::MAX_ATTEMPTS.into(),
+                                last_error,
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        envelope: &Envelope,
+        campaign: &CampaignRecord,
+        resolved: &Resolved,
+        rendered: &Rendered,
+    ) -> ProviderResult<Receipt> {
+        let definition = &campaign
+            .live
+            .as_ref()
+            .map(|live| live.definition.clone())
+            .unwrap_or_default();
+        let part = |name: &str| rendered.get(name).cloned();
+        match envelope.channel {
+            Channel::Email => {
+                let surface = &definition.surface;
+                let address = surface.from_address.clone().unwrap_or_default();
+                let from = match &surface.from_name {
+                    Some(name) => format!("\"{}\" <{address}>", name.replace('"', "")),
+                    None => address,
+                };
+                let message = EmailMessage {
+                    from,
+                    reply_to: surface.reply_to.clone(),
+                    to: resolved.address.clone(),
+                    subject: part("subject").unwrap_or_default(),
+                    html: part("html"),
+                    text: part("text"),
+                    tags: vec![
+                        (
+                            "herald-execution-id".into(),
+                            envelope.execution_id.to_string(),
+                        ),
+                        (
+                            "herald-campaign-id".into(),
+                            envelope.campaign_id.to_string(),
+                        ),
+                    ],
+                };
+                self.provider.send_email(&message).await
+            }
+            Channel::Sms => {
+                let message = SmsMessage {
+                    to: resolved.address.clone(),
+                    body: part("body").unwrap_or_default(),
+                    sender_id: definition.surface.sender_id.clone(),
+                    origination_number: definition.surface.origination_number.clone(),
+                };
+                self.provider.send_sms(&message).await
+            }
+            Channel::Push => {
+                let target = resolved.push.as_ref().ok_or_else(|| {
+                    ProviderError::new(ErrorClass::Permanent, "NoTarget", "no push target")
+                })?;
+                let endpoint = self
+                    .push_endpoint(&envelope.sandbox, &target.application_arn, &target.token)
+                    .await?;
+                let data = rendered
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        k.strip_prefix("data.").map(|k| (k.to_string(), v.clone()))
+                    })
+                    .collect();
+                let message = PushMessage {
+                    title: part("title"),
+                    body: part("body").unwrap_or_default(),
+                    data,
+                };
+                self.provider.send_push(&endpoint, &message).await
+            }
+        }
+    }
+
+    /// The endpoint for (application, token), created once and remembered.
+    async fn push_endpoint(
+        &self,
+        sandbox: &str,
+        application_arn: &str,
+        token: &str,
+    ) -> ProviderResult<String> {
+        let unavailable = |error: StoreError| {
+            ProviderError::new(
+                ErrorClass::Transient,
+                "Database",
+                format!("endpoint lookup: {error}"),
+            )
+        };
+        if let Some((endpoint, dead)) = self
+            .store
+            .push_endpoint(sandbox, application_arn, token)
+            .await
+            .map_err(unavailable)?
+        {
+            if dead {
+                let mut error = ProviderError::new(
+                    ErrorClass::Permanent,
+                    "EndpointDisabled",
+                    "the token was disabled earlier",
+                );
+                error.token_dead = true;
+                return Err(error);
+            }
+            return Ok(endpoint);
+        }
+        let endpoint = self
+            .provider
+            .create_push_endpoint(application_arn, token)
+            .await?;
+        self.store
+            .remember_push_endpoint(sandbox, application_arn, token, &endpoint, self.clock.now())
+            .await
+            .map_err(unavailable)?;
+        Ok(endpoint)
+    }
+}
+
+fn envelope_version_ok(envelope: &Envelope) -> bool {
+    envelope.version == ENVELOPE_VERSION
+}

@@ -1,0 +1,326 @@
+//! The worker's delivery loop with a scripted provider: each error class ends in the right state
+//! with the right number of provider calls.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use herald_core::Channel;
+use herald_core::delivery::{ErrorClass, ProviderError};
+use herald_tests::fixtures::otp_sms;
+use herald_tests::worker::{TestWorker, fast_policy};
+use herald_tests::{TestApp, TestOptions, execution};
+use herald_worker::providers::fake::ScriptedProvider;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn transient() -> Result<(), ProviderError> {
+    Err(ProviderError::new(
+        ErrorClass::Transient,
+        "TooManyRequestsException",
+        "throttled",
+    ))
+}
+
+/// Polls `condition` every 50 ms for up to `within`.
+async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(
+    within: Duration,
+    what: &str,
+    condition: F,
+) {
+    let started = Instant::now();
+    while !condition().await {
+        assert!(started.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Executes the OTP campaign for one phone number and returns the execution id.
+async fn execute(app: &TestApp, campaign: &str, request: &str, otp: Value) -> String {
+    let reply = app
+        .post(
+            "/im/executions/unitary",
+            &execution(request, campaign, &[("+33612345678", json!({"otp": otp}))]),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    reply.body["executionId"].as_str().unwrap().to_string()
+}
+
+async fn recipient(app: &TestApp, execution_id: &str) -> Value {
+    app.get(&format!("/im/executions/{execution_id}"))
+        .await
+        .body["recipients"][0]
+        .clone()
+}
+
+async fn wait_for_status(app: &TestApp, execution_id: &str, status: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let recipient = recipient(app, execution_id).await;
+        if recipient["status"] == status {
+            return recipient;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still {recipient} instead of {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn setup() -> (TestApp, String, Arc<ScriptedProvider>) {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    (app, campaign, Arc::new(ScriptedProvider::new()))
+}
+
+#[tokio::test]
+async fn a_queued_otp_is_rendered_sent_once_and_recorded() {
+    let (app, campaign, provider) = setup().await;
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "ok", json!("482913")).await;
+    let recipient = wait_for_status(&app, &execution_id, "sent").await;
+    assert_eq!(recipient["attempts"], 1);
+    let calls = provider.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (
+            calls[0].channel,
+            calls[0].to.as_str(),
+            calls[0].body.as_str()
+        ),
+        ("sms", "+33612345678", "Your code is 482913")
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_in_process_then_sent() {
+    let (app, campaign, provider) = setup().await;
+    provider.script([transient()]);
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "retry", json!("1")).await;
+    assert_eq!(
+        wait_for_status(&app, &execution_id, "sent").await["attempts"],
+        2
+    );
+    assert_eq!(provider.call_count(), 2);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_makes_exactly_one_call_and_is_recorded_failed() {
+    let (app, campaign, provider) = setup().await;
+    provider.script([Err(ProviderError::new(
+        ErrorClass::Permanent,
+        "InvalidParameter",
+        "bad number",
+    ))]);
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "perm", json!("1")).await;
+    let recipient = wait_for_status(&app, &execution_id, "failed").await;
+    assert_eq!(recipient["reason"], "InvalidParameter");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        provider.call_count(),
+        1,
+        "a permanent failure is never retried"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn exhausted_retries_take_the_tiers_in_order_then_reach_the_dead_letter_queue() {
+    let (app, campaign, provider) = setup().await;
+    provider.script(std::iter::repeat_with(transient).take(100));
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "dlq", json!("1")).await;
+    let recipient = wait_for_status(&app, &execution_id, "failed").await;
+    assert_eq!(recipient["reason"], "max-attempts");
+    assert_eq!(recipient["attempts"], 6);
+    let calls = provider.calls();
+    assert_eq!(
+        calls.len(),
+        6,
+        "2 calls per delivery, 3 deliveries: the first and two tiers"
+    );
+    // The gaps between deliveries follow the tiers: 1 s, then 2 s.
+    let first_gap = calls[2].at.duration_since(calls[1].at);
+    let second_gap = calls[4].at.duration_since(calls[3].at);
+    assert!(
+        first_gap >= Duration::from_millis(900) && first_gap < Duration::from_millis(1900),
+        "{first_gap:?}"
+    );
+    assert!(second_gap >= Duration::from_millis(1900), "{second_gap:?}");
+
+    let dead = app
+        .topology()
+        .drain(&app.topology().topology.dead_letter_queue())
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, format!("{execution_id}/0"));
+    let header = |name: &str| match dead[0].headers.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(text)) => {
+            String::from_utf8_lossy(text.as_bytes()).to_string()
+        }
+        Some(lapin::types::AMQPValue::LongLongInt(n)) => n.to_string(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(header("x-herald-dead-letter-reason"), "max-attempts");
+    assert!(header("x-herald-last-error").contains("TooManyRequestsException"));
+    // At-least-once dead-lettering may hand the worker a duplicate copy; whichever copy makes
+    // the last attempt carries the tier count it saw (1 or 2), never more than the tiers.
+    assert!(["1", "2"].contains(&header("x-herald-tiers-used").as_str()));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_account_wide_failure_pauses_the_channel_without_using_up_attempts() {
+    let (app, campaign, provider) = setup().await;
+    provider.script([Err(ProviderError::new(
+        ErrorClass::AccountWide,
+        "AuthorizationError",
+        "not allowed",
+    ))]);
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "paused", json!("1")).await;
+    let recipient = wait_for_status(&app, &execution_id, "sent").await;
+    assert_eq!(
+        recipient["attempts"], 1,
+        "the paused call does not count against the message"
+    );
+    let calls = provider.calls();
+    assert_eq!(calls.len(), 2);
+    let gap = calls[1].at.duration_since(calls[0].at);
+    assert!(
+        gap >= Duration::from_millis(4500),
+        "the channel paused for {gap:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_message_is_excluded_without_a_call() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "late", json!("1")).await;
+    app.clock.advance(chrono::Duration::seconds(301));
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let recipient = wait_for_status(&app, &execution_id, "excluded").await;
+    assert_eq!(recipient["reason"], "expired");
+    assert_eq!(provider.call_count(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn queued_messages_of_a_stopped_campaign_are_excluded_without_a_call() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "stopped", json!("1")).await;
+    app.post(&format!("/campaigns/{campaign}/stop"), &Value::Null)
+        .await;
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    assert_eq!(
+        wait_for_status(&app, &execution_id, "excluded").await["reason"],
+        "campaign-not-live"
+    );
+    assert_eq!(provider.call_count(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_rendering_error_is_failed_and_not_retried() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let mut document = otp_sms("render");
+    document["content"]["body"] = json!("Your code is {{ context.otp | upper }}");
+    let campaign = app.live_campaign(&document).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "render", json!(482913)).await;
+    assert_eq!(
+        wait_for_status(&app, &execution_id, "failed").await["reason"],
+        "rendering-error"
+    );
+    assert_eq!(provider.call_count(), 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_redelivered_after_its_send_was_recorded_makes_no_call() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "twice", json!("1")).await;
+    // The same message three times on the queue, as redeliveries and republishes produce.
+    let queue = app.topology().queue(Channel::Sms);
+    let original = app.topology().drain(&queue).await.remove(0);
+    for _ in 0..3 {
+        app.topology().publish_copy(&original, Channel::Sms).await;
+    }
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    wait_for_status(&app, &execution_id, "sent").await;
+    eventually(
+        Duration::from_secs(10),
+        "the copies to be consumed",
+        || async { app.topology().count(&queue).await == 0 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        provider.call_count(),
+        1,
+        "one send for three deliveries of the same message"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_share_2000_executions_each_sent_exactly_once() {
+    let (app, campaign, _) = setup().await;
+    let (first, second) = (
+        Arc::new(ScriptedProvider::new()),
+        Arc::new(ScriptedProvider::new()),
+    );
+    let worker_a = TestWorker::start(&app, first.clone(), fast_policy()).await;
+    let worker_b = TestWorker::start(&app, second.clone(), fast_policy()).await;
+    let app = Arc::new(app);
+    let total = 2_000;
+    let calls: Vec<_> = (0..total)
+        .map(|n| {
+            let (app, campaign) = (Arc::clone(&app), campaign.clone());
+            async move {
+                execute(
+                    &app,
+                    &campaign,
+                    &format!("pair-{n}"),
+                    json!(format!("{n:06}")),
+                )
+                .await
+            }
+        })
+        .collect();
+    futures_util::stream::iter(calls)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    eventually(Duration::from_secs(60), "2000 sends", || async {
+        first.call_count() + second.call_count() >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies: Vec<String> = first
+        .calls()
+        .into_iter()
+        .chain(second.calls())
+        .map(|c| c.body)
+        .collect();
+    let distinct: HashSet<&String> = bodies.iter().collect();
+    assert_eq!(bodies.len(), total as usize, "no duplicate sends");
+    assert_eq!(distinct.len(), total as usize, "every execution sent");
+    assert!(
+        first.call_count() > 0 && second.call_count() > 0,
+        "both workers did work: {} / {}",
+        first.call_count(),
+        second.call_count()
+    );
+    worker_a.stop().await;
+    worker_b.stop().await;
+}

@@ -1,0 +1,86 @@
+//! Workers for tests: the real delivery loop and pipeline, in-process, against the test app's
+//! database and topology, with a provider of the test's choosing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::Channel;
+use herald_core::delivery::RetryPolicy;
+use herald_worker::consumer::{self, ConsumerSettings};
+use herald_worker::pipeline::{Pipeline, PipelineSettings};
+use herald_worker::providers::Provider;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::TestApp;
+
+/// Quick retries so tests see tiers and dead letters in seconds.
+pub fn fast_policy() -> RetryPolicy {
+    RetryPolicy {
+        in_process_attempts: 2,
+        in_process_base_delay: Duration::from_millis(10),
+        in_process_max_delay: Duration::from_millis(50),
+        tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
+        max_attempts: 6,
+    }
+}
+
+#[derive(Debug)]
+pub struct TestWorker {
+    stop: watch::Sender<bool>,
+    handle: Option<JoinHandle<()>>,
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl TestWorker {
+    /// Starts a worker on every channel of `app`'s topology. The topology's retry tiers must
+    /// match `policy.tiers` (use [`crate::TestOptions::retry_tiers`]).
+    pub async fn start(app: &TestApp, provider: Arc<dyn Provider>, policy: RetryPolicy) -> Self {
+        let settings = PipelineSettings {
+            policy,
+            stale_claim: chrono::Duration::seconds(60),
+            database_pause: Duration::from_millis(500),
+        };
+        let pipeline = Arc::new(Pipeline::new(
+            app.database.store(),
+            provider,
+            app.clock.clone(),
+            settings,
+        ));
+        for _ in 0..500 {
+            if pipeline.campaigns().is_listening() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let consumer = ConsumerSettings {
+            amqp_url: crate::broker::amqp_url(),
+            topology: app.topology().topology.clone(),
+            channels: Channel::ALL.to_vec(),
+            prefetch: 100,
+            concurrency: 16,
+            grace: Duration::from_secs(10),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let handle = tokio::spawn(consumer::run(Arc::clone(&pipeline), consumer, stopped));
+        Self {
+            stop,
+            handle: Some(handle),
+            pipeline,
+        }
+    }
+
+    /// Stops consuming, lets in-flight messages finish, and waits for the loop to end.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+        }
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
