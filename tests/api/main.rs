@@ -7,6 +7,7 @@ mod executions;
 mod idempotency;
 mod lifecycle;
 mod migrations;
+mod moto;
 mod profiles;
 mod review;
 mod schedule;

@@ -118,6 +118,22 @@ impl TestTopology {
         let _ = connection.close(200, "done".into()).await;
     }
 
+    /// Whether `queue` exists.
+    pub async fn exists(&self, queue: &str) -> bool {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exists = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = connection.close(200, "done".into()).await;
+        exists
+    }
+
     /// How many messages `queue` holds, waiting briefly for quorum-queue counters to settle.
     pub async fn count(&self, queue: &str) -> u32 {
         let connection = connect().await;

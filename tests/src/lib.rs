@@ -5,6 +5,7 @@
 //! that says how to start it rather than skipping.
 
 pub mod broker;
+pub mod moto;
 pub mod worker;
 
 use std::sync::Arc;

@@ -298,21 +298,50 @@ async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
 }
 
 #[tokio::test]
-async fn worker_declares_the_topology_then_says_it_has_no_consumers_yet() {
+async fn worker_declares_the_topology_consumes_and_stops_cleanly_on_sigterm() {
     let database = TestDatabase::create().await;
     let topology = herald_tests::broker::TestTopology::new(None);
-    let output = herald(&database)
+    let mut child = herald(&database)
         .args(["worker", "--amqp-prefix", &topology.topology.prefix])
         .env("HERALD_AMQP_URL", herald_tests::broker::amqp_url())
-        .output()
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("issue #4"));
-    // The queue exists (a passive declare of a missing queue would fail).
-    assert_eq!(
-        topology
-            .count(&topology.queue(herald_core::Channel::Sms))
-            .await,
-        0
-    );
+    // The worker declares the topology: a passive declare of the queue succeeds once it has.
+    let queue = topology.queue(herald_core::Channel::Sms);
+    let started = Instant::now();
+    while !topology.exists(&queue).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker did not declare its queues"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the worker exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut logs = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
+    assert!(status.success(), "{status:?}: {logs}");
+    assert!(logs.contains("worker stopped"), "{logs}");
 }

@@ -28,6 +28,8 @@ pub struct AwsSettings {
     pub region: Option<String>,
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
+    /// Fixed credentials instead of the standard chain (tests against an emulator).
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl Default for AwsSettings {
@@ -37,6 +39,7 @@ impl Default for AwsSettings {
             region: None,
             connect_timeout: Duration::from_secs(3),
             call_timeout: Duration::from_secs(10),
+            static_credentials: None,
         }
     }
 }
@@ -54,6 +57,15 @@ pub async fn load_config(settings: &AwsSettings) -> SdkConfig {
         );
     if let Some(endpoint) = &settings.endpoint_url {
         loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((id, secret)) = &settings.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_sns::config::Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "herald-static",
+        ));
     }
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
