@@ -155,24 +155,30 @@ async fn exhausted_retries_take_the_tiers_in_order_then_reach_the_dead_letter_qu
     );
     assert!(second_gap >= Duration::from_millis(1900), "{second_gap:?}");
 
-    let dead = app
-        .topology()
-        .drain(&app.topology().topology.dead_letter_queue())
-        .await;
+    // The worker copies the dead-letter queue into the database, with the reason and the last
+    // error the dead-lettering worker put in the headers.
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        dead = app
+            .store
+            .list_dead_letters(Some("a"), None, None, 10)
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, format!("{execution_id}/0"));
-    let header = |name: &str| match dead[0].headers.inner().get(name) {
-        Some(lapin::types::AMQPValue::LongString(text)) => {
-            String::from_utf8_lossy(text.as_bytes()).to_string()
-        }
-        Some(lapin::types::AMQPValue::LongLongInt(n)) => n.to_string(),
-        other => format!("{other:?}"),
-    };
-    assert_eq!(header("x-herald-dead-letter-reason"), "max-attempts");
-    assert!(header("x-herald-last-error").contains("TooManyRequestsException"));
-    // At-least-once dead-lettering may hand the worker a duplicate copy; whichever copy makes
-    // the last attempt carries the tier count it saw (1 or 2), never more than the tiers.
-    assert!(["1", "2"].contains(&header("x-herald-tiers-used").as_str()));
+    assert_eq!(dead[0].reason, "max-attempts");
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("TooManyRequestsException")
+    );
     worker.stop().await;
 }
 
@@ -323,4 +329,76 @@ async fn two_workers_share_2000_executions_each_sent_exactly_once() {
     );
     worker_a.stop().await;
     worker_b.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_listed_and_its_replay_delivers_it_once() {
+    let (app, campaign, provider) = setup().await;
+    provider.script(std::iter::repeat_with(transient).take(6));
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let execution_id = execute(&app, &campaign, "replay", json!("1")).await;
+    assert_eq!(
+        wait_for_status(&app, &execution_id, "failed").await["reason"],
+        "max-attempts"
+    );
+
+    let path = format!("/dead-letters?campaignId={campaign}&reason=max-attempts");
+    eventually(
+        Duration::from_secs(10),
+        "the dead letter to be recorded",
+        || async {
+            app.get(&path).await.body["items"]
+                .as_array()
+                .is_some_and(|items| items.len() == 1)
+        },
+    )
+    .await;
+    let listed = app.get(&path).await.body;
+    let letter = &listed["items"][0];
+    assert_eq!(letter["executionId"], execution_id.as_str());
+    assert!(
+        letter["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("TooManyRequestsException")
+    );
+    assert!(
+        letter.get("body").is_none(),
+        "the body (addresses, context) is not listed"
+    );
+    let other = app.key_for("b", &herald_core::Scope::ALL).await;
+    let hidden = app
+        .call(reqwest::Method::GET, "/dead-letters", Some(&other), None)
+        .await;
+    assert_eq!(hidden.body["items"], json!([]), "another sandbox sees none");
+
+    let id = letter["id"].as_str().unwrap();
+    let first = app
+        .post(&format!("/dead-letters/{id}/replay"), &Value::Null)
+        .await;
+    assert_eq!(
+        (first.status, first.body["replayed"].as_bool()),
+        (StatusCode::ACCEPTED, Some(true))
+    );
+    let again = app
+        .post(&format!("/dead-letters/{id}/replay"), &Value::Null)
+        .await;
+    assert_eq!(
+        (again.status, again.body["replayed"].as_bool()),
+        (StatusCode::OK, Some(false)),
+        "replay is idempotent"
+    );
+
+    assert_eq!(
+        wait_for_status(&app, &execution_id, "sent").await["attempts"],
+        1,
+        "a fresh budget of attempts"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        provider.call_count(),
+        7,
+        "six failed calls, then exactly one send"
+    );
+    worker.stop().await;
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod campaigns;
+pub mod dead_letters;
 mod executions;
 mod health;
 pub mod json;
@@ -98,6 +99,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/campaigns/{id}/curl", get(campaigns::tools::curl))
         .route("/campaigns/{id}/preview", post(campaigns::tools::preview))
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route(
             "/profiles/{namespace}/{user_id}",
             get(profiles::read).put(profiles::put),

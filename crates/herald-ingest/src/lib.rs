@@ -9,6 +9,7 @@ pub mod batch;
 pub mod broker;
 pub mod campaigns;
 pub mod ratelimit;
+pub mod replay;
 pub mod topology;
 
 use std::sync::Arc;

@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod campaign_cache;
 pub mod campaigns;
+pub mod dead_letters;
 pub mod deliveries;
 mod error;
 pub mod executions;
@@ -21,6 +22,7 @@ pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign,
     VersionRecord,
 };
+pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use deliveries::{DeliveryClaim, DeliveryKey};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};

@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "retry_not_before",
         include_str!("../migrations/0004_retry_not_before.sql"),
     ),
+    (
+        5,
+        "dead_letters",
+        include_str!("../migrations/0005_dead_letters.sql"),
+    ),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
@@ -68,5 +73,25 @@ impl Store {
     /// The newest migration this binary knows; a database behind it needs `herald migrate`.
     pub fn latest_migration() -> i32 {
         MIGRATIONS.last().map_or(0, |(version, _, _)| *version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let directory = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(directory)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(version, name, _)| format!("{version:04}_{name}.sql"))
+            .collect();
+        assert_eq!(embedded, files, "add the new migration file to MIGRATIONS");
     }
 }

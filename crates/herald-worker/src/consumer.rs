@@ -133,6 +133,21 @@ async fn session(
             shutdown.clone(),
         )));
     }
+    let dead = connection.create_channel().await?;
+    dead.basic_qos(50, BasicQosOptions::default()).await?;
+    let dead_consumer = dead
+        .basic_consume(
+            settings.topology.dead_letter_queue().into(),
+            "herald-dead-letters".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loops.push(tokio::spawn(record_dead_letters(
+        Arc::clone(pipeline),
+        dead_consumer,
+        shutdown.clone(),
+    )));
     let mut result = Ok(());
     for handle in loops {
         if let Ok(Err(error)) = handle.await {
@@ -241,6 +256,75 @@ impl std::fmt::Display for RepublishError {
 impl From<lapin::Error> for RepublishError {
     fn from(error: lapin::Error) -> Self {
         RepublishError::Broker(error)
+    }
+}
+
+fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
+    }
+}
+
+/// Why the broker dead-lettered a message on its own (delivery limit, rejection, expiry).
+fn broker_reason(headers: Option<&FieldTable>) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    header_text(Some(latest), "reason").map(|reason| format!("broker-{reason}"))
+}
+
+/// Copies the dead-letter queue into the database (listing, filtering, replay), acking each
+/// message only once it is recorded.
+async fn record_dead_letters(
+    pipeline: Arc<Pipeline>,
+    mut consumer: lapin::Consumer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(delivery) = delivery else {
+            return Ok(());
+        };
+        let delivery = delivery?;
+        let headers = delivery.properties.headers().as_ref();
+        let reason = header_text(headers, DEAD_REASON_HEADER)
+            .or_else(|| broker_reason(headers))
+            .unwrap_or_else(|| "unknown".into());
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string());
+        let facts = crate::pipeline::DeadLetterFacts {
+            body: &delivery.data,
+            message_id: message_id.as_deref(),
+            routing_key: delivery.routing_key.as_str(),
+            reason,
+            last_error: header_text(headers, LAST_ERROR_HEADER),
+        };
+        match pipeline.record_dead_letter(facts).await {
+            Ok(()) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not record a dead letter; it stays in the queue");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -32,6 +32,45 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List and replay dead letters.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Print dead letters as JSON lines, newest first.
+    List(DlqListArgs),
+    /// Re-inject dead letters for another try (idempotent: a letter is replayed once).
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Only this sandbox's dead letters.
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    /// Only this campaign's.
+    #[arg(long)]
+    pub campaign: Option<uuid::Uuid>,
+    /// Only this reason (e.g. `max-attempts`, `invalid-message`, `broker-delivery_limit`).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    /// Dead letter ids (from `herald dlq list`).
+    #[arg(required = true)]
+    pub ids: Vec<uuid::Uuid>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 #[derive(Debug, Subcommand)]

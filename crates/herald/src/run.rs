@@ -19,7 +19,8 @@ use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
 use tokio::net::TcpListener;
 
 use crate::cli::{
-    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, KeysCommand, StartupArgs, WorkerArgs,
+    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, DlqCommand, DlqListArgs, DlqReplayArgs,
+    KeysCommand, StartupArgs, WorkerArgs,
 };
 
 /// Start-up waits: quick first retries for a database that is just starting, capped so a long
@@ -37,6 +38,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => api(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Keys(KeysCommand::Create(args)) => create_key(args).await,
+        Command::Dlq(DlqCommand::List(args)) => dlq_list(args).await,
+        Command::Dlq(DlqCommand::Replay(args)) => dlq_replay(args).await,
     }
 }
 
@@ -189,6 +192,52 @@ async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
         .await
         .context("creating the key")?;
     println!("{key}");
+    Ok(())
+}
+
+async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
+    let store = store(&args.database)?;
+    let letters = store
+        .list_dead_letters(
+            args.sandbox.as_deref(),
+            args.campaign,
+            args.reason.as_deref(),
+            args.limit,
+        )
+        .await
+        .context("listing dead letters")?;
+    for letter in &letters {
+        let mut line = herald_api::dead_letters::view(letter);
+        line["sandbox"] = serde_json::json!(letter.sandbox);
+        println!("{line}");
+    }
+    Ok(())
+}
+
+async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
+    let store = store(&args.database)?;
+    let broker = Broker::start_and_wait(
+        BrokerSettings {
+            url: args.broker.amqp_url.expose().to_string(),
+            topology: args.broker.topology(),
+            publish_channels: 1,
+            confirm_timeout: Duration::from_secs(10),
+            connection_name: "herald-dlq".into(),
+        },
+        Duration::from_secs(15),
+    )
+    .await
+    .context("connecting to the broker")?;
+    for id in args.ids {
+        let outcome =
+            herald_ingest::replay::replay_dead_letter(&store, &broker, None, id, SystemClock.now())
+                .await
+                .with_context(|| format!("replaying {id}"))?;
+        println!(
+            "{}",
+            serde_json::json!({ "id": id, "outcome": format!("{outcome:?}") })
+        );
+    }
     Ok(())
 }
 
