@@ -7,9 +7,8 @@ use serde_json::json;
 async fn the_curl_sample_lists_exactly_the_variables_the_live_content_uses() {
     let app = TestApp::spawn().await;
     let mut document = password_reset_email("reset");
-    document["content"]["subject"] = json!(
-        "{% if profile.vip %}VIP {% endif %}Reset, {{ profile.person.name.firstName | default(value='there') }}"
-    );
+    document["content"]["subject"] =
+        json!("{% if profile.vip %}VIP {% endif %}Reset, {{ profile.person.name.firstName | default(value='there') }}");
     document["content"]["text"] = json!(
         "{{ context.resetUrl }} {{ context.otp | default(value='') }} {% for l in context.links %}{{ l.href }}{% endfor %}"
     );
@@ -17,19 +16,10 @@ async fn the_curl_sample_lists_exactly_the_variables_the_live_content_uses() {
 
     let reply = app.get(&format!("/campaigns/{id}/curl")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert_eq!(
-        reply.body["contextVariables"],
-        json!(["links", "otp", "resetUrl"])
-    );
-    assert_eq!(
-        reply.body["profileVariables"],
-        json!(["person.name.firstName", "vip"])
-    );
+    assert_eq!(reply.body["contextVariables"], json!(["links", "otp", "resetUrl"]));
+    assert_eq!(reply.body["profileVariables"], json!(["person.name.firstName", "vip"]));
     let recipient = &reply.body["body"]["recipients"][0];
-    assert_eq!(
-        recipient["context"],
-        json!({"links": "<links>", "otp": "<otp>", "resetUrl": "<resetUrl>"})
-    );
+    assert_eq!(recipient["context"], json!({"links": "<links>", "otp": "<otp>", "resetUrl": "<resetUrl>"}));
     assert_eq!(
         recipient["profile"],
         json!({"person": {"name": {"firstName": "<person.name.firstName>"}}, "vip": "<vip>"})
@@ -38,13 +28,7 @@ async fn the_curl_sample_lists_exactly_the_variables_the_live_content_uses() {
     assert_eq!(reply.body["body"]["campaignId"], id.as_str());
 
     let command = reply.body["command"].as_str().unwrap();
-    assert!(
-        command.starts_with(&format!(
-            "curl -X POST '{}/im/executions/unitary'",
-            app.address
-        )),
-        "{command}"
-    );
+    assert!(command.starts_with(&format!("curl -X POST '{}/im/executions/unitary'", app.address)), "{command}");
     assert!(command.contains("Authorization: Bearer $HERALD_API_KEY"));
     assert!(command.contains(&id));
 }
@@ -53,11 +37,7 @@ async fn the_curl_sample_lists_exactly_the_variables_the_live_content_uses() {
 async fn the_curl_sample_follows_the_live_version_not_the_draft() {
     let app = TestApp::spawn().await;
     let id = app.live_campaign(&password_reset_email("reset")).await;
-    app.patch(
-        &format!("/campaigns/{id}"),
-        &json!({"content": {"text": "{{ context.brandNew }}", "html": null}}),
-    )
-    .await;
+    app.patch(&format!("/campaigns/{id}"), &json!({"content": {"text": "{{ context.brandNew }}", "html": null}})).await;
     let reply = app.get(&format!("/campaigns/{id}/curl")).await;
     assert_eq!(reply.body["contextVariables"], json!(["resetUrl"]));
 }

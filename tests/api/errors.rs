@@ -23,10 +23,7 @@ async fn raw(
         .await
         .unwrap();
     let status = response.status();
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
     assert_eq!(response.headers()["x-request-id"], "test-request-42");
     (status, response.json().await.unwrap(), content_type)
 }
@@ -34,25 +31,13 @@ async fn raw(
 #[tokio::test]
 async fn malformed_json_is_a_400_problem_carrying_the_request_id() {
     let app = TestApp::spawn().await;
-    let (status, body, content_type) = raw(
-        &app,
-        reqwest::Method::POST,
-        "/campaigns",
-        "application/json",
-        b"{\"name\": ".to_vec(),
-    )
-    .await;
-    assert_eq!(
-        (status, content_type.as_str()),
-        (StatusCode::BAD_REQUEST, "application/problem+json")
-    );
+    let (status, body, content_type) =
+        raw(&app, reqwest::Method::POST, "/campaigns", "application/json", b"{\"name\": ".to_vec()).await;
+    assert_eq!((status, content_type.as_str()), (StatusCode::BAD_REQUEST, "application/problem+json"));
     assert_eq!(body["type"], "https://herald.dev/errors/validation");
     assert_eq!(body["title"], "Malformed JSON");
     assert_eq!(body["requestId"], "test-request-42");
-    assert_eq!(
-        body["report"]["additionalContext"]["requestId"],
-        "test-request-42"
-    );
+    assert_eq!(body["report"]["additionalContext"]["requestId"], "test-request-42");
 }
 
 #[tokio::test]
@@ -60,14 +45,7 @@ async fn trailing_garbage_after_the_json_is_refused() {
     let app = TestApp::spawn().await;
     let mut bytes = serde_json::to_vec(&password_reset_email("x")).unwrap();
     bytes.extend_from_slice(b" {}");
-    let (status, body, _) = raw(
-        &app,
-        reqwest::Method::POST,
-        "/campaigns",
-        "application/json",
-        bytes,
-    )
-    .await;
+    let (status, body, _) = raw(&app, reqwest::Method::POST, "/campaigns", "application/json", bytes).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
@@ -79,12 +57,7 @@ async fn unknown_fields_are_refused_with_their_location() {
     let reply = app.post("/campaigns", &document).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
     assert_eq!(reply.body["errors"][0]["pointer"], "/content/subjet");
-    assert!(
-        reply.body["errors"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("subjet")
-    );
+    assert!(reply.body["errors"][0]["detail"].as_str().unwrap().contains("subjet"));
 }
 
 #[tokio::test]
@@ -95,9 +68,7 @@ async fn wrong_types_are_refused_with_their_location() {
     let reply = app.post("/campaigns", &document).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
     assert_eq!(reply.body["errors"][0]["pointer"], "/throttleRatePerSec");
-    let reply = app
-        .post("/campaigns", &json!({"name": "x", "channel": "fax"}))
-        .await;
+    let reply = app.post("/campaigns", &json!({"name": "x", "channel": "fax"})).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
     assert_eq!(reply.body["errors"][0]["pointer"], "/channel");
     let reply = app.post("/campaigns", &json!([1, 2])).await;
@@ -111,12 +82,8 @@ async fn out_of_range_values_and_empty_names_are_refused() {
     document["throttleRatePerSec"] = json!(5000);
     let reply = app.post("/campaigns", &document).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
-    let pointers: Vec<&str> = reply.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap())
-        .collect();
+    let pointers: Vec<&str> =
+        reply.body["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
     assert_eq!(pointers, ["/name", "/throttleRatePerSec"]);
 }
 
@@ -132,81 +99,44 @@ async fn an_oversize_body_is_a_413_problem() {
 #[tokio::test]
 async fn a_non_json_content_type_is_a_415_problem() {
     let app = TestApp::spawn().await;
-    let (status, body, _) = raw(
-        &app,
-        reqwest::Method::POST,
-        "/campaigns",
-        "text/plain",
-        b"{}".to_vec(),
-    )
-    .await;
+    let (status, body, _) = raw(&app, reqwest::Method::POST, "/campaigns", "text/plain", b"{}".to_vec()).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        body["type"],
-        "https://herald.dev/errors/unsupported-media-type"
-    );
+    assert_eq!(body["type"], "https://herald.dev/errors/unsupported-media-type");
 }
 
 #[tokio::test]
 async fn unknown_routes_methods_and_ids_are_problems_too() {
     let app = TestApp::spawn().await;
-    app.get("/nope")
-        .await
-        .assert_problem(StatusCode::NOT_FOUND, "not-found");
-    app.get("/campaigns/not-a-uuid")
-        .await
-        .assert_problem(StatusCode::NOT_FOUND, "campaign-not-found");
+    app.get("/nope").await.assert_problem(StatusCode::NOT_FOUND, "not-found");
+    app.get("/campaigns/not-a-uuid").await.assert_problem(StatusCode::NOT_FOUND, "campaign-not-found");
     app.get(&format!("/campaigns/{}", uuid::Uuid::new_v4()))
         .await
         .assert_problem(StatusCode::NOT_FOUND, "campaign-not-found");
-    app.call(
-        reqwest::Method::PUT,
-        "/campaigns",
-        Some(&app.key),
-        Some(&json!({})),
-    )
-    .await
-    .assert_problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
-    app.get("/campaigns?limit=0")
+    app.call(reqwest::Method::PUT, "/campaigns", Some(&app.key), Some(&json!({})))
         .await
-        .assert_problem(StatusCode::BAD_REQUEST, "validation");
-    app.get("/campaigns?after=garbage")
-        .await
-        .assert_problem(StatusCode::BAD_REQUEST, "validation");
+        .assert_problem(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+    app.get("/campaigns?limit=0").await.assert_problem(StatusCode::BAD_REQUEST, "validation");
+    app.get("/campaigns?after=garbage").await.assert_problem(StatusCode::BAD_REQUEST, "validation");
 }
 
 #[tokio::test]
 async fn a_patch_that_breaks_the_document_is_refused_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let id = app.create_campaign(&password_reset_email("x")).await;
-    let reply = app
-        .patch(
-            &format!("/campaigns/{id}"),
-            &json!({"surface": {"fromAdress": "typo@example.com"}}),
-        )
-        .await;
+    let reply = app.patch(&format!("/campaigns/{id}"), &json!({"surface": {"fromAdress": "typo@example.com"}})).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
     app.patch(&format!("/campaigns/{id}"), &json!("not an object"))
         .await
         .assert_problem(StatusCode::BAD_REQUEST, "validation");
     let current = app.get(&format!("/campaigns/{id}")).await;
-    assert_eq!(
-        current.body["draftVersion"]["definition"]["surface"]["fromAddress"],
-        "no-reply@example.com"
-    );
+    assert_eq!(current.body["draftVersion"]["definition"]["surface"]["fromAddress"], "no-reply@example.com");
 }
 
 #[tokio::test]
 async fn health_endpoints_answer() {
     let app = TestApp::spawn().await;
     let reply = app.call(reqwest::Method::GET, "/healthz", None, None).await;
-    assert_eq!(
-        (reply.status, reply.body["status"].as_str()),
-        (StatusCode::OK, Some("ok"))
-    );
+    assert_eq!((reply.status, reply.body["status"].as_str()), (StatusCode::OK, Some("ok")));
     let reply = app.call(reqwest::Method::GET, "/readyz", None, None).await;
-    assert_eq!(
-        (reply.status, reply.body["database"].as_str()),
-        (StatusCode::OK, Some("ok"))
-    );
+    assert_eq!((reply.status, reply.body["database"].as_str()), (StatusCode::OK, Some("ok")));
 }

@@ -16,10 +16,7 @@ fn otp_body(request_id: &str, campaign: &str) -> Value {
     execution(
         request_id,
         campaign,
-        &[
-            ("+33612345678", json!({"otp": "111111"})),
-            ("+33612345679", json!({"otp": "222222"})),
-        ],
+        &[("+33612345678", json!({"otp": "111111"})), ("+33612345679", json!({"otp": "222222"}))],
     )
 }
 
@@ -27,9 +24,7 @@ fn otp_body(request_id: &str, campaign: &str) -> Value {
 async fn a_replay_with_the_same_body_returns_the_original_202_and_publishes_nothing() {
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let id = app.live_campaign(&otp_sms("otp")).await;
-    let first = app
-        .post("/im/executions/unitary", &otp_body("same", &id))
-        .await;
+    let first = app.post("/im/executions/unitary", &otp_body("same", &id)).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     // The same document with its keys in another order is the same body.
     let reordered: Value = serde_json::from_str(&format!(
@@ -40,26 +35,16 @@ async fn a_replay_with_the_same_body_returns_the_original_202_and_publishes_noth
     .unwrap();
     let replay = app.post("/im/executions/unitary", &reordered).await;
     assert_eq!(replay.status, StatusCode::ACCEPTED);
-    assert_eq!(
-        replay.body, first.body,
-        "the original executionId and createdAt"
-    );
+    assert_eq!(replay.body, first.body, "the original executionId and createdAt");
     assert_eq!(replay.headers["idempotent-replayed"], "true");
-    assert_eq!(
-        app.topology()
-            .drain(&app.topology().queue(Channel::Sms))
-            .await
-            .len(),
-        2
-    );
+    assert_eq!(app.topology().drain(&app.topology().queue(Channel::Sms)).await.len(), 2);
 }
 
 #[tokio::test]
 async fn the_same_request_id_with_another_body_is_422_and_scoped_per_campaign() {
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let id = app.live_campaign(&otp_sms("otp")).await;
-    app.post("/im/executions/unitary", &otp_body("k", &id))
-        .await;
+    app.post("/im/executions/unitary", &otp_body("k", &id)).await;
     let changed = execution("k", &id, &[("+33612345678", json!({"otp": "999999"}))]);
     let reply = app.post("/im/executions/unitary", &changed).await;
     reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
@@ -67,9 +52,7 @@ async fn the_same_request_id_with_another_body_is_422_and_scoped_per_campaign() 
 
     let other = app.live_campaign(&otp_sms("other")).await;
     assert_eq!(
-        app.post("/im/executions/unitary", &otp_body("k", &other))
-            .await
-            .status,
+        app.post("/im/executions/unitary", &otp_body("k", &other)).await.status,
         StatusCode::ACCEPTED,
         "keys are per campaign"
     );
@@ -99,10 +82,7 @@ async fn a_request_id_still_being_accepted_is_409_in_progress() {
 
     // Once the lease has run out (the other instance died), a retry takes over.
     app.clock.advance(chrono::Duration::seconds(31));
-    assert_eq!(
-        app.post("/im/executions/unitary", &body).await.status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
@@ -132,10 +112,7 @@ async fn fifty_concurrent_identical_requests_make_one_execution_with_one_message
         execution_ids.insert(retried.body["executionId"].as_str().unwrap().to_string());
     }
     assert_eq!(execution_ids.len(), 1, "{execution_ids:?}");
-    let messages = app
-        .topology()
-        .drain(&app.topology().queue(Channel::Sms))
-        .await;
+    let messages = app.topology().drain(&app.topology().queue(Channel::Sms)).await;
     assert_eq!(messages.len(), 2, "one message per recipient");
 
     let changed = execution("storm", &id, &[("+33612345678", json!({"otp": "000000"}))]);
@@ -146,31 +123,20 @@ async fn fifty_concurrent_identical_requests_make_one_execution_with_one_message
 
 #[tokio::test]
 async fn a_refused_publish_is_503_and_its_retry_completes_without_duplicates() {
-    let app = TestApp::spawn_with(TestOptions {
-        max_queue_length: Some(1),
-        ..TestOptions::with_broker()
-    })
-    .await;
+    let app = TestApp::spawn_with(TestOptions { max_queue_length: Some(1), ..TestOptions::with_broker() }).await;
     let id = app.live_campaign(&otp_sms("otp")).await;
     let queue = app.topology().queue(Channel::Sms);
     // Fill the queue until the broker refuses (quorum queues may overshoot their limit by a
     // message or two, so fill by observation rather than by arithmetic).
     let mut filled = 0;
     for attempt in 0..10 {
-        let fill = execution(
-            &format!("fill-{attempt}"),
-            &id,
-            &[("+33612345670", json!({"otp": "1"}))],
-        );
+        let fill = execution(&format!("fill-{attempt}"), &id, &[("+33612345670", json!({"otp": "1"}))]);
         if app.post("/im/executions/unitary", &fill).await.status != StatusCode::ACCEPTED {
             break;
         }
         filled += 1;
     }
-    assert!(
-        (1..10).contains(&filled),
-        "the queue never filled up ({filled})"
-    );
+    assert!((1..10).contains(&filled), "the queue never filled up ({filled})");
 
     // The queue is full (reject-publish): the broker nacks, so the call must not be answered 202.
     let second = otp_body("overflow", &id);
@@ -178,15 +144,8 @@ async fn a_refused_publish_is_503_and_its_retry_completes_without_duplicates() {
     refused.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert!(refused.headers.contains_key("retry-after"));
     let held = app.topology().drain(&queue).await;
-    assert_eq!(
-        held.len(),
-        filled,
-        "nothing of the refused call is on the queue"
-    );
-    assert!(
-        held.iter()
-            .all(|m| m.body["requestId"].as_str().unwrap().starts_with("fill-"))
-    );
+    assert_eq!(held.len(), filled, "nothing of the refused call is on the queue");
+    assert!(held.iter().all(|m| m.body["requestId"].as_str().unwrap().starts_with("fill-")));
 
     // Room again: the client's retry completes the same execution. One slot at a time, so drain
     // between attempts as a consumer would.
@@ -202,10 +161,7 @@ async fn a_refused_publish_is_503_and_its_retry_completes_without_duplicates() {
     }
     let execution_id = execution_id.expect("the retry is accepted once the queue has room");
     let ids: HashSet<String> = published.iter().map(|m| m.message_id.clone()).collect();
-    assert_eq!(
-        ids,
-        HashSet::from([format!("{execution_id}/0"), format!("{execution_id}/1")])
-    );
+    assert_eq!(ids, HashSet::from([format!("{execution_id}/0"), format!("{execution_id}/1")]));
 }
 
 #[tokio::test]
@@ -214,35 +170,15 @@ async fn a_stop_through_one_instance_rejects_executions_at_another_within_a_seco
     let peer = app.spawn_peer().await;
     let id = app.live_campaign(&otp_sms("otp")).await;
     // The peer caches the live campaign.
-    assert_eq!(
-        peer.post("/im/executions/unitary", &otp_body("before", &id))
-            .await
-            .status,
-        StatusCode::ACCEPTED
-    );
-    assert_eq!(
-        peer.post("/im/executions/unitary", &otp_body("before-2", &id))
-            .await
-            .status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(peer.post("/im/executions/unitary", &otp_body("before", &id)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(peer.post("/im/executions/unitary", &otp_body("before-2", &id)).await.status, StatusCode::ACCEPTED);
 
-    assert_eq!(
-        app.post(&format!("/campaigns/{id}/stop"), &Value::Null)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.post(&format!("/campaigns/{id}/stop"), &Value::Null).await.status, StatusCode::OK);
     let stopped_at = Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let reply = peer
-            .post(
-                "/im/executions/unitary",
-                &otp_body(&format!("after-{attempt}"), &id),
-            )
-            .await;
+        let reply = peer.post("/im/executions/unitary", &otp_body(&format!("after-{attempt}"), &id)).await;
         if reply.status == StatusCode::CONFLICT {
             assert_eq!(reply.body["campaignStatus"], "stopped");
             break;

@@ -14,16 +14,8 @@ async fn migrations_applied_by_several_processes_at_once_are_applied_exactly_onc
         applied.push(run.await.unwrap().expect("migration succeeds"));
     }
     let total: usize = applied.iter().map(Vec::len).sum();
-    assert_eq!(
-        total,
-        herald_store::Store::latest_migration() as usize,
-        "{applied:?}"
-    );
-    assert_eq!(
-        database.store().migrate().await.unwrap(),
-        Vec::<i32>::new(),
-        "a second run has nothing to do"
-    );
+    assert_eq!(total, herald_store::Store::latest_migration() as usize, "{applied:?}");
+    assert_eq!(database.store().migrate().await.unwrap(), Vec::<i32>::new(), "a second run has nothing to do");
 }
 
 #[tokio::test]
@@ -50,42 +42,13 @@ async fn purging_forgets_only_accepted_executions_past_the_window() {
         claim("new", now),
     ];
     let outcomes = store.claim_executions(&claims).await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, ClaimOutcome::Claimed { .. })));
+    store.complete_executions(&[claims[0].execution_id, claims[2].execution_id], now).await.unwrap();
+    assert_eq!(store.purge_executions(now - Duration::hours(48)).await.unwrap(), 1);
+    assert!(store.execution_status("a", claims[0].execution_id).await.unwrap().is_none());
     assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, ClaimOutcome::Claimed { .. }))
-    );
-    store
-        .complete_executions(&[claims[0].execution_id, claims[2].execution_id], now)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .purge_executions(now - Duration::hours(48))
-            .await
-            .unwrap(),
-        1
-    );
-    assert!(
-        store
-            .execution_status("a", claims[0].execution_id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .execution_status("a", claims[1].execution_id)
-            .await
-            .unwrap()
-            .is_some(),
+        store.execution_status("a", claims[1].execution_id).await.unwrap().is_some(),
         "an unfinished execution is kept"
     );
-    assert!(
-        store
-            .execution_status("a", claims[2].execution_id)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.execution_status("a", claims[2].execution_id).await.unwrap().is_some());
 }

@@ -15,11 +15,7 @@ async fn sent_from(moto: &Moto, pointer: &str, count: usize) -> Vec<Value> {
     let started = Instant::now();
     loop {
         let data = moto.data().await;
-        let items = data
-            .pointer(pointer)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let items = data.pointer(pointer).and_then(Value::as_array).cloned().unwrap_or_default();
         if items.len() >= count {
             return items;
         }
@@ -41,11 +37,7 @@ async fn execute(app: &TestApp, body: Value) -> String {
 async fn wait_sent(app: &TestApp, execution_id: &str) -> Value {
     let started = Instant::now();
     loop {
-        let recipient = app
-            .get(&format!("/im/executions/{execution_id}"))
-            .await
-            .body["recipients"][0]
-            .clone();
+        let recipient = app.get(&format!("/im/executions/{execution_id}")).await.body["recipients"][0].clone();
         if recipient["status"] == "sent" {
             return recipient;
         }
@@ -67,9 +59,15 @@ async fn a_password_reset_email_arrives_in_ses_with_the_url_and_the_first_name()
         .unwrap();
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let campaign = app.live_campaign(&password_reset_email("reset")).await;
-    app.call(Method::PUT, "/profiles/email/jane", Some(&app.key), Some(&json!({
-        "emailAddress": "jane@example.com", "attributes": {"person": {"name": {"firstName": "Jane"}}}
-    }))).await;
+    app.call(
+        Method::PUT,
+        "/profiles/email/jane",
+        Some(&app.key),
+        Some(&json!({
+            "emailAddress": "jane@example.com", "attributes": {"person": {"name": {"firstName": "Jane"}}}
+        })),
+    )
+    .await;
     let worker = TestWorker::start(&app, Arc::new(AwsProvider::new(&config)), fast_policy()).await;
     let execution_id = execute(&app, json!({"requestId": "r1", "campaignId": campaign, "recipients": [
         {"type": "aep", "namespace": "email", "userId": "jane", "context": {"resetUrl": "https://example.com/r/abc123"}}
@@ -77,18 +75,11 @@ async fn a_password_reset_email_arrives_in_ses_with_the_url_and_the_first_name()
     .await;
     let messages = sent_from(&moto, "/ses/Message", 1).await;
     let message = &messages[0];
-    assert_eq!(
-        message["destinations"]["ToAddresses"],
-        json!(["jane@example.com"])
-    );
+    assert_eq!(message["destinations"]["ToAddresses"], json!(["jane@example.com"]));
     assert_eq!(message["source"], "\"Example\" <no-reply@example.com>");
     assert_eq!(message["subject"], "Reset your password, Jane");
     let body = message["body"].as_str().unwrap();
-    assert!(
-        body.contains("https:&#x2F;&#x2F;example.com&#x2F;r&#x2F;abc123")
-            && body.contains("Hi Jane"),
-        "{body}"
-    );
+    assert!(body.contains("https:&#x2F;&#x2F;example.com&#x2F;r&#x2F;abc123") && body.contains("Hi Jane"), "{body}");
     let recipient = wait_sent(&app, &execution_id).await;
     assert_eq!(recipient["attempts"], 1);
     worker.stop().await;
@@ -101,15 +92,8 @@ async fn an_otp_sms_arrives_in_sns() {
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let campaign = app.live_campaign(&otp_sms("otp")).await;
     let worker = TestWorker::start(&app, Arc::new(AwsProvider::new(&config)), fast_policy()).await;
-    let execution_id = execute(
-        &app,
-        herald_tests::execution(
-            "r1",
-            &campaign,
-            &[("+33612345678", json!({"otp": "482913"}))],
-        ),
-    )
-    .await;
+    let execution_id =
+        execute(&app, herald_tests::execution("r1", &campaign, &[("+33612345678", json!({"otp": "482913"}))])).await;
     let sms = sent_from(&moto, "/sns/SMS", 1).await;
     assert_eq!(
         (sms[0]["phone_number"].as_str(), sms[0]["message"].as_str()),
@@ -145,9 +129,15 @@ async fn a_push_to_a_registered_token_arrives_through_a_platform_endpoint_create
             "content": {"title": "Order {{ context.orderId }}", "body": "Hi {{ profile.firstName }}, it shipped", "data": {"orderId": "{{ context.orderId }}"}}
         }))
         .await;
-    app.call(Method::PUT, "/profiles/crm/u-42", Some(&app.key), Some(&json!({
-        "attributes": {"firstName": "Jane"}, "pushTokens": [{"token": "device-token-1", "platform": "fcm"}]
-    }))).await;
+    app.call(
+        Method::PUT,
+        "/profiles/crm/u-42",
+        Some(&app.key),
+        Some(&json!({
+            "attributes": {"firstName": "Jane"}, "pushTokens": [{"token": "device-token-1", "platform": "fcm"}]
+        })),
+    )
+    .await;
     let worker = TestWorker::start(&app, Arc::new(AwsProvider::new(&config)), fast_policy()).await;
     for (request, order) in [("r1", "A-1"), ("r2", "A-2")] {
         let body = json!({"requestId": request, "campaignId": campaign, "recipients": [{"type": "aep", "userId": "u-42", "context": {"orderId": order}}]});
@@ -155,11 +145,7 @@ async fn a_push_to_a_registered_token_arrives_through_a_platform_endpoint_create
         wait_sent(&app, &execution_id).await;
     }
     let endpoints = sent_from(&moto, "/sns/PlatformEndpoint", 1).await;
-    assert_eq!(
-        endpoints.len(),
-        1,
-        "the endpoint is created once and reused"
-    );
+    assert_eq!(endpoints.len(), 1, "the endpoint is created once and reused");
     assert_eq!(endpoints[0]["token"], "device-token-1");
     let messages: Vec<Value> = endpoints[0]["messages"]
         .as_object()
@@ -169,18 +155,10 @@ async fn a_push_to_a_registered_token_arrives_through_a_platform_endpoint_create
         .collect();
     assert_eq!(messages.len(), 2);
     let gcm: Value = serde_json::from_str(
-        messages
-            .iter()
-            .find(|m| m["GCM"].as_str().unwrap().contains("A-1"))
-            .unwrap()["GCM"]
-            .as_str()
-            .unwrap(),
+        messages.iter().find(|m| m["GCM"].as_str().unwrap().contains("A-1")).unwrap()["GCM"].as_str().unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        gcm["notification"],
-        json!({"title": "Order A-1", "body": "Hi Jane, it shipped"})
-    );
+    assert_eq!(gcm["notification"], json!({"title": "Order A-1", "body": "Hi Jane, it shipped"}));
     assert_eq!(gcm["data"], json!({"orderId": "A-1"}));
     worker.stop().await;
 }

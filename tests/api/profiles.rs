@@ -11,14 +11,7 @@ async fn a_profile_is_created_then_replaced_and_read_back() {
         "phoneNumber": "+33612345678",
         "pushTokens": [{"token": "abc", "platform": "fcm"}]
     });
-    let created = app
-        .call(
-            Method::PUT,
-            "/profiles/email/jane@example.com",
-            Some(&app.key),
-            Some(&first),
-        )
-        .await;
+    let created = app.call(Method::PUT, "/profiles/email/jane@example.com", Some(&app.key), Some(&first)).await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
 
     let replaced = app
@@ -34,11 +27,7 @@ async fn a_profile_is_created_then_replaced_and_read_back() {
     let read = app.get("/profiles/email/jane@example.com").await;
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.body["attributes"], json!({"tier": "gold"}));
-    assert_eq!(
-        read.body["emailAddress"],
-        json!(null),
-        "PUT replaces the whole profile"
-    );
+    assert_eq!(read.body["emailAddress"], json!(null), "PUT replaces the whole profile");
     assert_eq!(read.body["userId"], "jane@example.com");
     assert_eq!(read.body["createdAt"], created.body["createdAt"]);
 }
@@ -46,16 +35,8 @@ async fn a_profile_is_created_then_replaced_and_read_back() {
 #[tokio::test]
 async fn profiles_are_keyed_by_namespace() {
     let app = TestApp::spawn().await;
-    app.call(
-        Method::PUT,
-        "/profiles/email/u1",
-        Some(&app.key),
-        Some(&json!({"attributes": {"a": 1}})),
-    )
-    .await;
-    app.get("/profiles/crm/u1")
-        .await
-        .assert_problem(StatusCode::NOT_FOUND, "profile-not-found");
+    app.call(Method::PUT, "/profiles/email/u1", Some(&app.key), Some(&json!({"attributes": {"a": 1}}))).await;
+    app.get("/profiles/crm/u1").await.assert_problem(StatusCode::NOT_FOUND, "profile-not-found");
 }
 
 #[tokio::test]
@@ -70,21 +51,10 @@ async fn bad_addresses_are_refused_without_echoing_them() {
         )
         .await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
-    let pointers: Vec<&str> = reply.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["pointer"].as_str().unwrap())
-        .collect();
+    let pointers: Vec<&str> =
+        reply.body["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
     assert_eq!(pointers, ["/emailAddress", "/phoneNumber"]);
     assert!(!reply.body.to_string().contains("0612345678"));
-    let reply = app
-        .call(
-            Method::PUT,
-            "/profiles/email/u1",
-            Some(&app.key),
-            Some(&json!({"attributes": []})),
-        )
-        .await;
+    let reply = app.call(Method::PUT, "/profiles/email/u1", Some(&app.key), Some(&json!({"attributes": []}))).await;
     reply.assert_problem(StatusCode::BAD_REQUEST, "validation");
 }

@@ -10,25 +10,12 @@ use serde_json::{Value, json};
 /// returns the problem codes.
 async fn blocked(app: &TestApp, document: &Value) -> (Vec<String>, Reply) {
     let id = app.create_campaign(document).await;
-    let reply = app
-        .post(&format!("/campaigns/{id}/activate"), &Value::Null)
-        .await;
+    let reply = app.post(&format!("/campaigns/{id}/activate"), &Value::Null).await;
     reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "review-failed");
-    assert_eq!(
-        reply.body["report"]["additionalContext"]["campaignId"],
-        id.as_str()
-    );
-    assert_eq!(
-        app.get(&format!("/campaigns/{id}")).await.body["status"],
-        "draft",
-        "a failed review changes nothing"
-    );
-    let codes = reply.body["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["code"].as_str().unwrap().to_string())
-        .collect();
+    assert_eq!(reply.body["report"]["additionalContext"]["campaignId"], id.as_str());
+    assert_eq!(app.get(&format!("/campaigns/{id}")).await.body["status"], "draft", "a failed review changes nothing");
+    let codes =
+        reply.body["problems"].as_array().unwrap().iter().map(|p| p["code"].as_str().unwrap().to_string()).collect();
     (codes, reply)
 }
 
@@ -78,11 +65,9 @@ async fn an_end_date_not_after_the_start_date_blocks_activation() {
     let app = TestApp::spawn().await;
     let now = herald_core::Clock::now(app.clock.as_ref());
     let mut document = password_reset_email("c");
-    document["schedule"] = json!({"startDate": rfc3339(now + Duration::days(2)), "endDate": rfc3339(now + Duration::days(1))});
-    assert_eq!(
-        blocked(&app, &document).await.0,
-        ["schedule-end-not-after-start"]
-    );
+    document["schedule"] =
+        json!({"startDate": rfc3339(now + Duration::days(2)), "endDate": rfc3339(now + Duration::days(1))});
+    assert_eq!(blocked(&app, &document).await.0, ["schedule-end-not-after-start"]);
 }
 
 #[tokio::test]
@@ -109,12 +94,7 @@ async fn a_top_level_variable_other_than_profile_and_context_blocks_activation()
     document["content"]["body"] = json!("Hi {{ user.firstName }}, {{ context.otp }}");
     let (codes, reply) = blocked(&app, &document).await;
     assert_eq!(codes, ["unknown-variable"]);
-    assert!(
-        reply.body["problems"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("`user`")
-    );
+    assert!(reply.body["problems"][0]["detail"].as_str().unwrap().contains("`user`"));
 }
 
 #[tokio::test]

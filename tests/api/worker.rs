@@ -16,11 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 fn transient() -> Result<(), ProviderError> {
-    Err(ProviderError::new(
-        ErrorClass::Transient,
-        "TooManyRequestsException",
-        "throttled",
-    ))
+    Err(ProviderError::new(ErrorClass::Transient, "TooManyRequestsException", "throttled"))
 }
 
 /// Polls `condition` every 50 ms for up to `within`.
@@ -39,20 +35,14 @@ async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(
 /// Executes the OTP campaign for one phone number and returns the execution id.
 async fn execute(app: &TestApp, campaign: &str, request: &str, otp: Value) -> String {
     let reply = app
-        .post(
-            "/im/executions/unitary",
-            &execution(request, campaign, &[("+33612345678", json!({"otp": otp}))]),
-        )
+        .post("/im/executions/unitary", &execution(request, campaign, &[("+33612345678", json!({"otp": otp}))]))
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     reply.body["executionId"].as_str().unwrap().to_string()
 }
 
 async fn recipient(app: &TestApp, execution_id: &str) -> Value {
-    app.get(&format!("/im/executions/{execution_id}"))
-        .await
-        .body["recipients"][0]
-        .clone()
+    app.get(&format!("/im/executions/{execution_id}")).await.body["recipients"][0].clone()
 }
 
 async fn wait_for_status(app: &TestApp, execution_id: &str, status: &str) -> Value {
@@ -62,10 +52,7 @@ async fn wait_for_status(app: &TestApp, execution_id: &str, status: &str) -> Val
         if recipient["status"] == status {
             return recipient;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "still {recipient} instead of {status}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "still {recipient} instead of {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -86,11 +73,7 @@ async fn a_queued_otp_is_rendered_sent_once_and_recorded() {
     let calls = provider.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(
-        (
-            calls[0].channel,
-            calls[0].to.as_str(),
-            calls[0].body.as_str()
-        ),
+        (calls[0].channel, calls[0].to.as_str(), calls[0].body.as_str()),
         ("sms", "+33612345678", "Your code is 482913")
     );
     worker.stop().await;
@@ -102,10 +85,7 @@ async fn transient_failures_are_retried_in_process_then_sent() {
     provider.script([transient()]);
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "retry", json!("1")).await;
-    assert_eq!(
-        wait_for_status(&app, &execution_id, "sent").await["attempts"],
-        2
-    );
+    assert_eq!(wait_for_status(&app, &execution_id, "sent").await["attempts"], 2);
     assert_eq!(provider.call_count(), 2);
     worker.stop().await;
 }
@@ -113,21 +93,13 @@ async fn transient_failures_are_retried_in_process_then_sent() {
 #[tokio::test]
 async fn a_permanent_failure_makes_exactly_one_call_and_is_recorded_failed() {
     let (app, campaign, provider) = setup().await;
-    provider.script([Err(ProviderError::new(
-        ErrorClass::Permanent,
-        "InvalidParameter",
-        "bad number",
-    ))]);
+    provider.script([Err(ProviderError::new(ErrorClass::Permanent, "InvalidParameter", "bad number"))]);
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "perm", json!("1")).await;
     let recipient = wait_for_status(&app, &execution_id, "failed").await;
     assert_eq!(recipient["reason"], "InvalidParameter");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        provider.call_count(),
-        1,
-        "a permanent failure is never retried"
-    );
+    assert_eq!(provider.call_count(), 1, "a permanent failure is never retried");
     worker.stop().await;
 }
 
@@ -141,29 +113,18 @@ async fn exhausted_retries_take_the_tiers_in_order_then_reach_the_dead_letter_qu
     assert_eq!(recipient["reason"], "max-attempts");
     assert_eq!(recipient["attempts"], 6);
     let calls = provider.calls();
-    assert_eq!(
-        calls.len(),
-        6,
-        "2 calls per delivery, 3 deliveries: the first and two tiers"
-    );
+    assert_eq!(calls.len(), 6, "2 calls per delivery, 3 deliveries: the first and two tiers");
     // The gaps between deliveries follow the tiers: 1 s, then 2 s.
     let first_gap = calls[2].at.duration_since(calls[1].at);
     let second_gap = calls[4].at.duration_since(calls[3].at);
-    assert!(
-        first_gap >= Duration::from_millis(900) && first_gap < Duration::from_millis(1900),
-        "{first_gap:?}"
-    );
+    assert!(first_gap >= Duration::from_millis(900) && first_gap < Duration::from_millis(1900), "{first_gap:?}");
     assert!(second_gap >= Duration::from_millis(1900), "{second_gap:?}");
 
     // The worker copies the dead-letter queue into the database, with the reason and the last
     // error the dead-lettering worker put in the headers.
     let mut dead = Vec::new();
     for _ in 0..100 {
-        dead = app
-            .store
-            .list_dead_letters(Some("a"), None, None, 10)
-            .await
-            .unwrap();
+        dead = app.store.list_dead_letters(Some("a"), None, None, 10).await.unwrap();
         if !dead.is_empty() {
             break;
         }
@@ -172,38 +133,22 @@ async fn exhausted_retries_take_the_tiers_in_order_then_reach_the_dead_letter_qu
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, format!("{execution_id}/0"));
     assert_eq!(dead[0].reason, "max-attempts");
-    assert!(
-        dead[0]
-            .last_error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("TooManyRequestsException")
-    );
+    assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("TooManyRequestsException"));
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn an_account_wide_failure_pauses_the_channel_without_using_up_attempts() {
     let (app, campaign, provider) = setup().await;
-    provider.script([Err(ProviderError::new(
-        ErrorClass::AccountWide,
-        "AuthorizationError",
-        "not allowed",
-    ))]);
+    provider.script([Err(ProviderError::new(ErrorClass::AccountWide, "AuthorizationError", "not allowed"))]);
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "paused", json!("1")).await;
     let recipient = wait_for_status(&app, &execution_id, "sent").await;
-    assert_eq!(
-        recipient["attempts"], 1,
-        "the paused call does not count against the message"
-    );
+    assert_eq!(recipient["attempts"], 1, "the paused call does not count against the message");
     let calls = provider.calls();
     assert_eq!(calls.len(), 2);
     let gap = calls[1].at.duration_since(calls[0].at);
-    assert!(
-        gap >= Duration::from_millis(4500),
-        "the channel paused for {gap:?}"
-    );
+    assert!(gap >= Duration::from_millis(4500), "the channel paused for {gap:?}");
     worker.stop().await;
 }
 
@@ -223,13 +168,9 @@ async fn an_expired_message_is_excluded_without_a_call() {
 async fn queued_messages_of_a_stopped_campaign_are_excluded_without_a_call() {
     let (app, campaign, provider) = setup().await;
     let execution_id = execute(&app, &campaign, "stopped", json!("1")).await;
-    app.post(&format!("/campaigns/{campaign}/stop"), &Value::Null)
-        .await;
+    app.post(&format!("/campaigns/{campaign}/stop"), &Value::Null).await;
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
-    assert_eq!(
-        wait_for_status(&app, &execution_id, "excluded").await["reason"],
-        "campaign-not-live"
-    );
+    assert_eq!(wait_for_status(&app, &execution_id, "excluded").await["reason"], "campaign-not-live");
     assert_eq!(provider.call_count(), 0);
     worker.stop().await;
 }
@@ -243,10 +184,7 @@ async fn a_rendering_error_is_failed_and_not_retried() {
     let provider = Arc::new(ScriptedProvider::new());
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "render", json!(482913)).await;
-    assert_eq!(
-        wait_for_status(&app, &execution_id, "failed").await["reason"],
-        "rendering-error"
-    );
+    assert_eq!(wait_for_status(&app, &execution_id, "failed").await["reason"], "rendering-error");
     assert_eq!(provider.call_count(), 0);
     worker.stop().await;
 }
@@ -263,28 +201,19 @@ async fn a_message_redelivered_after_its_send_was_recorded_makes_no_call() {
     }
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     wait_for_status(&app, &execution_id, "sent").await;
-    eventually(
-        Duration::from_secs(10),
-        "the copies to be consumed",
-        || async { app.topology().count(&queue).await == 0 },
-    )
+    eventually(Duration::from_secs(10), "the copies to be consumed", || async {
+        app.topology().count(&queue).await == 0
+    })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        provider.call_count(),
-        1,
-        "one send for three deliveries of the same message"
-    );
+    assert_eq!(provider.call_count(), 1, "one send for three deliveries of the same message");
     worker.stop().await;
 }
 
 #[tokio::test]
 async fn two_workers_share_2000_executions_each_sent_exactly_once() {
     let (app, campaign, _) = setup().await;
-    let (first, second) = (
-        Arc::new(ScriptedProvider::new()),
-        Arc::new(ScriptedProvider::new()),
-    );
+    let (first, second) = (Arc::new(ScriptedProvider::new()), Arc::new(ScriptedProvider::new()));
     let worker_a = TestWorker::start(&app, first.clone(), fast_policy()).await;
     let worker_b = TestWorker::start(&app, second.clone(), fast_policy()).await;
     let app = Arc::new(app);
@@ -292,32 +221,14 @@ async fn two_workers_share_2000_executions_each_sent_exactly_once() {
     let calls: Vec<_> = (0..total)
         .map(|n| {
             let (app, campaign) = (Arc::clone(&app), campaign.clone());
-            async move {
-                execute(
-                    &app,
-                    &campaign,
-                    &format!("pair-{n}"),
-                    json!(format!("{n:06}")),
-                )
-                .await
-            }
+            async move { execute(&app, &campaign, &format!("pair-{n}"), json!(format!("{n:06}"))).await }
         })
         .collect();
-    futures_util::stream::iter(calls)
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
+    futures_util::stream::iter(calls).buffer_unordered(32).collect::<Vec<_>>().await;
+    eventually(Duration::from_secs(60), "2000 sends", || async { first.call_count() + second.call_count() >= total })
         .await;
-    eventually(Duration::from_secs(60), "2000 sends", || async {
-        first.call_count() + second.call_count() >= total
-    })
-    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let bodies: Vec<String> = first
-        .calls()
-        .into_iter()
-        .chain(second.calls())
-        .map(|c| c.body)
-        .collect();
+    let bodies: Vec<String> = first.calls().into_iter().chain(second.calls()).map(|c| c.body).collect();
     let distinct: HashSet<&String> = bodies.iter().collect();
     assert_eq!(bodies.len(), total as usize, "no duplicate sends");
     assert_eq!(distinct.len(), total as usize, "every execution sent");
@@ -337,68 +248,56 @@ async fn a_dead_letter_is_listed_and_its_replay_delivers_it_once() {
     provider.script(std::iter::repeat_with(transient).take(6));
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "replay", json!("1")).await;
-    assert_eq!(
-        wait_for_status(&app, &execution_id, "failed").await["reason"],
-        "max-attempts"
-    );
+    assert_eq!(wait_for_status(&app, &execution_id, "failed").await["reason"], "max-attempts");
 
     let path = format!("/dead-letters?campaignId={campaign}&reason=max-attempts");
-    eventually(
-        Duration::from_secs(10),
-        "the dead letter to be recorded",
-        || async {
-            app.get(&path).await.body["items"]
-                .as_array()
-                .is_some_and(|items| items.len() == 1)
-        },
-    )
+    eventually(Duration::from_secs(10), "the dead letter to be recorded", || async {
+        app.get(&path).await.body["items"].as_array().is_some_and(|items| items.len() == 1)
+    })
     .await;
     let listed = app.get(&path).await.body;
     let letter = &listed["items"][0];
     assert_eq!(letter["executionId"], execution_id.as_str());
-    assert!(
-        letter["lastError"]
-            .as_str()
-            .unwrap()
-            .contains("TooManyRequestsException")
-    );
-    assert!(
-        letter.get("body").is_none(),
-        "the body (addresses, context) is not listed"
-    );
+    assert!(letter["lastError"].as_str().unwrap().contains("TooManyRequestsException"));
+    assert!(letter.get("body").is_none(), "the body (addresses, context) is not listed");
     let other = app.key_for("b", &herald_core::Scope::ALL).await;
-    let hidden = app
-        .call(reqwest::Method::GET, "/dead-letters", Some(&other), None)
-        .await;
+    let hidden = app.call(reqwest::Method::GET, "/dead-letters", Some(&other), None).await;
     assert_eq!(hidden.body["items"], json!([]), "another sandbox sees none");
 
     let id = letter["id"].as_str().unwrap();
-    let first = app
-        .post(&format!("/dead-letters/{id}/replay"), &Value::Null)
-        .await;
-    assert_eq!(
-        (first.status, first.body["replayed"].as_bool()),
-        (StatusCode::ACCEPTED, Some(true))
-    );
-    let again = app
-        .post(&format!("/dead-letters/{id}/replay"), &Value::Null)
-        .await;
-    assert_eq!(
-        (again.status, again.body["replayed"].as_bool()),
-        (StatusCode::OK, Some(false)),
-        "replay is idempotent"
-    );
+    let first = app.post(&format!("/dead-letters/{id}/replay"), &Value::Null).await;
+    assert_eq!((first.status, first.body["replayed"].as_bool()), (StatusCode::ACCEPTED, Some(true)));
+    let again = app.post(&format!("/dead-letters/{id}/replay"), &Value::Null).await;
+    assert_eq!((again.status, again.body["replayed"].as_bool()), (StatusCode::OK, Some(false)), "replay is idempotent");
 
-    assert_eq!(
-        wait_for_status(&app, &execution_id, "sent").await["attempts"],
-        1,
-        "a fresh budget of attempts"
-    );
+    assert_eq!(wait_for_status(&app, &execution_id, "sent").await["attempts"], 1, "a fresh budget of attempts");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        provider.call_count(),
-        7,
-        "six failed calls, then exactly one send"
-    );
+    assert_eq!(provider.call_count(), 7, "six failed calls, then exactly one send");
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_campaign_throttle_holds_across_two_workers() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let mut document = otp_sms("throttled");
+    document["throttleRatePerSec"] = json!(20);
+    let campaign = app.live_campaign(&document).await;
+    for n in 0..300 {
+        execute(&app, &campaign, &format!("t-{n}"), json!(n)).await;
+    }
+    let (first, second) = (Arc::new(ScriptedProvider::new()), Arc::new(ScriptedProvider::new()));
+    let worker_a = TestWorker::start(&app, first.clone(), fast_policy()).await;
+    let worker_b = TestWorker::start(&app, second.clone(), fast_policy()).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    worker_a.stop().await;
+    worker_b.stop().await;
+
+    let mut times: Vec<Instant> = first.calls().into_iter().chain(second.calls()).map(|c| c.at).collect();
+    times.sort();
+    let start = times[0];
+    let window = times.iter().filter(|at| at.duration_since(start) < Duration::from_secs(10)).count();
+    println!("throttle of 20/s across two workers: {window} sends in the first 10 s");
+    assert!(window <= 210, "{window} sends in 10 s with a throttle of 20/s");
+    assert!(window >= 180, "{window} sends in 10 s: the throttle should still let 20/s through");
+    assert!(first.call_count() > 0 && second.call_count() > 0, "both workers sent");
 }

@@ -18,12 +18,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOption
 use serde_json::json;
 
 fn seconds() -> Duration {
-    Duration::from_secs_f64(
-        std::env::var("HERALD_BENCH_SECONDS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5.0),
-    )
+    Duration::from_secs_f64(std::env::var("HERALD_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0))
 }
 
 /// Runs `concurrency` loops of `one` for `duration`; returns completed operations per second.
@@ -39,12 +34,7 @@ where
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (one, done, next, stop) = (
-                Arc::clone(&one),
-                Arc::clone(&done),
-                Arc::clone(&next),
-                Arc::clone(&stop),
-            );
+            let (one, done, next, stop) = (Arc::clone(&one), Arc::clone(&done), Arc::clone(&next), Arc::clone(&stop));
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     if one(next.fetch_add(1, Ordering::Relaxed)).await {
@@ -65,10 +55,7 @@ where
 async fn purge(queue: &str) {
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_purge(queue.into(), QueuePurgeOptions::default())
-        .await
-        .unwrap();
+    channel.queue_purge(queue.into(), QueuePurgeOptions::default()).await.unwrap();
     let _ = connection.close(200, "purged".into()).await;
 }
 
@@ -76,11 +63,7 @@ async fn purge(queue: &str) {
 async fn main() {
     let duration = seconds();
     let app = Arc::new(
-        TestApp::spawn_with(TestOptions {
-            rate_limit_per_sec: 1_000_000,
-            ..TestOptions::with_broker()
-        })
-        .await,
+        TestApp::spawn_with(TestOptions { rate_limit_per_sec: 1_000_000, ..TestOptions::with_broker() }).await,
     );
     let campaign = app.live_campaign(&otp_sms("bench")).await;
     let topology = app.topology().topology.clone();
@@ -89,36 +72,24 @@ async fn main() {
     // Baseline: the same kind of message, published straight to the same quorum queue.
     let connection = broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let payload = Arc::new(serde_json::to_vec(&json!({"version": 1, "recipient": {"userId": "+33612345678"}, "context": {"otp": "123456"}})).unwrap());
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let payload = Arc::new(
+        serde_json::to_vec(
+            &json!({"version": 1, "recipient": {"userId": "+33612345678"}, "context": {"otp": "123456"}}),
+        )
+        .unwrap(),
+    );
     let mut raw = Vec::new();
     for concurrency in [1, 64] {
-        let (channel, exchange, payload) = (
-            channel.clone(),
-            topology.work_exchange(),
-            Arc::clone(&payload),
-        );
+        let (channel, exchange, payload) = (channel.clone(), topology.work_exchange(), Arc::clone(&payload));
         let rate = measure(concurrency, duration, move |n| {
-            let (channel, exchange, payload) =
-                (channel.clone(), exchange.clone(), Arc::clone(&payload));
+            let (channel, exchange, payload) = (channel.clone(), exchange.clone(), Arc::clone(&payload));
             async move {
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(format!("raw/{n}").into());
-                let options = BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                };
-                match channel
-                    .basic_publish(exchange.into(), "sms".into(), options, &payload, properties)
-                    .await
-                {
-                    Ok(confirm) => confirm
-                        .await
-                        .is_ok_and(|c| c.is_ack() && c.take_message().is_none()),
+                let properties =
+                    BasicProperties::default().with_delivery_mode(2).with_message_id(format!("raw/{n}").into());
+                let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+                match channel.basic_publish(exchange.into(), "sms".into(), options, &payload, properties).await {
+                    Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack() && c.take_message().is_none()),
                     Err(_) => false,
                 }
             }
@@ -139,7 +110,13 @@ async fn main() {
                     "campaignId": campaign,
                     "recipients": [{"type": "external", "userId": "+33612345678", "context": {"otp": "123456"}}]
                 });
-                let response = app.http.post(format!("{}/im/executions/unitary", app.address)).bearer_auth(&app.key).json(&body).send().await;
+                let response = app
+                    .http
+                    .post(format!("{}/im/executions/unitary", app.address))
+                    .bearer_auth(&app.key)
+                    .json(&body)
+                    .send()
+                    .await;
                 response.is_ok_and(|r| r.status().as_u16() == 202)
             }
         })
@@ -148,14 +125,8 @@ async fn main() {
         herald.push(rate);
     }
 
-    println!(
-        "ingest benchmark ({}s per measurement, broker and database on this machine)",
-        duration.as_secs_f64()
-    );
-    println!(
-        "{:<14} {:>22} {:>26} {:>8}",
-        "concurrency", "raw lapin confirms/s", "herald accepted req/s", "ratio"
-    );
+    println!("ingest benchmark ({}s per measurement, broker and database on this machine)", duration.as_secs_f64());
+    println!("{:<14} {:>22} {:>26} {:>8}", "concurrency", "raw lapin confirms/s", "herald accepted req/s", "ratio");
     for (index, concurrency) in [1, 64].into_iter().enumerate() {
         println!(
             "{:<14} {:>22.0} {:>26.0} {:>8.2}",

@@ -34,12 +34,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
 
     let clients: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
-            let (app, id, outcomes, next) = (
-                Arc::clone(&app),
-                id.clone(),
-                Arc::clone(&outcomes),
-                Arc::clone(&next),
-            );
+            let (app, id, outcomes, next) = (Arc::clone(&app), id.clone(), Arc::clone(&outcomes), Arc::clone(&next));
             tokio::spawn(async move {
                 loop {
                     let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -47,11 +42,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
                         return;
                     }
                     let request_id = format!("fault-{n}");
-                    let body = execution(
-                        &request_id,
-                        &id,
-                        &[("+33612345678", json!({"otp": format!("{n:06}")}))],
-                    );
+                    let body = execution(&request_id, &id, &[("+33612345678", json!({"otp": format!("{n:06}")}))]);
                     let started = Instant::now();
                     loop {
                         let reply = app.post("/im/executions/unitary", &body).await;
@@ -67,10 +58,7 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
                             }
                             StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT => {
                                 outcomes.lock().await.retried.insert(request_id.clone());
-                                assert!(
-                                    started.elapsed() < Duration::from_secs(60),
-                                    "{request_id} never accepted"
-                                );
+                                assert!(started.elapsed() < Duration::from_secs(60), "{request_id} never accepted");
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
                             other => panic!("{request_id}: unexpected {other}: {}", reply.body),
@@ -86,70 +74,34 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl")
-            .args(["close_all_connections", "herald fault test"])
-            .output()
+        std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald fault test"]).output()
     })
     .await
     .unwrap()
     .expect("rabbitmqctl must be installed for this test");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&output.stderr));
     // The command returns once the connections are closed.
     let cut_at = Instant::now();
     let broker = app.ingest.as_ref().unwrap().broker().clone();
-    assert!(
-        outcomes.lock().await.accepted.len() < REQUESTS,
-        "the run ended before the cut; make it longer"
-    );
+    assert!(outcomes.lock().await.accepted.len() < REQUESTS, "the run ended before the cut; make it longer");
 
     for client in clients {
         client.await.unwrap();
     }
     let outcomes = outcomes.lock().await;
-    assert_eq!(
-        outcomes.accepted.len(),
-        REQUESTS,
-        "every request ends in exactly one 202"
-    );
-    assert!(
-        broker.sessions_established() >= 2,
-        "the api never lost (and re-established) its broker session"
-    );
-    let after_cut: Vec<&Instant> = outcomes
-        .accepted_at
-        .iter()
-        .filter(|at| **at > cut_at)
-        .collect();
-    let first_after = after_cut
-        .iter()
-        .min()
-        .expect("requests were accepted after the cut");
+    assert_eq!(outcomes.accepted.len(), REQUESTS, "every request ends in exactly one 202");
+    assert!(broker.sessions_established() >= 2, "the api never lost (and re-established) its broker session");
+    let after_cut: Vec<&Instant> = outcomes.accepted_at.iter().filter(|at| **at > cut_at).collect();
+    let first_after = after_cut.iter().min().expect("requests were accepted after the cut");
     let recovery = first_after.duration_since(cut_at);
-    assert!(
-        recovery < Duration::from_secs(10),
-        "reconnect took {recovery:?}"
-    );
+    assert!(recovery < Duration::from_secs(10), "reconnect took {recovery:?}");
 
-    let messages = app
-        .topology()
-        .drain(&app.topology().queue(Channel::Sms))
-        .await;
+    let messages = app.topology().drain(&app.topology().queue(Channel::Sms)).await;
     let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
     let distinct: HashSet<&String> = ids.iter().collect();
-    let expected: HashSet<String> = outcomes
-        .accepted
-        .values()
-        .map(|execution| format!("{execution}/0"))
-        .collect();
+    let expected: HashSet<String> = outcomes.accepted.values().map(|execution| format!("{execution}/0")).collect();
     assert_eq!(distinct.len(), expected.len());
-    assert!(
-        expected.iter().all(|id| distinct.contains(id)),
-        "every 202 has its message on the queue"
-    );
+    assert!(expected.iter().all(|id| distinct.contains(id)), "every 202 has its message on the queue");
     // A message confirmed by the broker whose confirm was lost with the connection is published
     // again by the client's retry under the same message id (the worker deduplicates on it);
     // only retried requests can have such a twin.

@@ -5,16 +5,13 @@ use std::time::Duration;
 
 use herald_core::Channel;
 use herald_ingest::topology::Topology;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use uuid::Uuid;
 
 pub fn amqp_url() -> String {
-    std::env::var("HERALD_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// A connection for test-side inspection; panics with a hint when RabbitMQ is down.
@@ -25,10 +22,7 @@ pub async fn connect() -> Connection {
     )
     .await
     .unwrap_or_else(|error| {
-        panic!(
-            "RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`",
-            amqp_url()
-        )
+        panic!("RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`", amqp_url())
     })
 }
 
@@ -50,13 +44,7 @@ pub struct TestTopology {
 impl TestTopology {
     pub fn new(max_queue_length: Option<u32>) -> Self {
         let prefix = format!("test-{}", Uuid::new_v4().simple());
-        Self {
-            topology: Topology {
-                prefix,
-                max_queue_length,
-                ..Topology::default()
-            },
-        }
+        Self { topology: Topology { prefix, max_queue_length, ..Topology::default() } }
     }
 
     pub fn queue(&self, channel: Channel) -> String {
@@ -68,19 +56,11 @@ impl TestTopology {
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
         let mut messages = Vec::new();
-        while let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
+        while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
             let properties = &message.delivery.properties;
             messages.push(Published {
                 body: serde_json::from_slice(&message.delivery.data).expect("a JSON body"),
-                message_id: properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
+                message_id: properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default(),
                 delivery_mode: *properties.delivery_mode(),
                 headers: properties.headers().clone().unwrap_or_default(),
             });
@@ -93,10 +73,7 @@ impl TestTopology {
     pub async fn publish_copy(&self, message: &Published, channel: Channel) {
         let connection = connect().await;
         let publisher = connection.create_channel().await.unwrap();
-        publisher
-            .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        publisher.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
         let properties = lapin::BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(message.message_id.clone().into())
@@ -122,14 +99,8 @@ impl TestTopology {
     pub async fn exists(&self, queue: &str) -> bool {
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let exists = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .is_ok();
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let exists = channel.queue_declare(queue.into(), options, FieldTable::default()).await.is_ok();
         let _ = connection.close(200, "done".into()).await;
         exists
     }
@@ -138,16 +109,9 @@ impl TestTopology {
     pub async fn count(&self, queue: &str) -> u32 {
         let connection = connect().await;
         let channel = connection.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let count = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count();
+        let count = channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap().message_count();
         let _ = connection.close(200, "done".into()).await;
         count
     }
@@ -157,24 +121,15 @@ impl Drop for TestTopology {
     fn drop(&mut self) {
         let topology = self.topology.clone();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async move {
-                let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-                    .await
-                    .ok()?;
+                let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await.ok()?;
                 let channel = connection.create_channel().await.ok()?;
                 for queue in topology.queues() {
-                    let _ = channel
-                        .queue_delete(queue.into(), QueueDeleteOptions::default())
-                        .await;
+                    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
                 }
                 for exchange in topology.exchanges() {
-                    let _ = channel
-                        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                        .await;
+                    let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
                 }
                 connection.close(200, "cleaned up".into()).await.ok()
             })

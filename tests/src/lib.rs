@@ -22,8 +22,7 @@ use uuid::Uuid;
 
 /// The server to create test databases on, from `HERALD_TEST_DATABASE_URL`.
 pub fn admin_database_url() -> String {
-    std::env::var("HERALD_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("HERALD_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database that exists for one test and is dropped with it.
@@ -44,17 +43,9 @@ impl TestDatabase {
             )
         });
         tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create the test database");
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
-        Self {
-            url: format!("{base}/{name}"),
-            name,
-        }
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create the test database");
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        Self { url: format!("{base}/{name}"), name }
     }
 
     pub fn store(&self) -> Store {
@@ -68,20 +59,12 @@ impl Drop for TestDatabase {
         // Drop runs outside async context; a short-lived thread with its own runtime does the
         // cleanup. FORCE ends the connections the test's pool still holds.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let (client, connection) =
-                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls)
-                        .await
-                        .ok()?;
+                    tokio_postgres::connect(&admin_database_url(), tokio_postgres::NoTls).await.ok()?;
                 tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
             })
         })
         .join();
@@ -119,10 +102,7 @@ impl Default for TestOptions {
 
 impl TestOptions {
     pub fn with_broker() -> Self {
-        Self {
-            broker: true,
-            ..Self::default()
-        }
+        Self { broker: true, ..Self::default() }
     }
 }
 
@@ -152,19 +132,14 @@ impl TestApp {
         let database = Arc::new(TestDatabase::create().await);
         let store = database.store();
         store.migrate().await.expect("migrate the test database");
-        let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap(),
-        ));
+        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()));
         let topology = options.broker.then(|| {
             let mut topology = broker::TestTopology::new(options.max_queue_length);
             topology.topology.retry_tiers = options.retry_tiers.clone();
             Arc::new(topology)
         });
         let mut app = Self::serve(database, store.clone(), clock, topology, options).await;
-        app.key = store
-            .create_api_key("a", &Scope::ALL, Some("test"), Utc::now())
-            .await
-            .expect("create a test key");
+        app.key = store.create_api_key("a", &Scope::ALL, Some("test"), Utc::now()).await.expect("create a test key");
         app
     }
 
@@ -189,14 +164,9 @@ impl TestApp {
         topology: Option<Arc<broker::TestTopology>>,
         options: TestOptions,
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let config = ApiConfig {
-            max_body_bytes: options.max_body_bytes,
-            public_url: address.clone(),
-        };
+        let config = ApiConfig { max_body_bytes: options.max_body_bytes, public_url: address.clone() };
         let mut state = AppState::new(store.clone(), clock.clone(), config);
         let mut ingest = None;
         if let Some(topology) = &topology {
@@ -210,9 +180,14 @@ impl TestApp {
             let broker = if options.amqp_url.is_some() {
                 herald_ingest::broker::Broker::start(settings)
             } else {
-                herald_ingest::broker::Broker::start_and_wait(settings, Duration::from_secs(15)).await.unwrap_or_else(|error| {
-                    panic!("RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`", broker::amqp_url())
-                })
+                herald_ingest::broker::Broker::start_and_wait(settings, Duration::from_secs(15)).await.unwrap_or_else(
+                    |error| {
+                        panic!(
+                            "RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`",
+                            broker::amqp_url()
+                        )
+                    },
+                )
             };
             let settings = herald_ingest::IngestSettings {
                 rate_limit_per_sec: options.rate_limit_per_sec,
@@ -227,10 +202,7 @@ impl TestApp {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert!(
-                created.campaigns().is_listening(),
-                "the campaign change listener did not start"
-            );
+            assert!(created.campaigns().is_listening(), "the campaign change listener did not start");
             state = state.with_ingest(Arc::clone(&created));
             ingest = Some(created);
         }
@@ -259,21 +231,12 @@ impl TestApp {
 
     /// A new key for `sandbox` with `scopes`.
     pub async fn key_for(&self, sandbox: &str, scopes: &[Scope]) -> String {
-        self.store
-            .create_api_key(sandbox, scopes, None, Utc::now())
-            .await
-            .expect("create a key")
+        self.store.create_api_key(sandbox, scopes, None, Utc::now()).await.expect("create a key")
     }
 
     /// Sends a request with `key` (none when `None`) and returns the status and the JSON body
     /// (`Value::Null` when the body is empty).
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<&Value>,
-    ) -> Reply {
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<&Value>) -> Reply {
         let mut request = self.http.request(method, format!("{}{path}", self.address));
         if let Some(key) = key {
             request = request.bearer_auth(key);
@@ -289,13 +252,11 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
-        self.call(Method::POST, path, Some(&self.key), Some(body))
-            .await
+        self.call(Method::POST, path, Some(&self.key), Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Reply {
-        self.call(Method::PATCH, path, Some(&self.key), Some(body))
-            .await
+        self.call(Method::PATCH, path, Some(&self.key), Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
@@ -312,9 +273,7 @@ impl TestApp {
     /// Creates and activates a campaign; returns its id.
     pub async fn live_campaign(&self, document: &Value) -> String {
         let id = self.create_campaign(document).await;
-        let reply = self
-            .post(&format!("/campaigns/{id}/activate"), &Value::Null)
-            .await;
+        let reply = self.post(&format!("/campaigns/{id}/activate"), &Value::Null).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
         id
     }
@@ -341,53 +300,24 @@ impl Reply {
     async fn from(response: reqwest::Response) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
-        let content_type = headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let text = response.text().await.expect("a readable body");
         let body = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("the body is not JSON ({status}): {text}"))
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("the body is not JSON ({status}): {text}"))
         };
-        Self {
-            status,
-            body,
-            content_type,
-            headers,
-        }
+        Self { status, body, content_type, headers }
     }
 
     /// Asserts a problem+json reply with `status` and type suffix `kind`.
     pub fn assert_problem(&self, status: StatusCode, kind: &str) -> &Self {
         assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.content_type, "application/problem+json",
-            "{}",
-            self.body
-        );
-        assert_eq!(
-            self.body["type"],
-            format!("https://herald.dev/errors/{kind}"),
-            "{}",
-            self.body
-        );
+        assert_eq!(self.content_type, "application/problem+json", "{}", self.body);
+        assert_eq!(self.body["type"], format!("https://herald.dev/errors/{kind}"), "{}", self.body);
         assert_eq!(self.body["status"], status.as_u16(), "{}", self.body);
-        assert!(
-            self.body["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "{}",
-            self.body
-        );
-        assert!(
-            self.body["requestId"]
-                .as_str()
-                .is_some_and(|id| !id.is_empty()),
-            "{}",
-            self.body
-        );
+        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()), "{}", self.body);
+        assert!(self.body["requestId"].as_str().is_some_and(|id| !id.is_empty()), "{}", self.body);
         self
     }
 }

@@ -16,36 +16,22 @@ pub struct Moto {
 impl Moto {
     /// Starts `moto_server`; fails loudly when it is not installed (`pip install 'moto[server]'`).
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|error| panic!("moto_server could not start ({error}); install it with `pip install 'moto[server]'`"));
-        let moto = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-        };
+            .unwrap_or_else(|error| {
+                panic!("moto_server could not start ({error}); install it with `pip install 'moto[server]'`")
+            });
+        let moto = Self { url: format!("http://127.0.0.1:{port}"), child };
         let http = reqwest::Client::new();
         let started = Instant::now();
-        while http
-            .get(format!("{}/moto-api/", moto.url))
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .ok()
+        while http.get(format!("{}/moto-api/", moto.url)).send().await.map(|r| r.status().is_success()).ok()
             != Some(true)
         {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not answer on {}",
-                moto.url
-            );
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not answer on {}", moto.url);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         moto
@@ -64,12 +50,7 @@ impl Moto {
 
     /// Everything moto recorded.
     pub async fn data(&self) -> Value {
-        reqwest::get(format!("{}/moto-api/data.json", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        reqwest::get(format!("{}/moto-api/data.json", self.url)).await.unwrap().json().await.unwrap()
     }
 }
 

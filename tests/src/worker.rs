@@ -40,13 +40,9 @@ impl TestWorker {
             policy,
             stale_claim: chrono::Duration::seconds(60),
             database_pause: Duration::from_millis(500),
+            channel_rates: Vec::new(),
         };
-        let pipeline = Arc::new(Pipeline::new(
-            app.database.store(),
-            provider,
-            app.clock.clone(),
-            settings,
-        ));
+        let pipeline = Arc::new(Pipeline::new(app.database.store(), provider, app.clock.clone(), settings));
         for _ in 0..500 {
             if pipeline.campaigns().is_listening() {
                 break;
@@ -63,11 +59,7 @@ impl TestWorker {
         };
         let (stop, stopped) = watch::channel(false);
         let handle = tokio::spawn(consumer::run(Arc::clone(&pipeline), consumer, stopped));
-        Self {
-            stop,
-            handle: Some(handle),
-            pipeline,
-        }
+        Self { stop, handle: Some(handle), pipeline }
     }
 
     /// Stops consuming, lets in-flight messages finish, and waits for the loop to end.

@@ -34,13 +34,9 @@ impl Caller {
         if self.scopes.contains(&scope) {
             Ok(())
         } else {
-            Err(Problem::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "The API key lacks a required scope",
-            )
-            .detail(format!("this operation needs the `{scope}` scope"))
-            .with("requiredScope", scope.as_str()))
+            Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "The API key lacks a required scope")
+                .detail(format!("this operation needs the `{scope}` scope"))
+                .with("requiredScope", scope.as_str()))
         }
     }
 }
@@ -59,21 +55,13 @@ impl KeyCache {
     async fn lookup(&self, store: &Store, key: &str) -> Result<Option<ApiKeyRecord>, Problem> {
         let digest = herald_store::api_keys::digest(key);
         let now = Instant::now();
-        if let Some((record, expires)) = self
-            .entries
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
+        if let Some((record, expires)) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&digest)
             && *expires > now
         {
             return Ok(record.clone());
         }
         let record = store.find_api_key(key).await?;
-        let ttl = if record.is_some() {
-            CACHE_TTL
-        } else {
-            NEGATIVE_CACHE_TTL
-        };
+        let ttl = if record.is_some() { CACHE_TTL } else { NEGATIVE_CACHE_TTL };
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CACHE_CAPACITY {
             entries.retain(|_, (_, expires)| *expires > now);
@@ -87,21 +75,13 @@ impl KeyCache {
 }
 
 fn unauthenticated(detail: &str) -> Problem {
-    Problem::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthenticated",
-        "Missing or invalid API key",
-    )
-    .detail(detail)
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Missing or invalid API key").detail(detail)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -109,24 +89,12 @@ impl FromRequestParts<AppState> for Caller {
         let key = header
             .to_str()
             .ok()
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(str::trim)
             .filter(|key| !key.is_empty())
-            .ok_or_else(|| {
-                unauthenticated("the Authorization header must be `Bearer <API key>`")
-            })?;
-        let record = state
-            .keys
-            .lookup(&state.store, key)
-            .await?
-            .ok_or_else(|| unauthenticated("unknown or revoked API key"))?;
-        Ok(Caller {
-            sandbox: record.sandbox,
-            scopes: record.scopes,
-        })
+            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <API key>`"))?;
+        let record =
+            state.keys.lookup(&state.store, key).await?.ok_or_else(|| unauthenticated("unknown or revoked API key"))?;
+        Ok(Caller { sandbox: record.sandbox, scopes: record.scopes })
     }
 }

@@ -48,10 +48,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::ExecutionsRead)?;
     let Query(query) = query.map_err(|r| {
-        Problem::validation(
-            "Invalid query string",
-            vec![Problem::field_error("/query", r.body_text())],
-        )
+        Problem::validation("Invalid query string", vec![Problem::field_error("/query", r.body_text())])
     })?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -60,18 +57,9 @@ pub(crate) async fn list(
             vec![Problem::field_error("/limit", "must be 1 to 1000")],
         ));
     }
-    let letters = state
-        .store
-        .list_dead_letters(
-            Some(&caller.sandbox),
-            query.campaign_id,
-            query.reason.as_deref(),
-            limit,
-        )
-        .await?;
-    Ok(Json(
-        json!({ "items": letters.iter().map(view).collect::<Vec<_>>() }),
-    ))
+    let letters =
+        state.store.list_dead_letters(Some(&caller.sandbox), query.campaign_id, query.reason.as_deref(), limit).await?;
+    Ok(Json(json!({ "items": letters.iter().map(view).collect::<Vec<_>>() })))
 }
 
 pub(crate) async fn replay(
@@ -82,27 +70,13 @@ pub(crate) async fn replay(
     caller.require(Scope::CampaignsWrite)?;
     let not_found = || Problem::not_found("dead-letter-not-found", "No such dead letter");
     let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let ingest = state
-        .ingest
-        .as_ref()
-        .ok_or_else(|| Problem::unavailable("the broker is not configured on this instance"))?;
-    match replay_dead_letter(
-        &state.store,
-        ingest.broker(),
-        Some(&caller.sandbox),
-        id,
-        state.clock.now(),
-    )
-    .await
-    {
-        Ok(ReplayOutcome::Replayed) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "id": id, "replayed": true })),
-        )),
-        Ok(ReplayOutcome::AlreadyReplayed) => Ok((
-            StatusCode::OK,
-            Json(json!({ "id": id, "replayed": false, "detail": "already replayed" })),
-        )),
+    let ingest =
+        state.ingest.as_ref().ok_or_else(|| Problem::unavailable("the broker is not configured on this instance"))?;
+    match replay_dead_letter(&state.store, ingest.broker(), Some(&caller.sandbox), id, state.clock.now()).await {
+        Ok(ReplayOutcome::Replayed) => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "replayed": true })))),
+        Ok(ReplayOutcome::AlreadyReplayed) => {
+            Ok((StatusCode::OK, Json(json!({ "id": id, "replayed": false, "detail": "already replayed" }))))
+        }
         Ok(ReplayOutcome::NotFound) => Err(not_found()),
         Err(ReplayError::Store(error)) => Err(error.into()),
         Err(ReplayError::Broker(error)) => Err(Problem::unavailable(format!("broker: {error}"))),

@@ -18,65 +18,48 @@ use crate::problem::Problem;
 
 fn problem_for(error: IngestError) -> Problem {
     match error {
-        IngestError::RateLimited(wait) => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            "Too many requests for this sandbox",
-        )
-        .retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX)),
-        IngestError::CampaignNotFound => {
-            Problem::not_found("campaign-not-found", "No such campaign")
+        IngestError::RateLimited(wait) => {
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests for this sandbox")
+                .retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX))
         }
-        IngestError::NotLive(status) => Problem::new(
-            StatusCode::CONFLICT,
-            "campaign-not-live",
-            "The campaign is not live",
-        )
-        .detail(format!("the campaign is {status}"))
-        .with("campaignStatus", status.as_str()),
-        IngestError::OutsideSchedule(status) => Problem::new(
-            StatusCode::CONFLICT,
-            "campaign-outside-schedule",
-            "The campaign is outside its schedule",
-        )
-        .detail(if status == herald_core::CampaignStatus::Scheduled {
-            "its start date has not come yet"
-        } else {
-            "its end date has passed"
-        })
-        .with("campaignStatus", status.as_str()),
+        IngestError::CampaignNotFound => Problem::not_found("campaign-not-found", "No such campaign"),
+        IngestError::NotLive(status) => {
+            Problem::new(StatusCode::CONFLICT, "campaign-not-live", "The campaign is not live")
+                .detail(format!("the campaign is {status}"))
+                .with("campaignStatus", status.as_str())
+        }
+        IngestError::OutsideSchedule(status) => {
+            Problem::new(StatusCode::CONFLICT, "campaign-outside-schedule", "The campaign is outside its schedule")
+                .detail(if status == herald_core::CampaignStatus::Scheduled {
+                    "its start date has not come yet"
+                } else {
+                    "its end date has passed"
+                })
+                .with("campaignStatus", status.as_str())
+        }
         IngestError::Invalid(errors) => {
-            let errors = errors
-                .into_iter()
-                .map(|e| Problem::field_error(&e.pointer, e.detail))
-                .collect();
+            let errors = errors.into_iter().map(|e| Problem::field_error(&e.pointer, e.detail)).collect();
             Problem::validation("Invalid execution request", errors)
         }
-        IngestError::ProfilesNotFound(users) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "profile-not-found",
-            "Unknown recipient profiles",
-        )
-        .detail("the campaign does not create new profiles, and these recipients have none")
-        .with("userIds", users),
+        IngestError::ProfilesNotFound(users) => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "profile-not-found", "Unknown recipient profiles")
+                .detail("the campaign does not create new profiles, and these recipients have none")
+                .with("userIds", users)
+        }
         IngestError::KeyReused => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
             "This requestId was used with a different body",
         )
         .detail("use a new requestId for a new execution"),
-        IngestError::InProgress => Problem::new(
-            StatusCode::CONFLICT,
-            "request-in-progress",
-            "This requestId is still being accepted",
-        )
-        .detail("retry shortly to get its outcome")
-        .retry_after(1),
+        IngestError::InProgress => {
+            Problem::new(StatusCode::CONFLICT, "request-in-progress", "This requestId is still being accepted")
+                .detail("retry shortly to get its outcome")
+                .retry_after(1)
+        }
         IngestError::Unavailable(reason) => {
             tracing::warn!(%reason, "execution not accepted: dependency unavailable");
-            Problem::unavailable(
-                "a dependency is unavailable; nothing was accepted, retry with the same requestId",
-            )
+            Problem::unavailable("a dependency is unavailable; nothing was accepted, retry with the same requestId")
         }
         IngestError::Internal(reason) => {
             tracing::error!(%reason, "execution failed");
@@ -101,28 +84,15 @@ pub(crate) async fn execute(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, Problem> {
-    caller
-        .require(Scope::ExecutionsWrite)
-        .map_err(|p| with_ids(p, &body))?;
+    caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, &body))?;
     let request: ExecutionRequest = from_value(&body).map_err(|p| with_ids(p, &body))?;
-    let ingest = state.ingest.as_ref().ok_or_else(|| {
-        with_ids(
-            Problem::unavailable("the execution API is not configured on this instance"),
-            &body,
-        )
-    })?;
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_traceparent(v));
+    let ingest = state
+        .ingest
+        .as_ref()
+        .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
+    let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
     let accepted = ingest
-        .execute(
-            &caller.sandbox,
-            &body,
-            &request,
-            state.clock.now(),
-            traceparent,
-        )
+        .execute(&caller.sandbox, &body, &request, state.clock.now(), traceparent)
         .await
         .map_err(|error| with_ids(problem_for(error), &body))?;
     let mut response = (
@@ -131,9 +101,7 @@ pub(crate) async fn execute(
     )
         .into_response();
     if accepted.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -146,11 +114,7 @@ pub(crate) async fn status(
     caller.require(Scope::ExecutionsRead)?;
     let not_found = || Problem::not_found("execution-not-found", "No such execution");
     let id = Uuid::parse_str(&execution_id).map_err(|_| not_found())?;
-    let (record, deliveries) = state
-        .store
-        .execution_status(&caller.sandbox, id)
-        .await?
-        .ok_or_else(not_found)?;
+    let (record, deliveries) = state.store.execution_status(&caller.sandbox, id).await?.ok_or_else(not_found)?;
     let recipients: Vec<Value> = record
         .recipients
         .as_array()
@@ -159,9 +123,7 @@ pub(crate) async fn status(
         .iter()
         .enumerate()
         .map(|(index, summary)| {
-            let delivery = deliveries
-                .iter()
-                .find(|d| usize::try_from(d.recipient_index).ok() == Some(index));
+            let delivery = deliveries.iter().find(|d| usize::try_from(d.recipient_index).ok() == Some(index));
             let mut entry = summary.clone();
             // Claimed by a worker or waiting in a retry tier: not decided yet.
             let status = delivery.map_or("queued", |d| match d.status.as_str() {

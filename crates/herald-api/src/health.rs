@@ -14,17 +14,11 @@ pub(crate) async fn healthz() -> Json<Value> {
 
 /// Ready when the database answers and, if the execution API is on, the broker is connected.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|error| Problem::unavailable(format!("database: {error}")))?;
+    state.store.ping().await.map_err(|error| Problem::unavailable(format!("database: {error}")))?;
     let broker = match &state.ingest {
         None => "not configured",
         Some(ingest) if ingest.broker().is_connected() => "ok",
         Some(_) => return Err(Problem::unavailable("broker: not connected")),
     };
-    Ok(Json(
-        json!({ "status": "ready", "database": "ok", "broker": broker }),
-    ))
+    Ok(Json(json!({ "status": "ready", "database": "ok", "broker": broker })))
 }

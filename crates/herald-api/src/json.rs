@@ -17,17 +17,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let content_type = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("");
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let content_type =
+            request.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         if essence != "application/json" && !essence.ends_with("+json") {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -36,9 +28,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             )
             .detail("send the body with `Content-Type: application/json`"));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(body_problem)?;
+        let bytes = Bytes::from_request(request, state).await.map_err(body_problem)?;
         parse(&bytes).map(ApiJson)
     }
 }
@@ -51,22 +41,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         (pointer, error.into_inner())
     });
     // Trailing garbage after the document is malformed JSON too.
-    let parsed = parsed.and_then(|value| {
-        deserializer
-            .end()
-            .map(|()| value)
-            .map_err(|error| (String::new(), error))
-    });
+    let parsed = parsed.and_then(|value| deserializer.end().map(|()| value).map_err(|error| (String::new(), error)));
     parsed.map_err(|(pointer, inner)| {
-        let title = if inner.is_syntax() || inner.is_eof() {
-            "Malformed JSON"
-        } else {
-            "Invalid request body"
-        };
-        Problem::validation(
-            title,
-            vec![Problem::field_error(&pointer, inner.to_string())],
-        )
+        let title = if inner.is_syntax() || inner.is_eof() { "Malformed JSON" } else { "Invalid request body" };
+        Problem::validation(title, vec![Problem::field_error(&pointer, inner.to_string())])
     })
 }
 
@@ -77,9 +55,7 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
     for segment in path.iter() {
         match segment {
             Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
-            Segment::Map { key } => {
-                pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1")))
-            }
+            Segment::Map { key } => pointer.push_str(&format!("/{}", key.replace('~', "~0").replace('/', "~1"))),
             Segment::Enum { variant } => pointer.push_str(&format!("/{variant}")),
             Segment::Unknown => pointer.push_str("/?"),
         }
@@ -89,19 +65,10 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
 
 fn body_problem(rejection: BytesRejection) -> Problem {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            "Request body too large",
-        )
-        .detail(rejection.body_text())
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large")
+            .detail(rejection.body_text())
     } else {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "validation",
-            "Unreadable request body",
-        )
-        .detail(rejection.body_text())
+        Problem::new(StatusCode::BAD_REQUEST, "validation", "Unreadable request body").detail(rejection.body_text())
     }
 }
 
@@ -111,10 +78,7 @@ pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, P
         let pointer = pointer_of(error.path());
         Problem::validation(
             "Invalid request body",
-            vec![Problem::field_error(
-                &pointer,
-                error.into_inner().to_string(),
-            )],
+            vec![Problem::field_error(&pointer, error.into_inner().to_string())],
         )
     })
 }

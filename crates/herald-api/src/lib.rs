@@ -36,10 +36,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 1024 * 1024,
-            public_url: "http://127.0.0.1:8080".into(),
-        }
+        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into() }
     }
 }
 
@@ -61,13 +58,7 @@ impl AppState {
     }
 
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
-        Self {
-            store,
-            clock,
-            config: Arc::new(config),
-            keys: Arc::default(),
-            ingest: None,
-        }
+        Self { store, clock, config: Arc::new(config), keys: Arc::default(), ingest: None }
     }
 }
 
@@ -81,37 +72,19 @@ pub fn router(state: AppState) -> Router {
         .route("/im/executions/unitary", post(executions::execute))
         .route("/im/executions/{execution_id}", get(executions::status))
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
-        .route(
-            "/campaigns/{id}",
-            get(campaigns::read)
-                .patch(campaigns::patch)
-                .delete(campaigns::delete),
-        )
-        .route(
-            "/campaigns/{id}/activate",
-            post(campaigns::actions::activate),
-        )
+        .route("/campaigns/{id}", get(campaigns::read).patch(campaigns::patch).delete(campaigns::delete))
+        .route("/campaigns/{id}/activate", post(campaigns::actions::activate))
         .route("/campaigns/{id}/stop", post(campaigns::actions::stop))
         .route("/campaigns/{id}/archive", post(campaigns::actions::archive))
-        .route(
-            "/campaigns/{id}/duplicate",
-            post(campaigns::actions::duplicate),
-        )
+        .route("/campaigns/{id}/duplicate", post(campaigns::actions::duplicate))
         .route("/campaigns/{id}/curl", get(campaigns::tools::curl))
         .route("/campaigns/{id}/preview", post(campaigns::tools::preview))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
-        .route(
-            "/profiles/{namespace}/{user_id}",
-            get(profiles::read).put(profiles::put),
-        )
+        .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
         .fallback(|| async { Problem::not_found("not-found", "No such resource") })
         .method_not_allowed_fallback(|| async {
-            Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed on this resource",
-            )
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed on this resource")
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn(request_id::layer))
@@ -124,7 +97,5 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

@@ -53,17 +53,13 @@ impl Problem {
     }
 
     pub fn campaign(mut self, campaign_id: impl ToString) -> Self {
-        self.0
-            .context
-            .insert("campaignId".into(), Value::String(campaign_id.to_string()));
+        self.0.context.insert("campaignId".into(), Value::String(campaign_id.to_string()));
         self
     }
 
     /// Adds an id to `report.additionalContext`.
     pub fn context_value(mut self, key: &str, value: &str) -> Self {
-        self.0
-            .context
-            .insert(key.to_string(), Value::String(value.to_string()));
+        self.0.context.insert(key.to_string(), Value::String(value.to_string()));
         self
     }
 
@@ -86,21 +82,13 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service temporarily unavailable",
-        )
-        .detail(detail)
-        .retry_after(1)
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service temporarily unavailable")
+            .detail(detail)
+            .retry_after(1)
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
     }
 }
 
@@ -109,10 +97,7 @@ impl IntoResponse for Problem {
         let problem = *self.0;
         let request_id = request_id::current();
         let mut body = Map::new();
-        body.insert(
-            "type".into(),
-            Value::String(format!("{TYPE_BASE}{}", problem.kind)),
-        );
+        body.insert("type".into(), Value::String(format!("{TYPE_BASE}{}", problem.kind)));
         body.insert("title".into(), Value::String(problem.title));
         body.insert("status".into(), Value::from(problem.status.as_u16()));
         if let Some(detail) = problem.detail {
@@ -120,19 +105,14 @@ impl IntoResponse for Problem {
         }
         let mut context = problem.context;
         if let Some(id) = &request_id {
-            context
-                .entry("requestId")
-                .or_insert_with(|| Value::String(id.clone()));
+            context.entry("requestId").or_insert_with(|| Value::String(id.clone()));
             body.insert("requestId".into(), Value::String(id.clone()));
         }
         body.insert("report".into(), json!({ "additionalContext": context }));
         body.extend(problem.extensions);
         let mut response = (problem.status, axum::Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = problem.retry_after_seconds {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -151,12 +131,10 @@ impl From<herald_store::StoreError> for Problem {
                 tracing::warn!(error = %reason, "database unavailable");
                 Problem::unavailable("the database is unavailable; retry shortly")
             }
-            StoreError::Conflict(constraint) => Problem::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                "The request conflicts with existing data",
-            )
-            .detail(constraint),
+            StoreError::Conflict(constraint) => {
+                Problem::new(StatusCode::CONFLICT, "conflict", "The request conflicts with existing data")
+                    .detail(constraint)
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 Problem::internal()

@@ -45,10 +45,7 @@ fn check_identifiers(namespace: &str, user_id: &str) -> Vec<Value> {
     let mut errors = Vec::new();
     for (pointer, value) in [("/namespace", namespace), ("/userId", user_id)] {
         if value.is_empty() || value.len() > MAX_IDENTIFIER_LENGTH {
-            errors.push(Problem::field_error(
-                pointer,
-                format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes"),
-            ));
+            errors.push(Problem::field_error(pointer, format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes")));
         }
     }
     errors
@@ -62,41 +59,21 @@ pub(crate) async fn put(
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     caller.require(Scope::ProfilesWrite)?;
     let mut errors = check_identifiers(&namespace, &user_id);
-    if let Some(address) = document
-        .email_address
-        .as_deref()
-        .filter(|address| !is_valid_email(address))
-    {
+    if let Some(address) = document.email_address.as_deref().filter(|address| !is_valid_email(address)) {
         errors.push(Problem::field_error(
             "/emailAddress",
-            format!(
-                "`{}` is not an email address",
-                herald_core::address::mask(address)
-            ),
+            format!("`{}` is not an email address", herald_core::address::mask(address)),
         ));
     }
-    if document
-        .phone_number
-        .as_deref()
-        .is_some_and(|number| !is_valid_e164(number))
-    {
-        errors.push(Problem::field_error(
-            "/phoneNumber",
-            "must be an E.164 number such as +33612345678",
-        ));
+    if document.phone_number.as_deref().is_some_and(|number| !is_valid_e164(number)) {
+        errors.push(Problem::field_error("/phoneNumber", "must be an E.164 number such as +33612345678"));
     }
     if document.push_tokens.len() > MAX_PUSH_TOKENS {
-        errors.push(Problem::field_error(
-            "/pushTokens",
-            format!("at most {MAX_PUSH_TOKENS} tokens"),
-        ));
+        errors.push(Problem::field_error("/pushTokens", format!("at most {MAX_PUSH_TOKENS} tokens")));
     }
     for (index, token) in document.push_tokens.iter().enumerate() {
         if token.token.trim().is_empty() || token.platform.trim().is_empty() {
-            errors.push(Problem::field_error(
-                &format!("/pushTokens/{index}"),
-                "token and platform must not be empty",
-            ));
+            errors.push(Problem::field_error(&format!("/pushTokens/{index}"), "token and platform must not be empty"));
         }
     }
     if !errors.is_empty() {
@@ -113,18 +90,8 @@ pub(crate) async fn put(
         created_at: now,
         updated_at: now,
     };
-    let (stored, created) = state
-        .store
-        .put_profile(&caller.sandbox, &profile, now)
-        .await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(view(&stored)),
-    ))
+    let (stored, created) = state.store.put_profile(&caller.sandbox, &profile, now).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(&stored))))
 }
 
 pub(crate) async fn read(
@@ -133,13 +100,9 @@ pub(crate) async fn read(
     Path((namespace, user_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::ProfilesRead)?;
-    let profile = state
-        .store
-        .get_profile(&caller.sandbox, &namespace, &user_id)
-        .await?;
+    let profile = state.store.get_profile(&caller.sandbox, &namespace, &user_id).await?;
     profile.map(|profile| Json(view(&profile))).ok_or_else(|| {
-        Problem::not_found("profile-not-found", "No such profile").detail(format!(
-            "no profile in namespace `{namespace}` with this user id"
-        ))
+        Problem::not_found("profile-not-found", "No such profile")
+            .detail(format!("no profile in namespace `{namespace}` with this user id"))
     })
 }

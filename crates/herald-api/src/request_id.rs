@@ -24,10 +24,7 @@ pub fn current() -> Option<String> {
 }
 
 fn acceptable(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 pub async fn layer(request: Request, next: Next) -> Response {

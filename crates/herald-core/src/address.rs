@@ -8,9 +8,7 @@ const MAX_LOCAL_PART_LENGTH: usize = 64;
 
 /// Whether `address` is a plausible `local@domain` email address with a dotted domain.
 pub fn is_valid_email(address: &str) -> bool {
-    if address.len() > MAX_EMAIL_LENGTH
-        || address.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if address.len() > MAX_EMAIL_LENGTH || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return false;
     }
     let Some((local, domain)) = address.rsplit_once('@') else {
@@ -38,18 +36,14 @@ pub fn is_valid_e164(number: &str) -> bool {
     let Some(digits) = number.strip_prefix('+') else {
         return false;
     };
-    (8..=15).contains(&digits.len())
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && !digits.starts_with('0')
+    (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 /// Whether `sender_id` is an alphanumeric SMS sender id: 1 to 11 letters, digits or spaces,
 /// with at least one letter (carriers reject all-digit sender ids).
 pub fn is_valid_sms_sender_id(sender_id: &str) -> bool {
     (1..=11).contains(&sender_id.len())
-        && sender_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == ' ')
+        && sender_id.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ')
         && sender_id.chars().any(|c| c.is_ascii_alphabetic())
 }
 
@@ -62,11 +56,7 @@ pub fn is_valid_platform_application_arn(arn: &str) -> bool {
     let region_ok = !parts[3].is_empty();
     let account_ok = parts[4].len() == 12 && parts[4].chars().all(|c| c.is_ascii_digit());
     let resource: Vec<&str> = parts[5].split('/').collect();
-    region_ok
-        && account_ok
-        && resource.len() == 3
-        && resource[0] == "app"
-        && resource.iter().all(|p| !p.is_empty())
+    region_ok && account_ok && resource.len() == 3 && resource[0] == "app" && resource.iter().all(|p| !p.is_empty())
 }
 
 /// Masks an address for display: `j***@example.com`, `+33******89`. Used wherever an address
@@ -112,13 +102,7 @@ mod tests {
     fn e164_needs_a_plus_and_eight_to_fifteen_digits() {
         assert!(is_valid_e164("+33612345678"));
         assert!(is_valid_e164("+14155550123"));
-        for bad in [
-            "33612345678",
-            "+0612345678",
-            "+12",
-            "+1234567890123456",
-            "+3361234567a",
-        ] {
+        for bad in ["33612345678", "+0612345678", "+12", "+1234567890123456", "+3361234567a"] {
             assert!(!is_valid_e164(bad), "{bad} should be refused");
         }
     }
@@ -133,12 +117,8 @@ mod tests {
 
     #[test]
     fn platform_application_arns_are_recognised() {
-        assert!(is_valid_platform_application_arn(
-            "arn:aws:sns:eu-west-1:123456789012:app/GCM/herald-android"
-        ));
-        assert!(!is_valid_platform_application_arn(
-            "arn:aws:sns:eu-west-1:123456789012:topic"
-        ));
+        assert!(is_valid_platform_application_arn("arn:aws:sns:eu-west-1:123456789012:app/GCM/herald-android"));
+        assert!(!is_valid_platform_application_arn("arn:aws:sns:eu-west-1:123456789012:topic"));
         assert!(!is_valid_platform_application_arn("not-an-arn"));
     }
 

@@ -47,10 +47,7 @@ impl fmt::Display for Channel {
 impl FromStr for Channel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Channel::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown channel `{s}`"))
+        Channel::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| format!("unknown channel `{s}`"))
     }
 }
 
@@ -148,28 +145,16 @@ impl CampaignDefinition {
     pub fn template_parts(&self) -> Vec<(String, String, &str)> {
         let c = &self.content;
         let mut parts = Vec::new();
-        for (name, value) in [
-            ("subject", &c.subject),
-            ("html", &c.html),
-            ("text", &c.text),
-            ("title", &c.title),
-            ("body", &c.body),
-        ] {
+        for (name, value) in
+            [("subject", &c.subject), ("html", &c.html), ("text", &c.text), ("title", &c.title), ("body", &c.body)]
+        {
             if let Some(source) = value {
-                parts.push((
-                    format!("/content/{name}"),
-                    name.to_string(),
-                    source.as_str(),
-                ));
+                parts.push((format!("/content/{name}"), name.to_string(), source.as_str()));
             }
         }
         if let Some(data) = &c.data {
             for (key, source) in data {
-                parts.push((
-                    format!("/content/data/{key}"),
-                    format!("data.{key}"),
-                    source.as_str(),
-                ));
+                parts.push((format!("/content/data/{key}"), format!("data.{key}"), source.as_str()));
             }
         }
         parts
@@ -182,10 +167,7 @@ impl CampaignDefinition {
             if source.len() > MAX_TEMPLATE_PART_BYTES {
                 errors.push(FieldError {
                     pointer,
-                    detail: format!(
-                        "template is {} bytes; the limit is {MAX_TEMPLATE_PART_BYTES}",
-                        source.len()
-                    ),
+                    detail: format!("template is {} bytes; the limit is {MAX_TEMPLATE_PART_BYTES}", source.len()),
                 });
             }
         }
@@ -194,11 +176,7 @@ impl CampaignDefinition {
         {
             errors.push(FieldError {
                 pointer: "/throttleRatePerSec".into(),
-                detail: format!(
-                    "must be between {} and {}",
-                    THROTTLE_RANGE.start(),
-                    THROTTLE_RANGE.end()
-                ),
+                detail: format!("must be between {} and {}", THROTTLE_RANGE.start(), THROTTLE_RANGE.end()),
             });
         }
         if let Some(ttl) = self.message_ttl_seconds
@@ -224,10 +202,8 @@ impl CampaignDefinition {
 /// Checks a campaign name: non-empty after trimming, at most [`MAX_NAME_LENGTH`] characters.
 pub fn check_name(name: &str) -> Option<FieldError> {
     let trimmed = name.trim();
-    (trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_LENGTH).then(|| FieldError {
-        pointer: "/name".into(),
-        detail: format!("must be 1 to {MAX_NAME_LENGTH} characters"),
-    })
+    (trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_LENGTH)
+        .then(|| FieldError { pointer: "/name".into(), detail: format!("must be 1 to {MAX_NAME_LENGTH} characters") })
 }
 
 #[cfg(test)]
@@ -236,54 +212,31 @@ mod tests {
 
     #[test]
     fn unknown_fields_in_a_definition_are_refused() {
-        let err = serde_json::from_value::<CampaignDefinition>(
-            serde_json::json!({"content": {"subjet": "typo"}}),
-        );
+        let err = serde_json::from_value::<CampaignDefinition>(serde_json::json!({"content": {"subjet": "typo"}}));
         assert!(err.unwrap_err().to_string().contains("subjet"));
     }
 
     #[test]
     fn limits_report_oversize_templates_and_out_of_range_numbers() {
         let definition = CampaignDefinition {
-            content: Content {
-                html: Some("x".repeat(MAX_TEMPLATE_PART_BYTES + 1)),
-                ..Default::default()
-            },
+            content: Content { html: Some("x".repeat(MAX_TEMPLATE_PART_BYTES + 1)), ..Default::default() },
             throttle_rate_per_sec: Some(0),
             message_ttl_seconds: Some(MAX_MESSAGE_TTL_SECONDS + 1),
             ..Default::default()
         };
-        let pointers: Vec<String> = definition
-            .check_limits()
-            .into_iter()
-            .map(|e| e.pointer)
-            .collect();
-        assert_eq!(
-            pointers,
-            ["/content/html", "/throttleRatePerSec", "/messageTtlSeconds"]
-        );
+        let pointers: Vec<String> = definition.check_limits().into_iter().map(|e| e.pointer).collect();
+        assert_eq!(pointers, ["/content/html", "/throttleRatePerSec", "/messageTtlSeconds"]);
     }
 
     #[test]
     fn template_parts_include_push_data_values() {
         let mut data = BTreeMap::new();
-        data.insert(
-            "deepLink".to_string(),
-            "app://orders/{{ context.orderId }}".to_string(),
-        );
+        data.insert("deepLink".to_string(), "app://orders/{{ context.orderId }}".to_string());
         let definition = CampaignDefinition {
-            content: Content {
-                title: Some("t".into()),
-                data: Some(data),
-                ..Default::default()
-            },
+            content: Content { title: Some("t".into()), data: Some(data), ..Default::default() },
             ..Default::default()
         };
-        let names: Vec<String> = definition
-            .template_parts()
-            .into_iter()
-            .map(|(_, name, _)| name)
-            .collect();
+        let names: Vec<String> = definition.template_parts().into_iter().map(|(_, name, _)| name).collect();
         assert_eq!(names, ["title", "data.deepLink"]);
     }
 }

@@ -35,16 +35,9 @@ impl DeliveryStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Sending,
-            Self::Retrying,
-            Self::Sent,
-            Self::Failed,
-            Self::Excluded,
-            Self::Unknown,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        [Self::Sending, Self::Retrying, Self::Sent, Self::Failed, Self::Excluded, Self::Unknown]
+            .into_iter()
+            .find(|status| status.as_str() == s)
     }
 
     /// Whether the delivery has its final outcome.
@@ -78,12 +71,7 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            code: code.into(),
-            message: message.into(),
-            token_dead: false,
-        }
+        Self { class, code: code.into(), message: message.into(), token_dead: false }
     }
 }
 
@@ -134,10 +122,7 @@ impl RetryPolicy {
     /// exponential with full jitter: `jitter` in [0, 1) scales the capped delay.
     pub fn in_process_delay(&self, attempt: u32, jitter: f64) -> Duration {
         let exponent = attempt.saturating_sub(1).min(16);
-        let capped = self
-            .in_process_base_delay
-            .saturating_mul(1 << exponent)
-            .min(self.in_process_max_delay);
+        let capped = self.in_process_base_delay.saturating_mul(1 << exponent).min(self.in_process_max_delay);
         capped.mul_f64(jitter.clamp(0.0, 1.0))
     }
 
@@ -153,9 +138,7 @@ impl RetryPolicy {
 
 /// Growing pause of a channel after account-wide failures: 5 s, 10 s, ... capped at 5 minutes.
 pub fn channel_pause(consecutive_pauses: u32) -> Duration {
-    Duration::from_secs(5)
-        .saturating_mul(1 << consecutive_pauses.min(6))
-        .min(Duration::from_secs(300))
+    Duration::from_secs(5).saturating_mul(1 << consecutive_pauses.min(6)).min(Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -163,11 +146,7 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy::standard(vec![
-            Duration::from_secs(5),
-            Duration::from_secs(30),
-            Duration::from_secs(300),
-        ])
+        RetryPolicy::standard(vec![Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)])
     }
 
     #[test]

@@ -36,14 +36,9 @@ impl StoredState {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            StoredState::Draft,
-            StoredState::Active,
-            StoredState::Stopped,
-            StoredState::Archived,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
+        [StoredState::Draft, StoredState::Active, StoredState::Stopped, StoredState::Archived]
+            .into_iter()
+            .find(|state| state.as_str() == s)
     }
 }
 
@@ -146,19 +141,9 @@ pub struct IllegalTransition {
 /// Decides whether `action` is allowed on a campaign with `status`; `has_draft` tells whether an
 /// active campaign has a pending draft version (the only thing activation of an active campaign
 /// can promote).
-pub fn check(
-    action: Action,
-    status: CampaignStatus,
-    has_draft: bool,
-) -> Result<(), IllegalTransition> {
+pub fn check(action: Action, status: CampaignStatus, has_draft: bool) -> Result<(), IllegalTransition> {
     use CampaignStatus as S;
-    let refuse = |reason| {
-        Err(IllegalTransition {
-            action,
-            status,
-            reason,
-        })
-    };
+    let refuse = |reason| Err(IllegalTransition { action, status, reason });
     match (action, status) {
         (Action::Duplicate, _) => Ok(()),
         (Action::Patch | Action::Delete | Action::Activate, S::Draft) => Ok(()),
@@ -167,9 +152,7 @@ pub fn check(
         (Action::Activate, S::Scheduled | S::Live) => refuse("it has no draft version to activate"),
         (Action::Archive, S::Stopped | S::Completed) => Ok(()),
         (Action::Delete, _) => refuse("only drafts can be deleted; stop or archive it instead"),
-        (Action::Stop | Action::Archive, S::Draft) => {
-            refuse("a draft was never activated; delete it instead")
-        }
+        (Action::Stop | Action::Archive, S::Draft) => refuse("a draft was never activated; delete it instead"),
         (Action::Archive, S::Scheduled | S::Live) => refuse("stop it before archiving it"),
         (_, S::Stopped) => refuse("a stopped campaign is final; duplicate it to send again"),
         (_, S::Completed) => refuse("its end date has passed; duplicate it to send again"),
@@ -189,10 +172,7 @@ mod tests {
 
     #[test]
     fn an_active_campaign_is_scheduled_then_live_then_completed_as_time_passes() {
-        let schedule = Schedule {
-            start_date: Some(at(10)),
-            end_date: Some(at(12)),
-        };
+        let schedule = Schedule { start_date: Some(at(10)), end_date: Some(at(12)) };
         let status = |now| CampaignStatus::at(StoredState::Active, Some(&schedule), now);
         assert_eq!(status(at(9)), CampaignStatus::Scheduled);
         assert_eq!(status(at(10)), CampaignStatus::Live);
@@ -202,10 +182,7 @@ mod tests {
 
     #[test]
     fn an_active_campaign_without_dates_is_always_live() {
-        assert_eq!(
-            CampaignStatus::at(StoredState::Active, None, at(1)),
-            CampaignStatus::Live
-        );
+        assert_eq!(CampaignStatus::at(StoredState::Active, None, at(1)), CampaignStatus::Live);
     }
 
     #[test]
@@ -223,11 +200,7 @@ mod tests {
         for (status, actions) in allowed {
             for action in [Patch, Delete, Activate, Stop, Archive, Duplicate] {
                 let result = check(action, status, false);
-                assert_eq!(
-                    result.is_ok(),
-                    actions.contains(&action),
-                    "{action:?} on {status:?}: {result:?}"
-                );
+                assert_eq!(result.is_ok(), actions.contains(&action), "{action:?} on {status:?}: {result:?}");
             }
         }
     }

@@ -38,11 +38,7 @@ impl Scope {
     /// Parses a comma-separated list; `all` stands for every scope.
     pub fn parse_list(list: &str) -> Result<Vec<Scope>, String> {
         let mut scopes = Vec::new();
-        for item in list
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
+        for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
             if item == "all" {
                 scopes.extend(Scope::ALL);
             } else {
@@ -67,16 +63,10 @@ impl fmt::Display for Scope {
 impl FromStr for Scope {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Scope::ALL
-            .into_iter()
-            .find(|scope| scope.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
-                format!(
-                    "unknown scope `{s}`; known scopes: all, {}",
-                    known.join(", ")
-                )
-            })
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.as_str()).collect();
+            format!("unknown scope `{s}`; known scopes: all, {}", known.join(", "))
+        })
     }
 }
 
@@ -86,16 +76,9 @@ mod tests {
 
     #[test]
     fn scope_lists_parse_with_all_as_a_shorthand() {
-        assert_eq!(
-            Scope::parse_list("executions:write").unwrap(),
-            [Scope::ExecutionsWrite]
-        );
+        assert_eq!(Scope::parse_list("executions:write").unwrap(), [Scope::ExecutionsWrite]);
         assert_eq!(Scope::parse_list("all,campaigns:read").unwrap(), Scope::ALL);
-        assert!(
-            Scope::parse_list("campaigns:delete")
-                .unwrap_err()
-                .contains("unknown scope")
-        );
+        assert!(Scope::parse_list("campaigns:delete").unwrap_err().contains("unknown scope"));
         assert!(Scope::parse_list(" , ").is_err());
     }
 }

@@ -55,18 +55,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                             }
                         }
                         Ok(_) => {
-                            let error = Arc::new(StoreError::Corrupt(
-                                "batch write returned the wrong number of rows".into(),
-                            ));
-                            replies
-                                .into_iter()
-                                .for_each(|reply| drop(reply.send(Err(Arc::clone(&error)))));
+                            let error =
+                                Arc::new(StoreError::Corrupt("batch write returned the wrong number of rows".into()));
+                            replies.into_iter().for_each(|reply| drop(reply.send(Err(Arc::clone(&error)))));
                         }
                         Err(error) => {
                             let error = Arc::new(error);
-                            replies
-                                .into_iter()
-                                .for_each(|reply| drop(reply.send(Err(Arc::clone(&error)))));
+                            replies.into_iter().for_each(|reply| drop(reply.send(Err(Arc::clone(&error)))));
                         }
                     }
                 }
@@ -79,10 +74,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     pub async fn submit(&self, item: I) -> Result<O, Arc<StoreError>> {
         let (reply, answer) = oneshot::channel();
         let stopped = || Arc::new(StoreError::Unavailable("the batch writer stopped".into()));
-        self.sender
-            .send((item, reply))
-            .await
-            .map_err(|_| stopped())?;
+        self.sender.send((item, reply)).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }

@@ -84,9 +84,7 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("connected", &self.is_connected())
-            .finish()
+        f.debug_struct("Broker").field("connected", &self.is_connected()).finish()
     }
 }
 
@@ -107,10 +105,7 @@ impl Broker {
     }
 
     /// Starts and waits until connected (or `timeout` passes).
-    pub async fn start_and_wait(
-        settings: BrokerSettings,
-        timeout: Duration,
-    ) -> Result<Self, PublishError> {
+    pub async fn start_and_wait(settings: BrokerSettings, timeout: Duration) -> Result<Self, PublishError> {
         let broker = Self::start(settings);
         let deadline = tokio::time::Instant::now() + timeout;
         while !broker.is_connected() {
@@ -132,30 +127,20 @@ impl Broker {
     }
 
     pub fn is_connected(&self) -> bool {
-        self.current()
-            .is_some_and(|session| session.connection.status().connected())
+        self.current().is_some_and(|session| session.connection.status().connected())
     }
 
     fn current(&self) -> Option<Arc<Session>> {
-        self.inner
-            .session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.session.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn set_session(&self, session: Option<Arc<Session>>) {
-        *self
-            .inner
-            .session
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = session;
+        *self.inner.session.write().unwrap_or_else(|p| p.into_inner()) = session;
     }
 
     async fn connect(&self) -> Result<Session, lapin::Error> {
         let settings = &self.inner.settings;
-        let properties = ConnectionProperties::default()
-            .with_connection_name(settings.connection_name.clone().into());
+        let properties = ConnectionProperties::default().with_connection_name(settings.connection_name.clone().into());
         let connection = Connection::connect(&settings.url, properties).await?;
         let setup = connection.create_channel().await?;
         settings.topology.declare(&setup).await?;
@@ -163,15 +148,10 @@ impl Broker {
         let mut channels = Vec::with_capacity(settings.publish_channels.max(1));
         for _ in 0..settings.publish_channels.max(1) {
             let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            channel.confirm_select(ConfirmSelectOptions::default()).await?;
             channels.push(channel);
         }
-        Ok(Session {
-            connection,
-            channels,
-        })
+        Ok(Session { connection, channels })
     }
 
     async fn supervise(self) {
@@ -221,8 +201,7 @@ impl Broker {
             self.inner.broken.notify_one();
             return Err(PublishError::NotConnected);
         }
-        let index =
-            self.inner.next_channel.fetch_add(1, Ordering::Relaxed) % session.channels.len();
+        let index = self.inner.next_channel.fetch_add(1, Ordering::Relaxed) % session.channels.len();
         let channel = &session.channels[index];
         let result = self.publish_on(channel, messages).await;
         if let Err(PublishError::Broker(error)) = &result {
@@ -232,11 +211,7 @@ impl Broker {
         result
     }
 
-    async fn publish_on(
-        &self,
-        channel: &lapin::Channel,
-        messages: &[OutgoingMessage],
-    ) -> Result<(), PublishError> {
+    async fn publish_on(&self, channel: &lapin::Channel, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
         let exchange = self.inner.settings.topology.work_exchange();
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
@@ -247,10 +222,7 @@ impl Broker {
                 .with_timestamp(message.timestamp_secs)
                 .with_app_id("herald".into())
                 .with_headers(message.headers.clone());
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
+            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
             confirms.push(
                 channel
                     .basic_publish(
@@ -265,9 +237,8 @@ impl Broker {
         }
         let timeout = self.inner.settings.confirm_timeout;
         for confirm in confirms {
-            let confirmation = tokio::time::timeout(timeout, confirm)
-                .await
-                .map_err(|_| PublishError::Timeout(timeout))??;
+            let confirmation =
+                tokio::time::timeout(timeout, confirm).await.map_err(|_| PublishError::Timeout(timeout))??;
             if confirmation.is_nack() {
                 return Err(PublishError::Nacked);
             }

@@ -32,11 +32,7 @@ pub struct CachedCampaign {
 
 impl CachedCampaign {
     pub fn status(&self, now: DateTime<Utc>) -> CampaignStatus {
-        CampaignStatus::at(
-            self.state,
-            self.live.as_ref().map(|live| &live.schedule),
-            now,
-        )
+        CampaignStatus::at(self.state, self.live.as_ref().map(|live| &live.schedule), now)
     }
 
     pub fn from_record(record: &CampaignRecord) -> Self {
@@ -54,13 +50,7 @@ impl CachedCampaign {
                 create_new_profiles: definition.create_new_profiles,
             }
         });
-        Self {
-            id: record.id,
-            sandbox: record.sandbox.clone(),
-            channel: record.channel,
-            state: record.state,
-            live,
-        }
+        Self { id: record.id, sandbox: record.sandbox.clone(), channel: record.channel, state: record.state, live }
     }
 }
 

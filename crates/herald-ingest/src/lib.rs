@@ -85,9 +85,7 @@ pub enum IngestError {
 impl From<&StoreError> for IngestError {
     fn from(error: &StoreError) -> Self {
         match error {
-            StoreError::Unavailable(reason) => {
-                IngestError::Unavailable(format!("database: {reason}"))
-            }
+            StoreError::Unavailable(reason) => IngestError::Unavailable(format!("database: {reason}")),
             other => IngestError::Internal(other.to_string()),
         }
     }
@@ -117,38 +115,21 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(store: Store, broker: Broker, settings: IngestSettings) -> Self {
         let claim_store = store.clone();
-        let claims = Batcher::start(
-            settings.batch_workers,
-            settings.max_batch,
-            move |claims: Vec<ExecutionClaim>| {
-                let store = claim_store.clone();
-                async move { store.claim_executions(&claims).await }
-            },
-        );
+        let claims = Batcher::start(settings.batch_workers, settings.max_batch, move |claims: Vec<ExecutionClaim>| {
+            let store = claim_store.clone();
+            async move { store.claim_executions(&claims).await }
+        });
         let completion_store = store.clone();
-        let completions = Batcher::start(
-            settings.batch_workers,
-            settings.max_batch,
-            move |done: Vec<(Uuid, DateTime<Utc>)>| {
+        let completions =
+            Batcher::start(settings.batch_workers, settings.max_batch, move |done: Vec<(Uuid, DateTime<Utc>)>| {
                 let store = completion_store.clone();
                 async move {
-                    let now = done
-                        .iter()
-                        .map(|(_, at)| *at)
-                        .max()
-                        .unwrap_or_else(Utc::now);
+                    let now = done.iter().map(|(_, at)| *at).max().unwrap_or_else(Utc::now);
                     let ids: Vec<Uuid> = done.iter().map(|(id, _)| *id).collect();
-                    store
-                        .complete_executions(&ids, now)
-                        .await
-                        .map(|()| vec![(); done.len()])
+                    store.complete_executions(&ids, now).await.map(|()| vec![(); done.len()])
                 }
-            },
-        );
-        tokio::spawn(purge_expired_executions(
-            store.clone(),
-            settings.idempotency_retention,
-        ));
+            });
+        tokio::spawn(purge_expired_executions(store.clone(), settings.idempotency_retention));
         Self {
             campaigns: CampaignCache::start(store.clone(), CachedCampaign::from_record),
             limiter: RateLimiter::new(settings.rate_limit_per_sec),
@@ -177,11 +158,8 @@ impl Ingest {
         now: DateTime<Utc>,
         traceparent: Option<&str>,
     ) -> Result<Accepted, IngestError> {
-        self.limiter
-            .check(sandbox, Instant::now())
-            .map_err(IngestError::RateLimited)?;
-        let campaign_id =
-            Uuid::parse_str(&request.campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
+        self.limiter.check(sandbox, Instant::now()).map_err(IngestError::RateLimited)?;
+        let campaign_id = Uuid::parse_str(&request.campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
         let campaign = self
             .campaigns
             .get(sandbox, campaign_id)
@@ -206,16 +184,13 @@ impl Ingest {
         let summary: Vec<Value> = recipients
             .iter()
             .map(|prepared| {
-                let address = prepared.recipient.channel_data.as_ref().and_then(|data| {
-                    match campaign.channel {
-                        Channel::Email => data.email_address.clone(),
-                        Channel::Sms => data.mobile_phone_number.clone(),
-                        Channel::Push => data.push_token.clone(),
-                    }
+                let address = prepared.recipient.channel_data.as_ref().and_then(|data| match campaign.channel {
+                    Channel::Email => data.email_address.clone(),
+                    Channel::Sms => data.mobile_phone_number.clone(),
+                    Channel::Push => data.push_token.clone(),
                 });
                 let address = address.or_else(|| {
-                    (prepared.recipient.kind == RecipientType::External)
-                        .then(|| prepared.recipient.user_id.clone())
+                    (prepared.recipient.kind == RecipientType::External).then(|| prepared.recipient.user_id.clone())
                 });
                 // An external recipient's user id is its address: it is masked like one.
                 let user_id = match prepared.recipient.kind {
@@ -240,38 +215,23 @@ impl Ingest {
             now,
             lease_until: now + self.settings.lease,
         };
-        let (execution_id, created_at) = match self
-            .claims
-            .submit(claim)
-            .await
-            .map_err(|e| IngestError::from(e.as_ref()))?
-        {
-            ClaimOutcome::Claimed {
-                execution_id,
-                created_at,
-            }
-            | ClaimOutcome::TakenOver {
-                execution_id,
-                created_at,
-            } => (execution_id, created_at),
-            ClaimOutcome::AlreadyAccepted {
-                execution_id,
-                created_at,
-            } => {
-                return Ok(Accepted {
-                    execution_id,
-                    request_id: request.request_id.clone(),
-                    created_at,
-                    replayed: true,
-                });
-            }
-            ClaimOutcome::InProgress => return Err(IngestError::InProgress),
-            ClaimOutcome::BodyMismatch => return Err(IngestError::KeyReused),
-        };
+        let (execution_id, created_at) =
+            match self.claims.submit(claim).await.map_err(|e| IngestError::from(e.as_ref()))? {
+                ClaimOutcome::Claimed { execution_id, created_at }
+                | ClaimOutcome::TakenOver { execution_id, created_at } => (execution_id, created_at),
+                ClaimOutcome::AlreadyAccepted { execution_id, created_at } => {
+                    return Ok(Accepted {
+                        execution_id,
+                        request_id: request.request_id.clone(),
+                        created_at,
+                        replayed: true,
+                    });
+                }
+                ClaimOutcome::InProgress => return Err(IngestError::InProgress),
+                ClaimOutcome::BodyMismatch => return Err(IngestError::KeyReused),
+            };
 
-        let expires_at = live
-            .message_ttl_seconds
-            .map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
+        let expires_at = live.message_ttl_seconds.map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
         let traceparent = traceparent.map_or_else(new_traceparent, str::to_string);
         let mut messages = Vec::with_capacity(recipients.len());
         for (index, prepared) in recipients.into_iter().enumerate() {
@@ -303,12 +263,7 @@ impl Ingest {
         if let Err(error) = self.completions.submit((execution_id, now)).await {
             tracing::warn!(%error, %execution_id, "could not mark the execution accepted");
         }
-        Ok(Accepted {
-            execution_id,
-            request_id: request.request_id.clone(),
-            created_at,
-            replayed: false,
-        })
+        Ok(Accepted { execution_id, request_id: request.request_id.clone(), created_at, replayed: false })
     }
 
     async fn check_profiles_exist(
@@ -324,21 +279,10 @@ impl Ingest {
         if identities.is_empty() {
             return Ok(());
         }
-        let found = self
-            .store
-            .existing_profiles(sandbox, &identities)
-            .await
-            .map_err(|e| IngestError::from(&e))?;
-        let missing: Vec<String> = identities
-            .into_iter()
-            .filter(|identity| !found.contains(identity))
-            .map(|(_, user)| user)
-            .collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(IngestError::ProfilesNotFound(missing))
-        }
+        let found = self.store.existing_profiles(sandbox, &identities).await.map_err(|e| IngestError::from(&e))?;
+        let missing: Vec<String> =
+            identities.into_iter().filter(|identity| !found.contains(identity)).map(|(_, user)| user).collect();
+        if missing.is_empty() { Ok(()) } else { Err(IngestError::ProfilesNotFound(missing)) }
     }
 }
 
@@ -364,22 +308,15 @@ fn header_text(value: &str) -> AMQPValue {
 }
 
 fn outgoing(envelope: &Envelope, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
-    let payload =
-        serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
+    let payload = serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
     let mut headers = FieldTable::default();
     headers.insert("traceparent".into(), header_text(traceparent));
     headers.insert(
         "x-herald-envelope-version".into(),
         AMQPValue::LongInt(i32::try_from(envelope.version).unwrap_or(i32::MAX)),
     );
-    headers.insert(
-        "x-herald-execution-id".into(),
-        header_text(&envelope.execution_id.to_string()),
-    );
-    headers.insert(
-        "x-herald-campaign-id".into(),
-        header_text(&envelope.campaign_id.to_string()),
-    );
+    headers.insert("x-herald-execution-id".into(), header_text(&envelope.execution_id.to_string()));
+    headers.insert("x-herald-campaign-id".into(), header_text(&envelope.campaign_id.to_string()));
     Ok(OutgoingMessage {
         routing_key: envelope.channel.as_str().to_string(),
         message_id: envelope.message_id(),
@@ -399,11 +336,8 @@ fn new_traceparent() -> String {
 /// Accepts only a well-formed W3C `traceparent` from a caller.
 pub fn valid_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    };
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
     parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
@@ -421,17 +355,9 @@ mod tests {
     #[test]
     fn generated_traceparents_are_valid_and_bad_ones_are_refused() {
         assert!(valid_traceparent(&new_traceparent()));
-        assert!(valid_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
-        ));
-        assert!(!valid_traceparent(
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
-        ));
+        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"));
+        assert!(!valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
     }
 }

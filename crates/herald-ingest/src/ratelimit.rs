@@ -16,19 +16,13 @@ impl RateLimiter {
     /// `rate_per_sec` sustained, bursts of up to one second's worth.
     pub fn new(rate_per_sec: u32) -> Self {
         let rate = f64::from(rate_per_sec.max(1));
-        Self {
-            rate_per_sec: rate,
-            burst: rate,
-            buckets: Mutex::default(),
-        }
+        Self { rate_per_sec: rate, burst: rate, buckets: Mutex::default() }
     }
 
     /// Takes a token for `sandbox`, or says how long until one is available.
     pub fn check(&self, sandbox: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets
-            .entry(sandbox.to_string())
-            .or_insert((self.burst, now));
+        let (tokens, last) = buckets.entry(sandbox.to_string()).or_insert((self.burst, now));
         let elapsed = now.saturating_duration_since(*last).as_secs_f64();
         *tokens = (*tokens + elapsed * self.rate_per_sec).min(self.burst);
         *last = now;
@@ -53,15 +47,8 @@ mod tests {
             assert!(limiter.check("a", start).is_ok());
         }
         let wait = limiter.check("a", start).unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
         assert!(limiter.check("b", start).is_ok());
-        assert!(
-            limiter
-                .check("a", start + Duration::from_millis(100))
-                .is_ok()
-        );
+        assert!(limiter.check("a", start + Duration::from_millis(100)).is_ok());
     }
 }

@@ -40,11 +40,7 @@ impl Default for Topology {
     fn default() -> Self {
         Self {
             prefix: "herald".into(),
-            retry_tiers: vec![
-                Duration::from_secs(5),
-                Duration::from_secs(30),
-                Duration::from_secs(300),
-            ],
+            retry_tiers: vec![Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)],
             delivery_limit: 10,
             max_queue_length: None,
         }
@@ -91,31 +87,21 @@ impl Topology {
 
     /// Every queue of the topology (for purging or deleting in tests and tools).
     pub fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = Channel::ALL
-            .iter()
-            .map(|c| self.channel_queue(*c))
-            .collect();
+        let mut queues: Vec<String> = Channel::ALL.iter().map(|c| self.channel_queue(*c)).collect();
         queues.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
         queues.push(self.dead_letter_queue());
         queues
     }
 
     pub fn exchanges(&self) -> Vec<String> {
-        vec![
-            self.work_exchange(),
-            self.retry_exchange(),
-            self.dead_letter_exchange(),
-        ]
+        vec![self.work_exchange(), self.retry_exchange(), self.dead_letter_exchange()]
     }
 
     /// Arguments shared by every quorum queue Herald declares.
     fn quorum_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), text("quorum"));
-        args.insert(
-            "x-delivery-limit".into(),
-            long(u64::from(self.delivery_limit)),
-        );
+        args.insert("x-delivery-limit".into(), long(u64::from(self.delivery_limit)));
         args
     }
 
@@ -140,10 +126,7 @@ impl Topology {
 
     pub fn retry_queue_arguments(&self, delay: Duration) -> FieldTable {
         let mut args = self.dead_lettering_arguments(&self.work_exchange());
-        args.insert(
-            "x-message-ttl".into(),
-            long(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
-        );
+        args.insert("x-message-ttl".into(), long(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)));
         args
     }
 
@@ -155,32 +138,18 @@ impl Topology {
 
     /// Declares everything; safe to run any number of times, from any number of processes.
     pub async fn declare(&self, channel: &lapin::Channel) -> lapin::Result<()> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let queue_options = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         for (name, kind) in [
             (self.work_exchange(), ExchangeKind::Direct),
             (self.retry_exchange(), ExchangeKind::Headers),
             (self.dead_letter_exchange(), ExchangeKind::Fanout),
         ] {
-            channel
-                .exchange_declare(name.into(), kind, durable, FieldTable::default())
-                .await?;
+            channel.exchange_declare(name.into(), kind, durable, FieldTable::default()).await?;
         }
         for queue_channel in Channel::ALL {
             let queue = self.channel_queue(queue_channel);
-            channel
-                .queue_declare(
-                    queue.clone().into(),
-                    queue_options,
-                    self.channel_queue_arguments(),
-                )
-                .await?;
+            channel.queue_declare(queue.clone().into(), queue_options, self.channel_queue_arguments()).await?;
             channel
                 .queue_bind(
                     queue.into(),
@@ -193,34 +162,16 @@ impl Topology {
         }
         for delay in &self.retry_tiers {
             let queue = self.retry_queue(*delay);
-            channel
-                .queue_declare(
-                    queue.clone().into(),
-                    queue_options,
-                    self.retry_queue_arguments(*delay),
-                )
-                .await?;
+            channel.queue_declare(queue.clone().into(), queue_options, self.retry_queue_arguments(*delay)).await?;
             let mut binding = FieldTable::default();
             binding.insert("x-match".into(), text("all"));
             binding.insert(RETRY_TIER_HEADER.into(), text(&Self::tier_name(*delay)));
             channel
-                .queue_bind(
-                    queue.into(),
-                    self.retry_exchange().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    binding,
-                )
+                .queue_bind(queue.into(), self.retry_exchange().into(), "".into(), QueueBindOptions::default(), binding)
                 .await?;
         }
         let dead = self.dead_letter_queue();
-        channel
-            .queue_declare(
-                dead.clone().into(),
-                queue_options,
-                self.dead_letter_queue_arguments(),
-            )
-            .await?;
+        channel.queue_declare(dead.clone().into(), queue_options, self.dead_letter_queue_arguments()).await?;
         channel
             .queue_bind(
                 dead.into(),
@@ -240,24 +191,15 @@ mod tests {
 
     #[test]
     fn names_derive_from_the_prefix() {
-        let topology = Topology {
-            prefix: "t1".into(),
-            ..Topology::default()
-        };
+        let topology = Topology { prefix: "t1".into(), ..Topology::default() };
         assert_eq!(topology.channel_queue(Channel::Sms), "t1.sms");
-        assert_eq!(
-            topology.retry_queue(Duration::from_secs(30)),
-            "t1.retry.30s"
-        );
+        assert_eq!(topology.retry_queue(Duration::from_secs(30)), "t1.retry.30s");
         assert_eq!(topology.queues().len(), 3 + 3 + 1);
     }
 
     #[test]
     fn every_channel_queue_argument_is_explicit() {
-        let topology = Topology {
-            max_queue_length: Some(7),
-            ..Topology::default()
-        };
+        let topology = Topology { max_queue_length: Some(7), ..Topology::default() };
         let args = topology.channel_queue_arguments();
         let keys: Vec<String> = args.inner().keys().map(|k| k.to_string()).collect();
         for expected in [
@@ -268,10 +210,7 @@ mod tests {
             "x-overflow",
             "x-max-length",
         ] {
-            assert!(
-                keys.iter().any(|k| k == expected),
-                "{expected} missing from {keys:?}"
-            );
+            assert!(keys.iter().any(|k| k == expected), "{expected} missing from {keys:?}");
         }
     }
 }

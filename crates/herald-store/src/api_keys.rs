@@ -21,8 +21,7 @@ pub struct ApiKeyRecord {
 /// A fresh key: `hk_` and 64 hex digits.
 pub fn generate_api_key() -> Result<String, StoreError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|error| StoreError::Config(format!("no randomness: {error}")))?;
+    getrandom::fill(&mut bytes).map_err(|error| StoreError::Config(format!("no randomness: {error}")))?;
     let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
     Ok(format!("{KEY_PREFIX}{hex}"))
 }
@@ -33,10 +32,7 @@ pub fn digest(key: &str) -> Vec<u8> {
 }
 
 fn scope_names(scopes: &[Scope]) -> Vec<String> {
-    scopes
-        .iter()
-        .map(|scope| scope.as_str().to_string())
-        .collect()
+    scopes.iter().map(|scope| scope.as_str().to_string()).collect()
 }
 
 impl Store {
@@ -49,8 +45,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<String, StoreError> {
         let key = generate_api_key()?;
-        self.insert_api_key(sandbox, &key, scopes, name, now)
-            .await?;
+        self.insert_api_key(sandbox, &key, scopes, name, now).await?;
         Ok(key)
     }
 
@@ -62,10 +57,7 @@ impl Store {
         scopes: &[Scope],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        match self
-            .insert_api_key(sandbox, key, scopes, Some("bootstrap"), now)
-            .await
-        {
+        match self.insert_api_key(sandbox, key, scopes, Some("bootstrap"), now).await {
             Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
             Err(error) => Err(error),
         }
@@ -94,17 +86,16 @@ impl Store {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT id, sandbox, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", &[&digest(key)])
+            .query_opt(
+                "SELECT id, sandbox, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                &[&digest(key)],
+            )
             .await?;
         let Some(row) = row else { return Ok(None) };
         let names: Vec<String> = row.get(2);
         // A scope this binary does not know (written by a newer version) grants nothing here.
         let scopes = names.iter().filter_map(|name| name.parse().ok()).collect();
-        Ok(Some(ApiKeyRecord {
-            id: row.get(0),
-            sandbox: row.get(1),
-            scopes,
-        }))
+        Ok(Some(ApiKeyRecord { id: row.get(0), sandbox: row.get(1), scopes }))
     }
 }
 

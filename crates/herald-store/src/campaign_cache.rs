@@ -37,9 +37,7 @@ pub struct CampaignCache<T> {
 
 impl<T> fmt::Debug for CampaignCache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CampaignCache")
-            .field("listening", &self.is_listening())
-            .finish()
+        f.debug_struct("CampaignCache").field("listening", &self.is_listening()).finish()
     }
 }
 
@@ -52,10 +50,7 @@ impl<T> CampaignCache<T> {
 
 impl<T: Send + Sync + 'static> CampaignCache<T> {
     /// Creates the cache, caching `build(record)` per campaign, and starts its listener.
-    pub fn start(
-        store: Store,
-        build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static,
-    ) -> Arc<Self> {
+    pub fn start(store: Store, build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static) -> Arc<Self> {
         let cache = Arc::new(Self {
             store,
             build: Box::new(build),
@@ -70,11 +65,7 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
     /// The campaign `id` of `sandbox`, from the cache when it can be trusted.
     pub async fn get(&self, sandbox: &str, id: Uuid) -> Result<Option<Arc<T>>, StoreError> {
         if self.is_listening()
-            && let Some((owner, entry)) = self
-                .entries
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id)
+            && let Some((owner, entry)) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&id)
         {
             return Ok((owner == sandbox).then(|| Arc::clone(entry)));
         }
@@ -115,21 +106,14 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
     }
 
     async fn listen_once(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self
-            .store
-            .connection_config()
-            .connect(tokio_postgres::NoTls)
-            .await?;
+        let (client, mut connection) = self.store.connection_config().connect(tokio_postgres::NoTls).await?;
         let (notifications, mut received) = mpsc::unbounded_channel();
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let driver = tokio::spawn(async move {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(notification)) => {
-                        if notifications
-                            .send(notification.payload().to_string())
-                            .is_err()
-                        {
+                        if notifications.send(notification.payload().to_string()).is_err() {
                             return;
                         }
                     }
@@ -141,9 +125,7 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
                 }
             }
         });
-        client
-            .batch_execute(&format!("LISTEN {CAMPAIGN_CHANGES_CHANNEL}"))
-            .await?;
+        client.batch_execute(&format!("LISTEN {CAMPAIGN_CHANGES_CHANNEL}")).await?;
         self.invalidate(None);
         self.listening.store(true, Ordering::SeqCst);
         tracing::info!("listening for campaign changes");

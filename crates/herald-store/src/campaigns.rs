@@ -46,11 +46,7 @@ pub struct CampaignRecord {
 
 impl CampaignRecord {
     pub fn status(&self, now: DateTime<Utc>) -> CampaignStatus {
-        CampaignStatus::at(
-            self.state,
-            self.live.as_ref().map(|live| &live.definition.schedule),
-            now,
-        )
+        CampaignStatus::at(self.state, self.live.as_ref().map(|live| &live.definition.schedule), now)
     }
 
     /// The newest version: the draft when there is one, else the live one.
@@ -116,8 +112,8 @@ fn version_from(row: &Row, first: usize) -> Result<Option<VersionRecord>, StoreE
         return Ok(None);
     };
     let definition: serde_json::Value = row.get(first + 2);
-    let definition = serde_json::from_value(definition)
-        .map_err(|error| StoreError::Corrupt(format!("version {id}: {error}")))?;
+    let definition =
+        serde_json::from_value(definition).map_err(|error| StoreError::Corrupt(format!("version {id}: {error}")))?;
     Ok(Some(VersionRecord {
         id,
         number: row.get(first + 1),
@@ -137,8 +133,7 @@ fn campaign_from(row: &Row) -> Result<CampaignRecord, StoreError> {
         name: row.get(2),
         description: row.get(3),
         channel: channel.parse().map_err(StoreError::Corrupt)?,
-        state: StoredState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state}`")))?,
+        state: StoredState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("unknown state `{state}`")))?,
         created_at: row.get(6),
         updated_at: row.get(7),
         activated_at: row.get(8),
@@ -156,11 +151,7 @@ fn definition_json(definition: &CampaignDefinition) -> Result<serde_json::Value,
 impl Store {
     /// Creates a campaign as a draft with version 1. A name already used in the sandbox is a
     /// [`StoreError::Conflict`].
-    pub async fn create_campaign(
-        &self,
-        new: &NewCampaign,
-        now: DateTime<Utc>,
-    ) -> Result<CampaignRecord, StoreError> {
+    pub async fn create_campaign(&self, new: &NewCampaign, now: DateTime<Utc>) -> Result<CampaignRecord, StoreError> {
         let (campaign_id, version_id) = (Uuid::now_v7(), Uuid::now_v7());
         let definition = definition_json(&new.definition)?;
         let mut client = self.client().await?;
@@ -184,17 +175,9 @@ impl Store {
             .ok_or_else(|| StoreError::Corrupt("campaign vanished after insert".into()))
     }
 
-    pub async fn get_campaign(
-        &self,
-        sandbox: &str,
-        id: Uuid,
-    ) -> Result<Option<CampaignRecord>, StoreError> {
+    pub async fn get_campaign(&self, sandbox: &str, id: Uuid) -> Result<Option<CampaignRecord>, StoreError> {
         let sql = format!("{SELECT_CAMPAIGN} WHERE c.sandbox = $1 AND c.id = $2");
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&sandbox, &id])
-            .await?;
+        let row = self.client().await?.query_opt(&sql, &[&sandbox, &id]).await?;
         row.as_ref().map(campaign_from).transpose()
     }
 
@@ -231,22 +214,25 @@ impl Store {
         let mut client = self.client().await.map_err(ChangeError::Store)?;
         let transaction = client.transaction().await.map_err(StoreError::from)?;
         let sql = format!("{SELECT_CAMPAIGN} WHERE c.sandbox = $1 AND c.id = $2 FOR UPDATE OF c");
-        let row = transaction
-            .query_opt(&sql, &[&sandbox, &id])
-            .await
-            .map_err(StoreError::from)?;
+        let row = transaction.query_opt(&sql, &[&sandbox, &id]).await.map_err(StoreError::from)?;
         let record = campaign_from(&row.ok_or(ChangeError::NotFound)?)?;
         let change = decide(&record).map_err(ChangeError::Refused)?;
         let statement = match &change {
             CampaignChange::EditDraft { name, description, definition } => {
                 let definition = definition_json(definition)?;
                 transaction
-                    .execute("UPDATE campaigns SET name = $2, description = $3, updated_at = $4 WHERE id = $1", &[&id, name, description, &now])
+                    .execute(
+                        "UPDATE campaigns SET name = $2, description = $3, updated_at = $4 WHERE id = $1",
+                        &[&id, name, description, &now],
+                    )
                     .await
                     .map_err(StoreError::from)?;
                 match &record.draft {
                     Some(draft) => transaction
-                        .execute("UPDATE campaign_versions SET definition = $2, updated_at = $3 WHERE id = $1", &[&draft.id, &definition, &now])
+                        .execute(
+                            "UPDATE campaign_versions SET definition = $2, updated_at = $3 WHERE id = $1",
+                            &[&draft.id, &definition, &now],
+                        )
                         .await
                         .map(|_| ()),
                     None => {
@@ -260,12 +246,16 @@ impl Store {
                             )
                             .await
                             .map_err(StoreError::from)?;
-                        transaction.execute("UPDATE campaigns SET draft_version_id = $2 WHERE id = $1", &[&id, &version_id]).await.map(|_| ())
+                        transaction
+                            .execute("UPDATE campaigns SET draft_version_id = $2 WHERE id = $1", &[&id, &version_id])
+                            .await
+                            .map(|_| ())
                     }
                 }
             }
             CampaignChange::Activate => {
-                let draft = record.draft.as_ref().ok_or_else(|| StoreError::Corrupt("activate without a draft".into()))?;
+                let draft =
+                    record.draft.as_ref().ok_or_else(|| StoreError::Corrupt("activate without a draft".into()))?;
                 let schedule = &draft.definition.schedule;
                 transaction
                     .execute("UPDATE campaign_versions SET activated_at = $2 WHERE id = $1", &[&draft.id, &now])
@@ -281,22 +271,27 @@ impl Store {
                     .map(|_| ())
             }
             CampaignChange::Stop => transaction
-                .execute("UPDATE campaigns SET state = 'stopped', stopped_at = $2, updated_at = $2 WHERE id = $1", &[&id, &now])
+                .execute(
+                    "UPDATE campaigns SET state = 'stopped', stopped_at = $2, updated_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )
                 .await
                 .map(|_| ()),
             CampaignChange::Archive => transaction
-                .execute("UPDATE campaigns SET state = 'archived', archived_at = $2, updated_at = $2 WHERE id = $1", &[&id, &now])
+                .execute(
+                    "UPDATE campaigns SET state = 'archived', archived_at = $2, updated_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )
                 .await
                 .map(|_| ()),
-            CampaignChange::Delete => transaction.execute("DELETE FROM campaigns WHERE id = $1", &[&id]).await.map(|_| ()),
+            CampaignChange::Delete => {
+                transaction.execute("DELETE FROM campaigns WHERE id = $1", &[&id]).await.map(|_| ())
+            }
         };
         statement.map_err(StoreError::from)?;
         // Delivered to listeners on commit only: every API process drops its cached copy.
         transaction
-            .execute(
-                "SELECT pg_notify($1, $2)",
-                &[&CAMPAIGN_CHANGES_CHANNEL, &id.to_string()],
-            )
+            .execute("SELECT pg_notify($1, $2)", &[&CAMPAIGN_CHANGES_CHANNEL, &id.to_string()])
             .await
             .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;

@@ -37,7 +37,8 @@ pub struct DeadLetter {
     pub replays: i32,
 }
 
-const COLUMNS: &str = "id, message_id, sandbox, campaign_id, execution_id, recipient_index, channel, reason, last_error, body,
+const COLUMNS: &str =
+    "id, message_id, sandbox, campaign_id, execution_id, recipient_index, channel, reason, last_error, body,
                        dead_lettered_at, replayed_at, replays";
 
 fn from_row(row: &tokio_postgres::Row) -> DeadLetter {
@@ -60,11 +61,7 @@ fn from_row(row: &tokio_postgres::Row) -> DeadLetter {
 
 impl Store {
     /// Records a dead letter; one that comes back after a replay is recorded again (replayable).
-    pub async fn record_dead_letter(
-        &self,
-        letter: &NewDeadLetter,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn record_dead_letter(&self, letter: &NewDeadLetter, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
@@ -106,27 +103,13 @@ impl Store {
               WHERE ($1::text IS NULL OR sandbox = $1) AND ($2::uuid IS NULL OR campaign_id = $2) AND ($3::text IS NULL OR reason = $3)
               ORDER BY dead_lettered_at DESC, id LIMIT $4"
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&sandbox, &campaign_id, &reason, &limit])
-            .await?;
+        let rows = self.client().await?.query(&sql, &[&sandbox, &campaign_id, &reason, &limit]).await?;
         Ok(rows.iter().map(from_row).collect())
     }
 
-    pub async fn get_dead_letter(
-        &self,
-        sandbox: Option<&str>,
-        id: Uuid,
-    ) -> Result<Option<DeadLetter>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM dead_letters WHERE id = $1 AND ($2::text IS NULL OR sandbox = $2)"
-        );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id, &sandbox])
-            .await?;
+    pub async fn get_dead_letter(&self, sandbox: Option<&str>, id: Uuid) -> Result<Option<DeadLetter>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1 AND ($2::text IS NULL OR sandbox = $2)");
+        let row = self.client().await?.query_opt(&sql, &[&id, &sandbox]).await?;
         Ok(row.as_ref().map(from_row))
     }
 
@@ -166,10 +149,7 @@ impl Store {
     pub async fn abort_replay(&self, id: Uuid) -> Result<(), StoreError> {
         self.client()
             .await?
-            .execute(
-                "UPDATE dead_letters SET replayed_at = NULL, replays = replays - 1 WHERE id = $1",
-                &[&id],
-            )
+            .execute("UPDATE dead_letters SET replayed_at = NULL, replays = replays - 1 WHERE id = $1", &[&id])
             .await?;
         Ok(())
     }

@@ -58,10 +58,7 @@ impl Store {
             )
             .await?;
         if let Some(row) = claimed {
-            return Ok(DeliveryClaim::Claimed {
-                token,
-                attempts: row.get(0),
-            });
+            return Ok(DeliveryClaim::Claimed { token, attempts: row.get(0) });
         }
         let row = client
             .query_one(
@@ -89,11 +86,7 @@ impl Store {
                 &[&key.execution_id, &key.recipient_index, &now],
             )
             .await?;
-        Ok(if abandoned == 1 {
-            DeliveryClaim::Abandoned
-        } else {
-            DeliveryClaim::Busy
-        })
+        Ok(if abandoned == 1 { DeliveryClaim::Abandoned } else { DeliveryClaim::Busy })
     }
 
     /// Records the outcome of the claim `token`. Returns false when the claim was lost (another
@@ -169,11 +162,7 @@ impl Store {
             .await?;
         Ok(row.map(|row| {
             let status: String = row.get(0);
-            (
-                DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown),
-                row.get(1),
-                row.get(2),
-            )
+            (DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown), row.get(1), row.get(2))
         }))
     }
 

@@ -24,11 +24,7 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         match error.code() {
             Some(code) if code.code() == UNIQUE_VIOLATION => {
-                let constraint = error
-                    .as_db_error()
-                    .and_then(|db| db.constraint())
-                    .unwrap_or("unique")
-                    .to_string();
+                let constraint = error.as_db_error().and_then(|db| db.constraint()).unwrap_or("unique").to_string();
                 StoreError::Conflict(constraint)
             }
             // No SQLSTATE means the failure is in the connection, not in the statement.

@@ -31,20 +31,11 @@ pub struct ExecutionClaim {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// New execution: publish it.
-    Claimed {
-        execution_id: Uuid,
-        created_at: DateTime<Utc>,
-    },
+    Claimed { execution_id: Uuid, created_at: DateTime<Utc> },
     /// An earlier attempt stopped half-way and its lease expired: publish it again, same ids.
-    TakenOver {
-        execution_id: Uuid,
-        created_at: DateTime<Utc>,
-    },
+    TakenOver { execution_id: Uuid, created_at: DateTime<Utc> },
     /// Already accepted: answer the original 202, publish nothing.
-    AlreadyAccepted {
-        execution_id: Uuid,
-        created_at: DateTime<Utc>,
-    },
+    AlreadyAccepted { execution_id: Uuid, created_at: DateTime<Utc> },
     /// Another attempt is accepting it right now.
     InProgress,
     /// The key was used with a different body.
@@ -85,10 +76,7 @@ struct Existing {
 
 impl Store {
     /// Claims every key in `claims` (one round trip for the new ones); outcomes are in order.
-    pub async fn claim_executions(
-        &self,
-        claims: &[ExecutionClaim],
-    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+    pub async fn claim_executions(&self, claims: &[ExecutionClaim]) -> Result<Vec<ClaimOutcome>, StoreError> {
         let client = self.client().await?;
         let column = |f: fn(&ExecutionClaim) -> Value| claims.iter().map(f).collect::<Vec<Value>>();
         let ids: Vec<Uuid> = claims.iter().map(|c| c.execution_id).collect();
@@ -113,10 +101,7 @@ impl Store {
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let conflicts: Vec<&ExecutionClaim> = claims
-            .iter()
-            .filter(|c| !inserted.contains(&c.execution_id))
-            .collect();
+        let conflicts: Vec<&ExecutionClaim> = claims.iter().filter(|c| !inserted.contains(&c.execution_id)).collect();
         let mut existing: HashMap<Key, Existing> = HashMap::new();
         if !conflicts.is_empty() {
             let sandboxes: Vec<&str> = conflicts.iter().map(|c| c.sandbox.as_str()).collect();
@@ -146,24 +131,11 @@ impl Store {
         let mut outcomes = Vec::with_capacity(claims.len());
         for claim in claims {
             if inserted.contains(&claim.execution_id) {
-                outcomes.push(ClaimOutcome::Claimed {
-                    execution_id: claim.execution_id,
-                    created_at: claim.now,
-                });
+                outcomes.push(ClaimOutcome::Claimed { execution_id: claim.execution_id, created_at: claim.now });
                 continue;
             }
-            let key = (
-                claim.sandbox.clone(),
-                claim.campaign_id,
-                claim.request_id.clone(),
-            );
-            let Some(Existing {
-                execution_id,
-                body_hash: hash,
-                state,
-                created_at,
-                lease_until,
-            }) = existing.get(&key)
+            let key = (claim.sandbox.clone(), claim.campaign_id, claim.request_id.clone());
+            let Some(Existing { execution_id, body_hash: hash, state, created_at, lease_until }) = existing.get(&key)
             else {
                 // Deleted between the two statements (retention purge): the client retries.
                 outcomes.push(ClaimOutcome::InProgress);
@@ -172,10 +144,7 @@ impl Store {
             let outcome = if *hash != claim.body_hash {
                 ClaimOutcome::BodyMismatch
             } else if state == "accepted" {
-                ClaimOutcome::AlreadyAccepted {
-                    execution_id: *execution_id,
-                    created_at: *created_at,
-                }
+                ClaimOutcome::AlreadyAccepted { execution_id: *execution_id, created_at: *created_at }
             } else if *lease_until > claim.now {
                 ClaimOutcome::InProgress
             } else {
@@ -187,10 +156,7 @@ impl Store {
                     )
                     .await?;
                 match taken {
-                    Some(_) => ClaimOutcome::TakenOver {
-                        execution_id: *execution_id,
-                        created_at: *created_at,
-                    },
+                    Some(_) => ClaimOutcome::TakenOver { execution_id: *execution_id, created_at: *created_at },
                     None => ClaimOutcome::InProgress,
                 }
             };
@@ -200,11 +166,7 @@ impl Store {
     }
 
     /// Marks executions whose messages are all confirmed by the broker as accepted.
-    pub async fn complete_executions(
-        &self,
-        execution_ids: &[Uuid],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn complete_executions(&self, execution_ids: &[Uuid], now: DateTime<Utc>) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
@@ -217,14 +179,13 @@ impl Store {
 
     /// Ends the lease of an execution whose publishing failed, so the client's retry can take it
     /// over at once (with the same execution id, so nothing already confirmed is sent twice).
-    pub async fn release_execution(
-        &self,
-        execution_id: Uuid,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn release_execution(&self, execution_id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.client()
             .await?
-            .execute("UPDATE executions SET lease_until = $2 WHERE execution_id = $1 AND state = 'accepting'", &[&execution_id, &now])
+            .execute(
+                "UPDATE executions SET lease_until = $2 WHERE execution_id = $1 AND state = 'accepting'",
+                &[&execution_id, &now],
+            )
             .await?;
         Ok(())
     }
@@ -298,10 +259,7 @@ impl Store {
         Ok(self
             .client()
             .await?
-            .execute(
-                "DELETE FROM executions WHERE created_at < $1 AND state = 'accepted'",
-                &[&before],
-            )
+            .execute("DELETE FROM executions WHERE created_at < $1 AND state = 'accepted'", &[&before])
             .await?)
     }
 }

@@ -10,6 +10,7 @@ mod error;
 pub mod executions;
 pub mod migrate;
 pub mod profiles;
+pub mod rate_limits;
 
 use std::time::Duration;
 
@@ -19,8 +20,7 @@ use tokio_postgres::NoTls;
 pub use api_keys::ApiKeyRecord;
 pub use campaign_cache::CampaignCache;
 pub use campaigns::{
-    CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign,
-    VersionRecord,
+    CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord,
 };
 pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use deliveries::{DeliveryClaim, DeliveryKey};
@@ -42,16 +42,10 @@ impl Store {
     /// Builds a pool for `url` (a `postgres://` URL). Connections are made lazily, so this
     /// succeeds even while the database is down; [`Store::ping`] tells whether it is up.
     pub fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|error| StoreError::Config(format!("invalid database URL: {error}")))?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(max_connections)
             .runtime(Runtime::Tokio1)
@@ -60,10 +54,7 @@ impl Store {
             .recycle_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|error| StoreError::Config(error.to_string()))?;
-        Ok(Self {
-            pool,
-            config: std::sync::Arc::new(config),
-        })
+        Ok(Self { pool, config: std::sync::Arc::new(config) })
     }
 
     /// Checks that a connection can be had and answers.

@@ -5,24 +5,14 @@
 use crate::{Store, StoreError};
 
 /// (version, name, SQL), in order. Never edit an applied migration; add a new one.
+#[rustfmt::skip]
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
-    (
-        2,
-        "executions",
-        include_str!("../migrations/0002_executions.sql"),
-    ),
+    (2, "executions", include_str!("../migrations/0002_executions.sql")),
     (3, "worker", include_str!("../migrations/0003_worker.sql")),
-    (
-        4,
-        "retry_not_before",
-        include_str!("../migrations/0004_retry_not_before.sql"),
-    ),
-    (
-        5,
-        "dead_letters",
-        include_str!("../migrations/0005_dead_letters.sql"),
-    ),
+    (4, "retry_not_before", include_str!("../migrations/0004_retry_not_before.sql")),
+    (5, "dead_letters", include_str!("../migrations/0005_dead_letters.sql")),
+    (6, "rate_limits", include_str!("../migrations/0006_rate_limits.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
@@ -33,9 +23,7 @@ impl Store {
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        transaction
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await?;
+        transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
         transaction
             .batch_execute(
                 "CREATE TABLE IF NOT EXISTS herald_schema_migrations (
@@ -52,16 +40,10 @@ impl Store {
             .map(|row| row.get(0))
             .collect();
         let mut newly_applied = Vec::new();
-        for (version, name, sql) in MIGRATIONS
-            .iter()
-            .filter(|(version, _, _)| !applied.contains(version))
-        {
+        for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
             transaction.batch_execute(sql).await?;
             transaction
-                .execute(
-                    "INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)",
-                    &[version, name],
-                )
+                .execute("INSERT INTO herald_schema_migrations (version, name) VALUES ($1, $2)", &[version, name])
                 .await?;
             tracing::info!(version, name, "applied migration");
             newly_applied.push(*version);
@@ -88,10 +70,8 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
             .collect();
         files.sort();
-        let embedded: Vec<String> = MIGRATIONS
-            .iter()
-            .map(|(version, name, _)| format!("{version:04}_{name}.sql"))
-            .collect();
+        let embedded: Vec<String> =
+            MIGRATIONS.iter().map(|(version, name, _)| format!("{version:04}_{name}.sql")).collect();
         assert_eq!(embedded, files, "add the new migration file to MIGRATIONS");
     }
 }

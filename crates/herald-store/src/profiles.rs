@@ -35,8 +35,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Profile, bool), StoreError> {
         let attributes = serde_json::Value::Object(profile.attributes.clone());
-        let push_tokens = serde_json::to_value(&profile.push_tokens)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let push_tokens =
+            serde_json::to_value(&profile.push_tokens).map_err(|error| StoreError::Corrupt(error.to_string()))?;
         let row = self
             .client()
             .await?
@@ -50,11 +50,7 @@ impl Store {
                 &[&sandbox, &profile.namespace, &profile.user_id, &attributes, &profile.email_address, &profile.phone_number, &push_tokens, &now],
             )
             .await?;
-        let stored = Profile {
-            created_at: row.get(0),
-            updated_at: now,
-            ..profile.clone()
-        };
+        let stored = Profile { created_at: row.get(0), updated_at: now, ..profile.clone() };
         Ok((stored, row.get(1)))
     }
 
@@ -77,13 +73,10 @@ impl Store {
         let attributes = match row.get::<_, serde_json::Value>(0) {
             serde_json::Value::Object(map) => map,
             other => {
-                return Err(StoreError::Corrupt(format!(
-                    "profile attributes are not an object: {other}"
-                )));
+                return Err(StoreError::Corrupt(format!("profile attributes are not an object: {other}")));
             }
         };
-        let push_tokens = serde_json::from_value(row.get(3))
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let push_tokens = serde_json::from_value(row.get(3)).map_err(|error| StoreError::Corrupt(error.to_string()))?;
         Ok(Some(Profile {
             namespace: namespace.to_string(),
             user_id: user_id.to_string(),

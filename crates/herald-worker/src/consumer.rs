@@ -14,8 +14,7 @@ use herald_core::delivery::channel_pause;
 use herald_ingest::topology::{RETRY_TIER_HEADER, Topology};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -59,12 +58,7 @@ fn text(value: &str) -> AMQPValue {
 }
 
 fn tiers_used(delivery: &Delivery) -> u32 {
-    match delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(TIERS_USED_HEADER))
-    {
+    match delivery.properties.headers().as_ref().and_then(|h| h.inner().get(TIERS_USED_HEADER)) {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
         Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
         _ => 0,
@@ -72,11 +66,7 @@ fn tiers_used(delivery: &Delivery) -> u32 {
 }
 
 /// Runs the worker until `shutdown` turns true, reconnecting whenever the broker goes away.
-pub async fn run(
-    pipeline: Arc<Pipeline>,
-    settings: ConsumerSettings,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
     let mut delays = RECONNECT_BACKOFF.build();
     while !*shutdown.borrow() {
         match session(&pipeline, &settings, shutdown.clone()).await {
@@ -104,19 +94,13 @@ async fn session(
     let setup = connection.create_channel().await?;
     settings.topology.declare(&setup).await?;
     let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let settler = Arc::new(Settler {
-        publisher,
-        topology: settings.topology.clone(),
-    });
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let settler = Arc::new(Settler { publisher, topology: settings.topology.clone() });
     tracing::info!(channels = ?settings.channels, "worker consuming");
     let mut loops = Vec::new();
     for channel in &settings.channels {
         let amqp = connection.create_channel().await?;
-        amqp.basic_qos(settings.prefetch, BasicQosOptions::default())
-            .await?;
+        amqp.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
         let consumer = amqp
             .basic_consume(
                 settings.topology.channel_queue(*channel).into(),
@@ -143,11 +127,7 @@ async fn session(
             FieldTable::default(),
         )
         .await?;
-    loops.push(tokio::spawn(record_dead_letters(
-        Arc::clone(pipeline),
-        dead_consumer,
-        shutdown.clone(),
-    )));
+    loops.push(tokio::spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, shutdown.clone())));
     let mut result = Ok(());
     for handle in loops {
         if let Ok(Err(error)) = handle.await {
@@ -176,9 +156,7 @@ async fn consume(
             _ = shutdown.changed() => continue,
         };
         let Some(delivery) = delivery else {
-            return Err(lapin::Error::from(
-                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-            ));
+            return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)));
         };
         let delivery = delivery?;
         // A paused channel holds the message (unacknowledged) until the pause is over; on
@@ -194,44 +172,25 @@ async fn consume(
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
-        let (pipeline, settler, pause) = (
-            Arc::clone(&pipeline),
-            Arc::clone(&settler),
-            Arc::clone(&pause),
-        );
+        let (pipeline, settler, pause) = (Arc::clone(&pipeline), Arc::clone(&settler), Arc::clone(&pause));
         tokio::spawn(async move {
-            let decision = pipeline
-                .process(&delivery.data, tiers_used(&delivery))
-                .await;
-            if let Decision::Pause {
-                pause: wait,
-                reason,
-            } = &decision
-            {
+            let decision = pipeline.process(&delivery.data, tiers_used(&delivery)).await;
+            if let Decision::Pause { pause: wait, reason } = &decision {
                 let consecutive = pause.consecutive.fetch_add(1, Ordering::SeqCst);
-                let wait = if wait.is_zero() {
-                    channel_pause(consecutive)
-                } else {
-                    *wait
-                };
+                let wait = if wait.is_zero() { channel_pause(consecutive) } else { *wait };
                 tracing::warn!(%reason, pause = ?wait, "channel paused");
                 *pause.until.lock().await = Some(tokio::time::Instant::now() + wait);
             } else {
                 pause.consecutive.store(0, Ordering::SeqCst);
             }
-            settler
-                .settle(&delivery, decision, pipeline.first_tier())
-                .await;
+            settler.settle(&delivery, decision, pipeline.first_tier()).await;
             drop(permit);
         });
     }
     // Shutdown: stop taking messages, let the in-flight ones finish within the grace period.
     // Anything prefetched but not started is returned to the queue when the channel closes.
     let all = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
-    if tokio::time::timeout(settings.grace, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(settings.grace, permits.acquire_many(all)).await.is_err() {
         tracing::warn!("shutdown grace elapsed with messages in flight; they will be redelivered");
     }
     Ok(())
@@ -298,11 +257,7 @@ async fn record_dead_letters(
         let reason = header_text(headers, DEAD_REASON_HEADER)
             .or_else(|| broker_reason(headers))
             .unwrap_or_else(|| "unknown".into());
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.to_string());
+        let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
         let facts = crate::pipeline::DeadLetterFacts {
             body: &delivery.data,
             message_id: message_id.as_deref(),
@@ -316,12 +271,7 @@ async fn record_dead_letters(
             }
             Err(error) => {
                 tracing::warn!(%error, "could not record a dead letter; it stays in the queue");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?;
+                delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -338,28 +288,16 @@ impl Settler {
     async fn settle(&self, delivery: &Delivery, decision: Decision, first_tier: Duration) {
         let republished = match decision {
             Decision::Ack => Ok(()),
-            Decision::Retry { tier, tiers_used } => {
-                self.to_retry_tier(delivery, tier, tiers_used).await
-            }
+            Decision::Retry { tier, tiers_used } => self.to_retry_tier(delivery, tier, tiers_used).await,
             // Put back without counting a tier: the message is not at fault.
-            Decision::Pause { .. } => {
-                self.to_retry_tier(delivery, first_tier, tiers_used(delivery))
-                    .await
-            }
-            Decision::DeadLetter { reason, last_error } => {
-                self.to_dead_letters(delivery, &reason, &last_error).await
-            }
+            Decision::Pause { .. } => self.to_retry_tier(delivery, first_tier, tiers_used(delivery)).await,
+            Decision::DeadLetter { reason, last_error } => self.to_dead_letters(delivery, &reason, &last_error).await,
         };
         let settled = match republished {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(error) => {
                 tracing::warn!(%error, "republish failed; returning the message to its queue");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
+                delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
             }
         };
         if let Err(error) = settled {
@@ -370,11 +308,7 @@ impl Settler {
     }
 
     fn properties(delivery: &Delivery, headers: FieldTable) -> BasicProperties {
-        let mut properties = delivery
-            .properties
-            .clone()
-            .with_delivery_mode(2)
-            .with_headers(headers);
+        let mut properties = delivery.properties.clone().with_delivery_mode(2).with_headers(headers);
         if properties.content_type().is_none() {
             properties = properties.with_content_type("application/json".into());
         }
@@ -392,10 +326,7 @@ impl Settler {
         delivery: &Delivery,
         headers: FieldTable,
     ) -> Result<(), RepublishError> {
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let confirm = self
             .publisher
             .basic_publish(
@@ -413,42 +344,17 @@ impl Settler {
         Ok(())
     }
 
-    async fn to_retry_tier(
-        &self,
-        delivery: &Delivery,
-        tier: Duration,
-        tiers_used: u32,
-    ) -> Result<(), RepublishError> {
+    async fn to_retry_tier(&self, delivery: &Delivery, tier: Duration, tiers_used: u32) -> Result<(), RepublishError> {
         let mut headers = Self::headers(delivery);
         headers.insert(RETRY_TIER_HEADER.into(), text(&Topology::tier_name(tier)));
-        headers.insert(
-            TIERS_USED_HEADER.into(),
-            AMQPValue::LongLongInt(i64::from(tiers_used)),
-        );
-        self.publish(
-            self.topology.retry_exchange(),
-            delivery.routing_key.to_string(),
-            delivery,
-            headers,
-        )
-        .await
+        headers.insert(TIERS_USED_HEADER.into(), AMQPValue::LongLongInt(i64::from(tiers_used)));
+        self.publish(self.topology.retry_exchange(), delivery.routing_key.to_string(), delivery, headers).await
     }
 
-    async fn to_dead_letters(
-        &self,
-        delivery: &Delivery,
-        reason: &str,
-        last_error: &str,
-    ) -> Result<(), RepublishError> {
+    async fn to_dead_letters(&self, delivery: &Delivery, reason: &str, last_error: &str) -> Result<(), RepublishError> {
         let mut headers = Self::headers(delivery);
         headers.insert(DEAD_REASON_HEADER.into(), text(reason));
         headers.insert(LAST_ERROR_HEADER.into(), text(last_error));
-        self.publish(
-            self.topology.dead_letter_exchange(),
-            delivery.routing_key.to_string(),
-            delivery,
-            headers,
-        )
-        .await
+        self.publish(self.topology.dead_letter_exchange(), delivery.routing_key.to_string(), delivery, headers).await
     }
 }

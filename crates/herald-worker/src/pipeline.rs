@@ -39,15 +39,9 @@ pub struct WorkerCampaign {
 
 impl WorkerCampaign {
     pub fn from_record(record: &CampaignRecord) -> Self {
-        let compiled = record
-            .live
-            .as_ref()
-            .and_then(|live| CompiledContent::compile(&live.definition.content).ok())
-            .map(Arc::new);
-        Self {
-            record: record.clone(),
-            compiled,
-        }
+        let compiled =
+            record.live.as_ref().and_then(|live| CompiledContent::compile(&live.definition.content).ok()).map(Arc::new);
+        Self { record: record.clone(), compiled }
     }
 }
 
@@ -58,6 +52,9 @@ pub struct PipelineSettings {
     pub stale_claim: chrono::Duration,
     /// Pause after a database failure.
     pub database_pause: Duration,
+    /// Provider send rates per channel (e.g. the SES account's maximum send rate), shared by
+    /// every worker. A channel without an entry is not limited here.
+    pub channel_rates: Vec<(Channel, f64)>,
 }
 
 #[derive(Debug)]
@@ -76,20 +73,9 @@ fn jitter() -> f64 {
 }
 
 impl Pipeline {
-    pub fn new(
-        store: Store,
-        provider: Arc<dyn Provider>,
-        clock: Arc<dyn Clock>,
-        settings: PipelineSettings,
-    ) -> Self {
+    pub fn new(store: Store, provider: Arc<dyn Provider>, clock: Arc<dyn Clock>, settings: PipelineSettings) -> Self {
         let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
-        Self {
-            store,
-            provider,
-            campaigns,
-            clock,
-            settings,
-        }
+        Self { store, provider, campaigns, clock, settings }
     }
 
     pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {
@@ -97,12 +83,7 @@ impl Pipeline {
     }
 
     pub fn first_tier(&self) -> Duration {
-        self.settings
-            .policy
-            .tiers
-            .first()
-            .copied()
-            .unwrap_or(Duration::from_secs(5))
+        self.settings.policy.tiers.first().copied().unwrap_or(Duration::from_secs(5))
     }
 
     fn database_down(&self, error: &StoreError) -> Decision {
@@ -110,10 +91,7 @@ impl Pipeline {
             StoreError::Unavailable(_) => tracing::warn!(%error, "database unavailable; pausing"),
             other => tracing::error!(error = ?other, "database error; pausing"),
         }
-        Decision::Pause {
-            pause: self.settings.database_pause,
-            reason: "database-unavailable".into(),
-        }
+        Decision::Pause { pause: self.settings.database_pause, reason: "database-unavailable".into() }
     }
 
     /// Processes one message body that has been through `tiers_used` retry tiers.
@@ -147,18 +125,13 @@ impl Pipeline {
             campaign_id: envelope.campaign_id,
             channel: envelope.channel.as_str().to_string(),
         };
-        let campaign = self
-            .campaigns
-            .get(&envelope.sandbox, envelope.campaign_id)
-            .await?;
+        let campaign = self.campaigns.get(&envelope.sandbox, envelope.campaign_id).await?;
         let live = campaign
             .as_ref()
             .filter(|c| c.record.status(now) == CampaignStatus::Live)
             .and_then(|c| c.record.live.as_ref().map(|live| (c, live)));
         let Some((campaign, live)) = live else {
-            return self
-                .exclude(&key, None, reasons::CAMPAIGN_NOT_LIVE, now)
-                .await;
+            return self.exclude(&key, None, reasons::CAMPAIGN_NOT_LIVE, now).await;
         };
         let version = Some(live.id);
         if envelope.expires_at.is_some_and(|expires| now >= expires) {
@@ -167,16 +140,10 @@ impl Pipeline {
         let stored = match envelope.recipient.kind {
             RecipientType::External => None,
             RecipientType::Aep => {
-                let (namespace, user) =
-                    (&envelope.recipient.namespace, &envelope.recipient.user_id);
-                let profile = self
-                    .store
-                    .get_profile(&envelope.sandbox, namespace, user)
-                    .await?;
+                let (namespace, user) = (&envelope.recipient.namespace, &envelope.recipient.user_id);
+                let profile = self.store.get_profile(&envelope.sandbox, namespace, user).await?;
                 if profile.is_none() && live.definition.create_new_profiles {
-                    self.store
-                        .ensure_identity_profile(&envelope.sandbox, namespace, user, now)
-                        .await?;
+                    self.store.ensure_identity_profile(&envelope.sandbox, namespace, user, now).await?;
                 }
                 profile
             }
@@ -195,42 +162,19 @@ impl Pipeline {
             Some(Ok(rendered)) => rendered,
             _ => {
                 self.store
-                    .record_delivery(
-                        &key,
-                        version,
-                        DeliveryStatus::Failed,
-                        reasons::RENDERING_ERROR,
-                        now,
-                    )
+                    .record_delivery(&key, version, DeliveryStatus::Failed, reasons::RENDERING_ERROR, now)
                     .await?;
                 return Ok(Decision::Ack);
             }
         };
-        let (token, attempts) = match self
-            .store
-            .claim_delivery(&key, version, now, self.settings.stale_claim)
-            .await?
-        {
+        let (token, attempts) = match self.store.claim_delivery(&key, version, now, self.settings.stale_claim).await? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
             DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),
             DeliveryClaim::Busy => {
-                return Ok(Decision::Retry {
-                    tier: self.first_tier(),
-                    tiers_used,
-                });
+                return Ok(Decision::Retry { tier: self.first_tier(), tiers_used });
             }
         };
-        self.send_and_record(
-            envelope,
-            &campaign.record,
-            &resolved,
-            &rendered,
-            &key,
-            token,
-            attempts,
-            tiers_used,
-        )
-        .await
+        self.send_and_record(envelope, &campaign.record, &resolved, &rendered, &key, token, attempts, tiers_used).await
     }
 
     async fn exclude(
@@ -241,9 +185,7 @@ impl Pipeline {
         now: DateTime<Utc>,
     ) -> Result<Decision, StoreError> {
         tracing::debug!(execution_id = %key.execution_id, reason, "delivery excluded");
-        self.store
-            .record_delivery(key, version, DeliveryStatus::Excluded, reason, now)
-            .await?;
+        self.store.record_delivery(key, version, DeliveryStatus::Excluded, reason, now).await?;
         Ok(Decision::Ack)
     }
 
@@ -263,6 +205,7 @@ impl Pipeline {
         let mut calls: i32 = 0;
         loop {
             calls += 1;
+            self.throttle(envelope.channel, campaign).await?;
             let result = self.send_once(envelope, campaign, resolved, rendered).await;
             let now = self.clock.now();
             let error = match result {
@@ -291,12 +234,7 @@ impl Pipeline {
                         && let Some(push) = &resolved.push
                     {
                         self.store
-                            .mark_push_token_dead(
-                                &envelope.sandbox,
-                                &push.application_arn,
-                                &push.token,
-                                now,
-                            )
+                            .mark_push_token_dead(&envelope.sandbox, &push.application_arn, &push.token, now)
                             .await?;
                     }
                     self.store
@@ -330,18 +268,10 @@ impl Pipeline {
                         )
                         .await?;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
-                    return Ok(Decision::Pause {
-                        pause: Duration::ZERO,
-                        reason: error.code,
-                    });
+                    return Ok(Decision::Pause { pause: Duration::ZERO, reason: error.code });
                 }
-                ErrorClass::Transient
-                    if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts =>
-                {
-                    tokio::time::sleep(
-                        policy.in_process_delay(u32::try_from(calls).unwrap_or(1), jitter()),
-                    )
-                    .await;
+                ErrorClass::Transient if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts => {
+                    tokio::time::sleep(policy.in_process_delay(u32::try_from(calls).unwrap_or(1), jitter())).await;
                 }
                 ErrorClass::Transient => {
                     let total = u32::try_from(attempts + calls).unwrap_or(u32::MAX);
@@ -360,10 +290,7 @@ impl Pipeline {
                                     now,
                                 )
                                 .await?;
-                            Decision::Retry {
-                                tier,
-                                tiers_used: tiers_used + 1,
-                            }
+                            Decision::Retry { tier, tiers_used: tiers_used + 1 }
                         }
                         None => {
                             self.store
@@ -379,15 +306,28 @@ impl Pipeline {
                                     now,
                                 )
                                 .await?;
-                            Decision::DeadLetter {
-                                reason: reasons::MAX_ATTEMPTS.into(),
-                                last_error,
-                            }
+                            Decision::DeadLetter { reason: reasons::MAX_ATTEMPTS.into(), last_error }
                         }
                     });
                 }
             }
         }
+    }
+
+    /// Waits for a send slot of the campaign's throttle and of the channel's provider rate;
+    /// both are shared by all workers through the database.
+    async fn throttle(&self, channel: Channel, campaign: &CampaignRecord) -> Result<(), StoreError> {
+        let mut wait = Duration::ZERO;
+        if let Some(rate) = campaign.live.as_ref().and_then(|live| live.definition.throttle_rate_per_sec) {
+            wait = wait.max(self.store.reserve_send_slot(&format!("campaign:{}", campaign.id), f64::from(rate)).await?);
+        }
+        if let Some((_, rate)) = self.settings.channel_rates.iter().find(|(c, rate)| *c == channel && *rate > 0.0) {
+            wait = wait.max(self.store.reserve_send_slot(&format!("channel:{channel}"), *rate).await?);
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     async fn send_once(
@@ -397,11 +337,7 @@ impl Pipeline {
         resolved: &Resolved,
         rendered: &Rendered,
     ) -> ProviderResult<Receipt> {
-        let definition = &campaign
-            .live
-            .as_ref()
-            .map(|live| live.definition.clone())
-            .unwrap_or_default();
+        let definition = &campaign.live.as_ref().map(|live| live.definition.clone()).unwrap_or_default();
         let part = |name: &str| rendered.get(name).cloned();
         match envelope.channel {
             Channel::Email => {
@@ -419,14 +355,8 @@ impl Pipeline {
                     html: part("html"),
                     text: part("text"),
                     tags: vec![
-                        (
-                            "herald-execution-id".into(),
-                            envelope.execution_id.to_string(),
-                        ),
-                        (
-                            "herald-campaign-id".into(),
-                            envelope.campaign_id.to_string(),
-                        ),
+                        ("herald-execution-id".into(), envelope.execution_id.to_string()),
+                        ("herald-campaign-id".into(), envelope.campaign_id.to_string()),
                     ],
                 };
                 self.provider.send_email(&message).await
@@ -441,63 +371,38 @@ impl Pipeline {
                 self.provider.send_sms(&message).await
             }
             Channel::Push => {
-                let target = resolved.push.as_ref().ok_or_else(|| {
-                    ProviderError::new(ErrorClass::Permanent, "NoTarget", "no push target")
-                })?;
-                let endpoint = self
-                    .push_endpoint(&envelope.sandbox, &target.application_arn, &target.token)
-                    .await?;
+                let target = resolved
+                    .push
+                    .as_ref()
+                    .ok_or_else(|| ProviderError::new(ErrorClass::Permanent, "NoTarget", "no push target"))?;
+                let endpoint = self.push_endpoint(&envelope.sandbox, &target.application_arn, &target.token).await?;
                 let data = rendered
                     .iter()
-                    .filter_map(|(k, v)| {
-                        k.strip_prefix("data.").map(|k| (k.to_string(), v.clone()))
-                    })
+                    .filter_map(|(k, v)| k.strip_prefix("data.").map(|k| (k.to_string(), v.clone())))
                     .collect();
-                let message = PushMessage {
-                    title: part("title"),
-                    body: part("body").unwrap_or_default(),
-                    data,
-                };
+                let message = PushMessage { title: part("title"), body: part("body").unwrap_or_default(), data };
                 self.provider.send_push(&endpoint, &message).await
             }
         }
     }
 
     /// The endpoint for (application, token), created once and remembered.
-    async fn push_endpoint(
-        &self,
-        sandbox: &str,
-        application_arn: &str,
-        token: &str,
-    ) -> ProviderResult<String> {
+    async fn push_endpoint(&self, sandbox: &str, application_arn: &str, token: &str) -> ProviderResult<String> {
         let unavailable = |error: StoreError| {
-            ProviderError::new(
-                ErrorClass::Transient,
-                "Database",
-                format!("endpoint lookup: {error}"),
-            )
+            ProviderError::new(ErrorClass::Transient, "Database", format!("endpoint lookup: {error}"))
         };
-        if let Some((endpoint, dead)) = self
-            .store
-            .push_endpoint(sandbox, application_arn, token)
-            .await
-            .map_err(unavailable)?
+        if let Some((endpoint, dead)) =
+            self.store.push_endpoint(sandbox, application_arn, token).await.map_err(unavailable)?
         {
             if dead {
-                let mut error = ProviderError::new(
-                    ErrorClass::Permanent,
-                    "EndpointDisabled",
-                    "the token was disabled earlier",
-                );
+                let mut error =
+                    ProviderError::new(ErrorClass::Permanent, "EndpointDisabled", "the token was disabled earlier");
                 error.token_dead = true;
                 return Err(error);
             }
             return Ok(endpoint);
         }
-        let endpoint = self
-            .provider
-            .create_push_endpoint(application_arn, token)
-            .await?;
+        let endpoint = self.provider.create_push_endpoint(application_arn, token).await?;
         self.store
             .remember_push_endpoint(sandbox, application_arn, token, &endpoint, self.clock.now())
             .await
@@ -512,11 +417,7 @@ impl Pipeline {
     pub async fn record_dead_letter(&self, letter: DeadLetterFacts<'_>) -> Result<(), StoreError> {
         let envelope: Option<serde_json::Value> = serde_json::from_slice(letter.body).ok();
         let field = |name: &str| {
-            envelope
-                .as_ref()
-                .and_then(|e| e.get(name))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_string)
+            envelope.as_ref().and_then(|e| e.get(name)).and_then(serde_json::Value::as_str).map(str::to_string)
         };
         let uuid = |name: &str| field(name).and_then(|id| Uuid::parse_str(&id).ok());
         let recipient_index = envelope
@@ -525,10 +426,7 @@ impl Pipeline {
             .and_then(serde_json::Value::as_i64)
             .and_then(|i| i32::try_from(i).ok());
         let record = herald_store::NewDeadLetter {
-            message_id: letter.message_id.map_or_else(
-                || format!("unidentified/{}", Uuid::now_v7()),
-                str::to_string,
-            ),
+            message_id: letter.message_id.map_or_else(|| format!("unidentified/{}", Uuid::now_v7()), str::to_string),
             sandbox: field("sandbox"),
             campaign_id: uuid("campaignId"),
             execution_id: uuid("executionId"),
@@ -538,9 +436,7 @@ impl Pipeline {
             last_error: letter.last_error,
             body: letter.body.to_vec(),
         };
-        self.store
-            .record_dead_letter(&record, self.clock.now())
-            .await
+        self.store.record_dead_letter(&record, self.clock.now()).await
     }
 }
 

@@ -44,8 +44,7 @@ pub fn resolve(
     stored: Option<&Profile>,
 ) -> Result<Resolved, &'static str> {
     let data = envelope.recipient.channel_data.clone().unwrap_or_default();
-    let external = (envelope.recipient.kind == RecipientType::External)
-        .then(|| envelope.recipient.user_id.clone());
+    let external = (envelope.recipient.kind == RecipientType::External).then(|| envelope.recipient.user_id.clone());
     let mut profile = stored.map(|p| p.attributes.clone()).unwrap_or_default();
     merge_profile(&mut profile, &envelope.profile);
     let (address, push) = match envelope.channel {
@@ -75,15 +74,8 @@ pub fn resolve(
             let stored_token = stored.and_then(|p| p.push_tokens.first().cloned());
             let (token, platform) = match (data.push_token.or(external), data.push_platform) {
                 (Some(token), Some(platform)) => (token, platform),
-                (Some(token), None) => (
-                    token,
-                    stored_token
-                        .map(|t| t.platform)
-                        .ok_or(reasons::NO_ADDRESS)?,
-                ),
-                (None, _) => stored_token
-                    .map(|t| (t.token, t.platform))
-                    .ok_or(reasons::NO_ADDRESS)?,
+                (Some(token), None) => (token, stored_token.map(|t| t.platform).ok_or(reasons::NO_ADDRESS)?),
+                (None, _) => stored_token.map(|t| (t.token, t.platform)).ok_or(reasons::NO_ADDRESS)?,
             };
             if token.trim().is_empty() {
                 return Err(reasons::MALFORMED_ADDRESS);
@@ -95,20 +87,10 @@ pub fn resolve(
                 .and_then(|arns| arns.get(&platform))
                 .cloned()
                 .ok_or(reasons::NO_ADDRESS)?;
-            (
-                token.clone(),
-                Some(PushTarget {
-                    application_arn,
-                    token,
-                }),
-            )
+            (token.clone(), Some(PushTarget { application_arn, token }))
         }
     };
-    Ok(Resolved {
-        address,
-        push,
-        profile,
-    })
+    Ok(Resolved { address, push, profile })
 }
 
 #[cfg(test)]
@@ -135,12 +117,7 @@ mod tests {
             sandbox: "a".into(),
             channel,
             recipient_index: 0,
-            recipient: Recipient {
-                kind,
-                user_id: user_id.into(),
-                namespace: "email".into(),
-                channel_data: data,
-            },
+            recipient: Recipient { kind, user_id: user_id.into(), namespace: "email".into(), channel_data: data },
             context: Map::new(),
             profile: profile.as_object().cloned().unwrap_or_default(),
             accepted_at: Utc::now(),
@@ -158,10 +135,7 @@ mod tests {
                 .unwrap(),
             email_address: Some("jane@example.com".into()),
             phone_number: Some("+33612345678".into()),
-            push_tokens: vec![herald_store::PushToken {
-                token: "tok".into(),
-                platform: "fcm".into(),
-            }],
+            push_tokens: vec![herald_store::PushToken { token: "tok".into(), platform: "fcm".into() }],
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
@@ -169,10 +143,7 @@ mod tests {
 
     #[test]
     fn channel_data_overrides_the_profile_and_inline_attributes_overlay_stored_ones() {
-        let data = ChannelData {
-            email_address: Some("other@example.com".into()),
-            ..Default::default()
-        };
+        let data = ChannelData { email_address: Some("other@example.com".into()), ..Default::default() };
         let envelope = envelope(
             Channel::Email,
             RecipientType::Aep,
@@ -182,45 +153,26 @@ mod tests {
         );
         let resolved = resolve(&envelope, &CampaignDefinition::default(), Some(&stored())).unwrap();
         assert_eq!(resolved.address, "other@example.com");
-        assert_eq!(
-            Value::Object(resolved.profile),
-            json!({"person": {"name": {"firstName": "J", "lastName": "Doe"}}})
-        );
+        assert_eq!(Value::Object(resolved.profile), json!({"person": {"name": {"firstName": "J", "lastName": "Doe"}}}));
     }
 
     #[test]
     fn missing_and_malformed_addresses_are_exclusions() {
         let unknown = envelope(Channel::Sms, RecipientType::Aep, "ghost", None, json!({}));
-        assert_eq!(
-            resolve(&unknown, &CampaignDefinition::default(), None),
-            Err(reasons::NO_ADDRESS)
-        );
+        assert_eq!(resolve(&unknown, &CampaignDefinition::default(), None), Err(reasons::NO_ADDRESS));
         let mut bad = stored();
         bad.phone_number = Some("0612".into());
-        assert_eq!(
-            resolve(&unknown, &CampaignDefinition::default(), Some(&bad)),
-            Err(reasons::MALFORMED_ADDRESS)
-        );
+        assert_eq!(resolve(&unknown, &CampaignDefinition::default(), Some(&bad)), Err(reasons::MALFORMED_ADDRESS));
     }
 
     #[test]
     fn push_goes_to_the_platform_application_of_the_token() {
         let mut definition = CampaignDefinition::default();
         let arn = "arn:aws:sns:us-east-1:123456789012:app/GCM/herald".to_string();
-        definition.surface.platform_application_arn =
-            Some([("fcm".to_string(), arn.clone())].into());
+        definition.surface.platform_application_arn = Some([("fcm".to_string(), arn.clone())].into());
         let envelope = envelope(Channel::Push, RecipientType::Aep, "jane", None, json!({}));
         let resolved = resolve(&envelope, &definition, Some(&stored())).unwrap();
-        assert_eq!(
-            resolved.push,
-            Some(PushTarget {
-                application_arn: arn,
-                token: "tok".into()
-            })
-        );
-        assert_eq!(
-            resolve(&envelope, &CampaignDefinition::default(), Some(&stored())),
-            Err(reasons::NO_ADDRESS)
-        );
+        assert_eq!(resolved.push, Some(PushTarget { application_arn: arn, token: "tok".into() }));
+        assert_eq!(resolve(&envelope, &CampaignDefinition::default(), Some(&stored())), Err(reasons::NO_ADDRESS));
     }
 }

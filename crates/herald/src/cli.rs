@@ -9,11 +9,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "herald",
-    version,
-    about = "API-triggered transactional messaging: email, SMS and push"
-)]
+#[command(name = "herald", version, about = "API-triggered transactional messaging: email, SMS and push")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -124,12 +120,7 @@ pub struct BrokerArgs {
     #[arg(long, env = "HERALD_AMQP_PREFIX", default_value = "herald")]
     pub amqp_prefix: String,
     /// Delays of the retry queues in seconds, shortest first.
-    #[arg(
-        long,
-        env = "HERALD_RETRY_TIERS_SECONDS",
-        default_value = "5,30,300",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "HERALD_RETRY_TIERS_SECONDS", default_value = "5,30,300", value_delimiter = ',')]
     pub retry_tiers_seconds: Vec<u64>,
     /// Deliveries of one message before the broker dead-letters it.
     #[arg(long, env = "HERALD_DELIVERY_LIMIT", default_value_t = 10)]
@@ -143,11 +134,7 @@ impl BrokerArgs {
     pub fn topology(&self) -> herald_ingest::topology::Topology {
         herald_ingest::topology::Topology {
             prefix: self.amqp_prefix.clone(),
-            retry_tiers: self
-                .retry_tiers_seconds
-                .iter()
-                .map(|s| std::time::Duration::from_secs(*s))
-                .collect(),
+            retry_tiers: self.retry_tiers_seconds.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
             delivery_limit: self.delivery_limit,
             max_queue_length: self.queue_max_length,
         }
@@ -187,12 +174,7 @@ pub struct ApiArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Channels this worker consumes (comma-separated).
-    #[arg(
-        long,
-        env = "HERALD_WORKER_CHANNELS",
-        default_value = "email,sms,push",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "HERALD_WORKER_CHANNELS", default_value = "email,sms,push", value_delimiter = ',')]
     pub worker_channels: Vec<String>,
     /// Unacknowledged messages the broker may push to each channel consumer.
     #[arg(long, env = "HERALD_WORKER_PREFETCH", default_value_t = 200)]
@@ -210,6 +192,15 @@ pub struct WorkerArgs {
     /// `unknown` (maybe sent) instead of being sent again.
     #[arg(long, env = "HERALD_STALE_CLAIM_SECONDS", default_value_t = 120)]
     pub stale_claim_seconds: u64,
+    /// Email sends per second across all workers (the SES account's maximum send rate); 0: no limit.
+    #[arg(long, env = "HERALD_EMAIL_RATE_PER_SEC", default_value_t = 0.0)]
+    pub email_rate_per_sec: f64,
+    /// SMS sends per second across all workers; 0: no limit.
+    #[arg(long, env = "HERALD_SMS_RATE_PER_SEC", default_value_t = 0.0)]
+    pub sms_rate_per_sec: f64,
+    /// Push sends per second across all workers; 0: no limit.
+    #[arg(long, env = "HERALD_PUSH_RATE_PER_SEC", default_value_t = 0.0)]
+    pub push_rate_per_sec: f64,
     #[command(flatten)]
     pub startup: StartupArgs,
 }
@@ -274,10 +265,7 @@ pub fn environment_variables() -> Vec<(String, Option<String>)> {
         for arg in command.get_arguments() {
             if let Some(env) = arg.get_env() {
                 let name = env.to_string_lossy().to_string();
-                let default = arg
-                    .get_default_values()
-                    .first()
-                    .map(|value| value.to_string_lossy().to_string());
+                let default = arg.get_default_values().first().map(|value| value.to_string_lossy().to_string());
                 if !out.iter().any(|(known, _)| *known == name) {
                     out.push((name, default));
                 }
@@ -312,10 +300,7 @@ mod tests {
 
     #[test]
     fn the_documented_variables_are_all_read() {
-        let names: Vec<String> = environment_variables()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let names: Vec<String> = environment_variables().into_iter().map(|(name, _)| name).collect();
         for expected in [
             "HERALD_DATABASE_URL",
             "HERALD_AMQP_URL",
@@ -323,10 +308,7 @@ mod tests {
             "HERALD_BOOTSTRAP_API_KEY",
             "HERALD_BOOTSTRAP_SANDBOX",
         ] {
-            assert!(
-                names.iter().any(|name| name == expected),
-                "{expected} missing from {names:?}"
-            );
+            assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
         }
     }
 }

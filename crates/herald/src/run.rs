@@ -19,8 +19,8 @@ use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
 use tokio::net::TcpListener;
 
 use crate::cli::{
-    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, DlqCommand, DlqListArgs, DlqReplayArgs,
-    KeysCommand, StartupArgs, WorkerArgs,
+    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, DlqCommand, DlqListArgs, DlqReplayArgs, KeysCommand,
+    StartupArgs, WorkerArgs,
 };
 
 /// Start-up waits: quick first retries for a database that is just starting, capped so a long
@@ -44,20 +44,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn store(database: &DatabaseArgs) -> anyhow::Result<Store> {
-    Store::connect(database.database_url.expose(), database.database_pool_size)
-        .context("configuring the database pool")
+    Store::connect(database.database_url.expose(), database.database_pool_size).context("configuring the database pool")
 }
 
 async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
-    let applied = store(database)?
-        .migrate()
-        .await
-        .context("applying migrations")?;
-    tracing::info!(
-        ?applied,
-        latest = Store::latest_migration(),
-        "database schema is up to date"
-    );
+    let applied = store(database)?.migrate().await.context("applying migrations")?;
+    tracing::info!(?applied, latest = Store::latest_migration(), "database schema is up to date");
     Ok(())
 }
 
@@ -66,13 +58,8 @@ async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
 async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
     let store = store(&startup.database)?;
     let deadline = Instant::now() + Duration::from_secs(startup.database_wait_seconds);
-    let ready = || async {
-        if startup.migrate_on_start {
-            store.migrate().await.map(drop)
-        } else {
-            store.ping().await
-        }
-    };
+    let ready =
+        || async { if startup.migrate_on_start { store.migrate().await.map(drop) } else { store.ping().await } };
     ready
         .retry(STARTUP_BACKOFF)
         .when(|error| matches!(error, StoreError::Unavailable(_)) && Instant::now() < deadline)
@@ -88,19 +75,12 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         store
-            .ensure_api_key(
-                &args.bootstrap_sandbox,
-                key.expose(),
-                &Scope::ALL,
-                clock.now(),
-            )
+            .ensure_api_key(&args.bootstrap_sandbox, key.expose(), &Scope::ALL, clock.now())
             .await
             .context("registering the bootstrap API key")?;
         tracing::info!(sandbox = %args.bootstrap_sandbox, "bootstrap api key registered");
     }
-    let listener = TcpListener::bind(args.http_addr)
-        .await
-        .with_context(|| format!("binding {}", args.http_addr))?;
+    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     let public_url = args
         .public_url
         .clone()
@@ -115,23 +95,13 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let ingest = Ingest::new(
         store.clone(),
         broker,
-        IngestSettings {
-            rate_limit_per_sec: args.rate_limit_per_sec,
-            ..IngestSettings::default()
-        },
+        IngestSettings { rate_limit_per_sec: args.rate_limit_per_sec, ..IngestSettings::default() },
     );
-    let config = ApiConfig {
-        max_body_bytes: args.max_body_bytes,
-        public_url,
-    };
+    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
     tracing::info!(addr = %args.http_addr, "api listening");
-    herald_api::serve(
-        listener,
-        AppState::new(store, clock, config).with_ingest(Arc::new(ingest)),
-        shutdown_signal(),
-    )
-    .await
-    .context("serving http")?;
+    herald_api::serve(listener, AppState::new(store, clock, config).with_ingest(Arc::new(ingest)), shutdown_signal())
+        .await
+        .context("serving http")?;
     tracing::info!("api stopped");
     Ok(())
 }
@@ -155,10 +125,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         Arc::new(SystemClock),
         PipelineSettings {
             policy,
-            stale_claim: chrono::Duration::seconds(
-                i64::try_from(args.stale_claim_seconds).unwrap_or(i64::MAX),
-            ),
+            stale_claim: chrono::Duration::seconds(i64::try_from(args.stale_claim_seconds).unwrap_or(i64::MAX)),
             database_pause: Duration::from_secs(2),
+            channel_rates: vec![
+                (Channel::Email, args.email_rate_per_sec),
+                (Channel::Sms, args.sms_rate_per_sec),
+                (Channel::Push, args.push_rate_per_sec),
+            ],
         },
     ));
     let settings = ConsumerSettings {
@@ -198,12 +171,7 @@ async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
 async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
     let store = store(&args.database)?;
     let letters = store
-        .list_dead_letters(
-            args.sandbox.as_deref(),
-            args.campaign,
-            args.reason.as_deref(),
-            args.limit,
-        )
+        .list_dead_letters(args.sandbox.as_deref(), args.campaign, args.reason.as_deref(), args.limit)
         .await
         .context("listing dead letters")?;
     for letter in &letters {
@@ -229,14 +197,10 @@ async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     .await
     .context("connecting to the broker")?;
     for id in args.ids {
-        let outcome =
-            herald_ingest::replay::replay_dead_letter(&store, &broker, None, id, SystemClock.now())
-                .await
-                .with_context(|| format!("replaying {id}"))?;
-        println!(
-            "{}",
-            serde_json::json!({ "id": id, "outcome": format!("{outcome:?}") })
-        );
+        let outcome = herald_ingest::replay::replay_dead_letter(&store, &broker, None, id, SystemClock.now())
+            .await
+            .with_context(|| format!("replaying {id}"))?;
+        println!("{}", serde_json::json!({ "id": id, "outcome": format!("{outcome:?}") }));
     }
     Ok(())
 }

@@ -22,50 +22,23 @@ fn herald(database: &TestDatabase) -> Command {
 async fn keys_create_prints_only_the_key_and_stores_only_its_hash() {
     let database = TestDatabase::create().await;
     let output = herald(&database)
-        .args([
-            "keys",
-            "create",
-            "--sandbox",
-            "shop",
-            "--scopes",
-            "executions:write,campaigns:read",
-        ])
+        .args(["keys", "create", "--sandbox", "shop", "--scopes", "executions:write,campaigns:read"])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
     let key = stdout.trim_end();
-    assert_eq!(
-        stdout.lines().count(),
-        1,
-        "only the key on stdout: {stdout:?}"
-    );
+    assert_eq!(stdout.lines().count(), 1, "only the key on stdout: {stdout:?}");
     assert!(key.starts_with("hk_"), "{key}");
 
     let store = database.store();
-    let record = store
-        .find_api_key(key)
-        .await
-        .unwrap()
-        .expect("the key works");
+    let record = store.find_api_key(key).await.unwrap().expect("the key works");
     assert_eq!(record.sandbox, "shop");
-    assert_eq!(
-        record.scopes,
-        [Scope::CampaignsRead, Scope::ExecutionsWrite]
-    );
+    assert_eq!(record.scopes, [Scope::CampaignsRead, Scope::ExecutionsWrite]);
 
-    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let rows = client
-        .query("SELECT key_hash FROM api_keys", &[])
-        .await
-        .unwrap();
+    let rows = client.query("SELECT key_hash FROM api_keys", &[]).await.unwrap();
     let stored: Vec<u8> = rows[0].get(0);
     assert_ne!(stored, key.as_bytes(), "the key itself is not stored");
     assert_eq!(stored.len(), 32);
@@ -74,17 +47,8 @@ async fn keys_create_prints_only_the_key_and_stores_only_its_hash() {
 #[tokio::test]
 async fn keys_create_refuses_unknown_scopes() {
     let database = TestDatabase::create().await;
-    let output = herald(&database)
-        .args([
-            "keys",
-            "create",
-            "--sandbox",
-            "shop",
-            "--scopes",
-            "campaigns:nuke",
-        ])
-        .output()
-        .unwrap();
+    let output =
+        herald(&database).args(["keys", "create", "--sandbox", "shop", "--scopes", "campaigns:nuke"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown scope `campaigns:nuke`"));
     assert!(output.stdout.is_empty());
@@ -93,32 +57,17 @@ async fn keys_create_refuses_unknown_scopes() {
 #[tokio::test]
 async fn migrate_run_by_several_processes_at_once_succeeds_everywhere() {
     let database = TestDatabase::create().await;
-    let children: Vec<_> = (0..3)
-        .map(|_| {
-            herald(&database)
-                .arg("migrate")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> =
+        (0..3).map(|_| herald(&database).arg("migrate").stderr(Stdio::piped()).spawn().unwrap()).collect();
     for child in children {
         let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
     assert_eq!(database.store().migrate().await.unwrap(), Vec::<i32>::new());
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
@@ -138,18 +87,8 @@ async fn api_serves_with_the_bootstrap_key_and_stops_cleanly_on_sigterm() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let started = Instant::now();
-    while http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the api did not become ready"
-        );
+    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the api did not become ready");
         assert!(child.try_wait().unwrap().is_none(), "the api exited early");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -162,45 +101,24 @@ async fn api_serves_with_the_bootstrap_key_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(created.status().as_u16(), 201);
-    let record = database
-        .store()
-        .find_api_key(bootstrap)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (record.sandbox.as_str(), record.scopes.len()),
-        ("local", Scope::ALL.len())
-    );
+    let record = database.store().find_api_key(bootstrap).await.unwrap().unwrap();
+    assert_eq!((record.sandbox.as_str(), record.scopes.len()), ("local", Scope::ALL.len()));
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the api did not stop within 10 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "the api did not stop within 10 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status:?}");
     let mut logs = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logs).unwrap();
-    assert!(
-        !logs.contains(bootstrap),
-        "the bootstrap key must not be logged: {logs}"
-    );
-    assert!(
-        logs.lines()
-            .all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok()),
-        "json logs: {logs}"
-    );
+    assert!(!logs.contains(bootstrap), "the bootstrap key must not be logged: {logs}");
+    assert!(logs.lines().all(|line| serde_json::from_str::<serde_json::Value>(line).is_ok()), "json logs: {logs}");
 }
 
 /// Forwards connections accepted on `listener` to PostgreSQL; stands for a database that comes up late.
@@ -221,13 +139,8 @@ async fn forward_to_postgres(listener: tokio::net::TcpListener) {
 async fn api_waits_for_a_database_that_comes_up_after_it() {
     let database = TestDatabase::create().await;
     let db_port = free_port();
-    let late_url = database
-        .url
-        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"), 1);
-    assert_ne!(
-        late_url, database.url,
-        "the test database URL names 127.0.0.1:5432"
-    );
+    let late_url = database.url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{db_port}"), 1);
+    assert_ne!(late_url, database.url, "the test database URL names 127.0.0.1:5432");
     let http_port = free_port();
     let mut child = Command::new(HERALD)
         .env_clear()
@@ -238,36 +151,19 @@ async fn api_waits_for_a_database_that_comes_up_after_it() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the api gave up instead of waiting"
-    );
+    assert!(child.try_wait().unwrap().is_none(), "the api gave up instead of waiting");
 
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", db_port))
-        .await
-        .unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", db_port)).await.unwrap();
     tokio::spawn(forward_to_postgres(listener));
     let http = reqwest::Client::new();
     let started = Instant::now();
-    while http
-        .get(format!("http://127.0.0.1:{http_port}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
+    while http.get(format!("http://127.0.0.1:{http_port}/readyz")).send().await.map(|r| r.status().as_u16()).ok()
         != Some(200)
     {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the api did not come up once the database did"
-        );
+        assert!(started.elapsed() < Duration::from_secs(20), "the api did not come up once the database did");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        database.store().migrate().await.unwrap(),
-        Vec::<i32>::new(),
-        "the api migrated once it could"
-    );
+    assert_eq!(database.store().migrate().await.unwrap(), Vec::<i32>::new(), "the api migrated once it could");
     child.kill().unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("database not ready"));
@@ -276,19 +172,11 @@ async fn api_waits_for_a_database_that_comes_up_after_it() {
 #[tokio::test]
 async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
     let database = TestDatabase::create().await;
-    let absent = database
-        .url
-        .replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
+    let absent = database.url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
     let started = Instant::now();
     let output = Command::new(HERALD)
         .env_clear()
-        .args([
-            "api",
-            "--database-wait-seconds",
-            "1",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["api", "--database-wait-seconds", "1", "--http-addr", "127.0.0.1:0"])
         .env("HERALD_DATABASE_URL", &absent)
         .output()
         .unwrap();
@@ -314,30 +202,18 @@ async fn worker_declares_the_topology_consumes_and_stops_cleanly_on_sigterm() {
     let queue = topology.queue(herald_core::Channel::Sms);
     let started = Instant::now();
     while !topology.exists(&queue).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the worker did not declare its queues"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the worker exited early"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "the worker did not declare its queues");
+        assert!(child.try_wait().unwrap().is_none(), "the worker exited early");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the worker did not stop after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "the worker did not stop after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut logs = String::new();

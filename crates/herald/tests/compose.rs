@@ -7,19 +7,12 @@ use std::path::Path;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap()
 }
 
 fn compose() -> Yaml {
-    let text = std::fs::read_to_string(root().join("docker-compose.yml"))
-        .expect("docker-compose.yml at the root");
-    YamlLoader::load_from_str(&text)
-        .expect("valid YAML")
-        .remove(0)
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml at the root");
+    YamlLoader::load_from_str(&text).expect("valid YAML").remove(0)
 }
 
 fn services(compose: &Yaml) -> BTreeMap<String, Yaml> {
@@ -37,18 +30,14 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
     if let Some(map) = service["environment"].as_hash() {
         for (key, value) in map {
             let value_text = |v: &Yaml| {
-                v.as_str()
-                    .map(str::to_string)
-                    .or_else(|| v.as_i64().map(|n| n.to_string()))
-                    .unwrap_or_default()
+                v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string())).unwrap_or_default()
             };
             if key.as_str() == Some("<<") {
                 for (k, v) in value.as_hash().expect("merge of a map") {
                     out.insert(k.as_str().unwrap().to_string(), value_text(v));
                 }
             } else {
-                out.entry(key.as_str().unwrap().to_string())
-                    .or_insert_with(|| value_text(value));
+                out.entry(key.as_str().unwrap().to_string()).or_insert_with(|| value_text(value));
             }
         }
     }
@@ -56,10 +45,7 @@ fn environment(service: &Yaml) -> BTreeMap<String, String> {
 }
 
 fn herald_services(services: &BTreeMap<String, Yaml>) -> Vec<(&String, &Yaml)> {
-    services
-        .iter()
-        .filter(|(_, s)| s["image"].as_str() == Some("herald:local"))
-        .collect()
+    services.iter().filter(|(_, s)| s["image"].as_str() == Some("herald:local")).collect()
 }
 
 #[test]
@@ -67,21 +53,12 @@ fn the_stack_has_every_service_with_an_image_or_a_build() {
     let compose = compose();
     let services = services(&compose);
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
-    assert_eq!(
-        names,
-        ["api", "migrate", "moto", "postgres", "rabbitmq", "worker"]
-    );
+    assert_eq!(names, ["api", "migrate", "moto", "postgres", "rabbitmq", "worker"]);
     for (name, service) in &services {
-        assert!(
-            service["image"].as_str().is_some() || !service["build"].is_badvalue(),
-            "{name} has no image or build"
-        );
+        assert!(service["image"].as_str().is_some() || !service["build"].is_badvalue(), "{name} has no image or build");
         if let Some(dependencies) = service["depends_on"].as_hash() {
             for dependency in dependencies.keys() {
-                assert!(
-                    services.contains_key(dependency.as_str().unwrap()),
-                    "{name} depends on an unknown service"
-                );
+                assert!(services.contains_key(dependency.as_str().unwrap()), "{name} depends on an unknown service");
             }
         }
     }
@@ -93,10 +70,7 @@ fn the_stack_has_every_service_with_an_image_or_a_build() {
 fn herald_services_run_real_subcommands_and_set_only_known_variables() {
     let compose = compose();
     let services = services(&compose);
-    let known: Vec<String> = herald::cli::environment_variables()
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
+    let known: Vec<String> = herald::cli::environment_variables().into_iter().map(|(name, _)| name).collect();
     let subcommands: Vec<String> = <herald::cli::Cli as clap::CommandFactory>::command()
         .get_subcommands()
         .map(|c| c.get_name().to_string())
@@ -105,18 +79,9 @@ fn herald_services_run_real_subcommands_and_set_only_known_variables() {
     assert_eq!(herald_services.len(), 3);
     for (name, service) in herald_services {
         let command = service["command"][0].as_str().expect("a command");
-        assert!(
-            subcommands.iter().any(|s| s == command),
-            "{name} runs unknown subcommand {command}"
-        );
-        for variable in environment(service)
-            .keys()
-            .filter(|v| v.starts_with("HERALD_"))
-        {
-            assert!(
-                known.contains(variable),
-                "{name} sets {variable}, which the code does not read"
-            );
+        assert!(subcommands.iter().any(|s| s == command), "{name} runs unknown subcommand {command}");
+        for variable in environment(service).keys().filter(|v| v.starts_with("HERALD_")) {
+            assert!(known.contains(variable), "{name} sets {variable}, which the code does not read");
         }
     }
 }
@@ -126,44 +91,20 @@ fn urls_and_ports_point_at_the_services_that_serve_them() {
     let compose = compose();
     let services = services(&compose);
     let api = environment(&services["api"]);
-    assert_eq!(
-        api["HERALD_DATABASE_URL"],
-        "postgres://herald:herald@postgres:5432/herald"
-    );
+    assert_eq!(api["HERALD_DATABASE_URL"], "postgres://herald:herald@postgres:5432/herald");
     let postgres = environment(&services["postgres"]);
     assert_eq!(
-        (
-            postgres["POSTGRES_USER"].as_str(),
-            postgres["POSTGRES_PASSWORD"].as_str(),
-            postgres["POSTGRES_DB"].as_str()
-        ),
+        (postgres["POSTGRES_USER"].as_str(), postgres["POSTGRES_PASSWORD"].as_str(), postgres["POSTGRES_DB"].as_str()),
         ("herald", "herald", "herald")
     );
     assert!(api["HERALD_AMQP_URL"].starts_with("amqp://guest:guest@rabbitmq:5672/"));
     assert!(api["AWS_ENDPOINT_URL"].starts_with("http://moto:5000"));
-    assert!(
-        services["moto"]["ports"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .any(|p| p.as_str().unwrap().ends_with(":5000"))
-    );
+    assert!(services["moto"]["ports"].as_vec().unwrap().iter().any(|p| p.as_str().unwrap().ends_with(":5000")));
 
-    let listen_port = api["HERALD_HTTP_ADDR"]
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let published: Vec<&str> = services["api"]["ports"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
+    let listen_port = api["HERALD_HTTP_ADDR"].rsplit(':').next().unwrap().to_string();
+    let published: Vec<&str> = services["api"]["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert!(
-        published
-            .iter()
-            .any(|p| p.ends_with(&format!(":{listen_port}"))),
+        published.iter().any(|p| p.ends_with(&format!(":{listen_port}"))),
         "api publishes {published:?}, listens on {listen_port}"
     );
     assert!(api["HERALD_BOOTSTRAP_API_KEY"].starts_with("hk_"));

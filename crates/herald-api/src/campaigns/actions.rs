@@ -28,26 +28,15 @@ pub(crate) async fn activate(
     caller.require(Scope::CampaignsWrite)?;
     let uuid = parse_id(&id)?;
     let record = change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(Action::Activate, record.status(now), record.draft.is_some())
-            .map_err(Refusal::Illegal)?;
-        let draft = record
-            .draft
-            .as_ref()
-            .ok_or_else(|| Refusal::Problem(Problem::internal()))?;
+        lifecycle::check(Action::Activate, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
+        let draft = record.draft.as_ref().ok_or_else(|| Refusal::Problem(Problem::internal()))?;
         let problems = review::review(record.channel, &draft.definition, now);
         if !problems.is_empty() {
             let count = problems.len();
             return Err(Refusal::Problem(
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "review-failed",
-                    "The campaign did not pass review",
-                )
-                .detail(format!("{count} problem(s) block activation"))
-                .with(
-                    "problems",
-                    serde_json::to_value(problems).unwrap_or_default(),
-                ),
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "review-failed", "The campaign did not pass review")
+                    .detail(format!("{count} problem(s) block activation"))
+                    .with("problems", serde_json::to_value(problems).unwrap_or_default()),
             ));
         }
         Ok(CampaignChange::Activate)
@@ -68,8 +57,7 @@ async fn simple(
     caller.require(Scope::CampaignsWrite)?;
     let uuid = parse_id(&id)?;
     let record = change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(action, record.status(now), record.draft.is_some())
-            .map_err(Refusal::Illegal)?;
+        lifecycle::check(action, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
         Ok(apply)
     })
     .await?
@@ -115,10 +103,7 @@ pub(crate) async fn duplicate(
         result => result?.unwrap_or_default(),
     };
     let source = load(&state, &caller, &id).await?;
-    let definition = source
-        .latest()
-        .map(|version| version.definition.clone())
-        .unwrap_or_default();
+    let definition = source.latest().map(|version| version.definition.clone()).unwrap_or_default();
     let names: Vec<String> = match request.name {
         Some(name) => {
             if let Some(error) = herald_core::campaign::check_name(&name) {
@@ -130,13 +115,7 @@ pub(crate) async fn duplicate(
             vec![name.trim().to_string()]
         }
         None => (1..=MAX_COPY_SUFFIX)
-            .map(|n| {
-                if n == 1 {
-                    format!("{} copy", source.name)
-                } else {
-                    format!("{} copy {n}", source.name)
-                }
-            })
+            .map(|n| if n == 1 { format!("{} copy", source.name) } else { format!("{} copy {n}", source.name) })
             .collect(),
     };
     let now = state.clock.now();

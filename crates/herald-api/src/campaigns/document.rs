@@ -58,16 +58,8 @@ impl CampaignDocument {
 
     /// The document of a record's newest version.
     pub(crate) fn of_latest(record: &CampaignRecord) -> Self {
-        let definition = record
-            .latest()
-            .map(|version| version.definition.clone())
-            .unwrap_or_default();
-        Self::from_parts(
-            &record.name,
-            record.description.as_deref(),
-            record.channel,
-            &definition,
-        )
+        let definition = record.latest().map(|version| version.definition.clone()).unwrap_or_default();
+        Self::from_parts(&record.name, record.description.as_deref(), record.channel, &definition)
     }
 
     pub(crate) fn definition(&self) -> CampaignDefinition {
@@ -86,15 +78,8 @@ impl CampaignDocument {
     /// Checks every saved document must pass, complete or not.
     pub(crate) fn check(&self) -> Vec<FieldError> {
         let mut errors: Vec<FieldError> = check_name(&self.name).into_iter().collect();
-        if self
-            .description
-            .as_ref()
-            .is_some_and(|description| description.len() > 2_000)
-        {
-            errors.push(FieldError {
-                pointer: "/description".into(),
-                detail: "at most 2000 bytes".into(),
-            });
+        if self.description.as_ref().is_some_and(|description| description.len() > 2_000) {
+            errors.push(FieldError { pointer: "/description".into(), detail: "at most 2000 bytes".into() });
         }
         errors.extend(self.definition().check_limits());
         errors

@@ -45,11 +45,7 @@ pub(crate) fn illegal_transition(illegal: lifecycle::IllegalTransition, id: Uuid
     Problem::new(
         StatusCode::CONFLICT,
         "illegal-transition",
-        format!(
-            "Cannot {} a {} campaign",
-            illegal.action.as_str(),
-            illegal.status
-        ),
+        format!("Cannot {} a {} campaign", illegal.action.as_str(), illegal.status),
     )
     .detail(illegal.to_string())
     .with("campaignStatus", illegal.status.as_str())
@@ -66,17 +62,9 @@ pub(crate) fn parse_id(id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id).map_err(|_| campaign_not_found(id))
 }
 
-pub(crate) async fn load(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-) -> Result<CampaignRecord, Problem> {
+pub(crate) async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<CampaignRecord, Problem> {
     let uuid = parse_id(id)?;
-    state
-        .store
-        .get_campaign(&caller.sandbox, uuid)
-        .await?
-        .ok_or_else(|| campaign_not_found(id))
+    state.store.get_campaign(&caller.sandbox, uuid).await?.ok_or_else(|| campaign_not_found(id))
 }
 
 /// Runs a locked change and maps its failures to problems.
@@ -84,17 +72,10 @@ pub(crate) async fn change(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
-    decide: impl FnOnce(
-        &CampaignRecord,
-        chrono::DateTime<chrono::Utc>,
-    ) -> Result<CampaignChange, Refusal>,
+    decide: impl FnOnce(&CampaignRecord, chrono::DateTime<chrono::Utc>) -> Result<CampaignChange, Refusal>,
 ) -> Result<Option<CampaignRecord>, Problem> {
     let now = state.clock.now();
-    match state
-        .store
-        .change_campaign(&caller.sandbox, id, now, |record| decide(record, now))
-        .await
-    {
+    match state.store.change_campaign(&caller.sandbox, id, now, |record| decide(record, now)).await {
         Ok(record) => Ok(record),
         Err(ChangeError::NotFound) => Err(campaign_not_found(&id.to_string())),
         Err(ChangeError::Refused(refusal)) => Err(refusal.into_problem(id)),
@@ -104,18 +85,11 @@ pub(crate) async fn change(
 }
 
 pub(crate) fn name_taken() -> Problem {
-    Problem::new(
-        StatusCode::CONFLICT,
-        "campaign-name-taken",
-        "A campaign with this name already exists in the sandbox",
-    )
+    Problem::new(StatusCode::CONFLICT, "campaign-name-taken", "A campaign with this name already exists in the sandbox")
 }
 
 fn invalid(errors: Vec<herald_core::campaign::FieldError>) -> Problem {
-    let errors = errors
-        .into_iter()
-        .map(|error| Problem::field_error(&error.pointer, error.detail))
-        .collect();
+    let errors = errors.into_iter().map(|error| Problem::field_error(&error.pointer, error.detail)).collect();
     Problem::validation("Invalid campaign", errors)
 }
 
@@ -137,14 +111,10 @@ pub(crate) async fn create(
         definition: document.definition(),
     };
     let now = state.clock.now();
-    let record = state
-        .store
-        .create_campaign(&new, now)
-        .await
-        .map_err(|error| match error {
-            StoreError::Conflict(_) => name_taken(),
-            other => other.into(),
-        })?;
+    let record = state.store.create_campaign(&new, now).await.map_err(|error| match error {
+        StoreError::Conflict(_) => name_taken(),
+        other => other.into(),
+    })?;
     Ok((StatusCode::CREATED, Json(campaign_view(&record, now))))
 }
 
@@ -173,10 +143,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsRead)?;
     let Query(query) = query.map_err(|rejection| {
-        Problem::validation(
-            "Invalid query string",
-            vec![Problem::field_error("/query", rejection.body_text())],
-        )
+        Problem::validation("Invalid query string", vec![Problem::field_error("/query", rejection.body_text())])
     })?;
     let status = match query.status.as_deref() {
         None => None,
@@ -184,10 +151,7 @@ pub(crate) async fn list(
             let known: Vec<&str> = CampaignStatus::ALL.iter().map(|s| s.as_str()).collect();
             Problem::validation(
                 "Invalid query string",
-                vec![Problem::field_error(
-                    "/status",
-                    format!("must be one of {}", known.join(", ")),
-                )],
+                vec![Problem::field_error("/status", format!("must be one of {}", known.join(", ")))],
             )
         })?),
     };
@@ -195,24 +159,13 @@ pub(crate) async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(Problem::validation(
             "Invalid query string",
-            vec![Problem::field_error(
-                "/limit",
-                format!("must be 1 to {MAX_PAGE}"),
-            )],
+            vec![Problem::field_error("/limit", format!("must be 1 to {MAX_PAGE}"))],
         ));
     }
     let now = state.clock.now();
-    let records = state
-        .store
-        .list_campaigns(&caller.sandbox, status, now, query.after, limit)
-        .await?;
-    let next = (records.len() as i64 == limit)
-        .then(|| records.last().map(|record| record.id))
-        .flatten();
-    let items: Vec<Value> = records
-        .iter()
-        .map(|record| campaign_view(record, now))
-        .collect();
+    let records = state.store.list_campaigns(&caller.sandbox, status, now, query.after, limit).await?;
+    let next = (records.len() as i64 == limit).then(|| records.last().map(|record| record.id)).flatten();
+    let items: Vec<Value> = records.iter().map(|record| campaign_view(record, now)).collect();
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
@@ -227,29 +180,20 @@ pub(crate) async fn patch(
     if !patch.is_object() {
         return Err(Problem::validation(
             "Invalid patch",
-            vec![Problem::field_error(
-                "",
-                "a merge patch must be a JSON object",
-            )],
+            vec![Problem::field_error("", "a merge patch must be a JSON object")],
         ));
     }
     let record = change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(Action::Patch, record.status(now), record.draft.is_some())
-            .map_err(Refusal::Illegal)?;
+        lifecycle::check(Action::Patch, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
         let current = CampaignDocument::of_latest(record);
-        let mut merged =
-            serde_json::to_value(&current).map_err(|_| Refusal::Problem(Problem::internal()))?;
+        let mut merged = serde_json::to_value(&current).map_err(|_| Refusal::Problem(Problem::internal()))?;
         merge_patch(&mut merged, &patch);
-        let bytes =
-            serde_json::to_vec(&merged).map_err(|_| Refusal::Problem(Problem::internal()))?;
+        let bytes = serde_json::to_vec(&merged).map_err(|_| Refusal::Problem(Problem::internal()))?;
         let document: CampaignDocument = parse(&bytes).map_err(Refusal::Problem)?;
         if document.channel != record.channel {
             return Err(Refusal::Problem(Problem::validation(
                 "Invalid patch",
-                vec![Problem::field_error(
-                    "/channel",
-                    "the channel of a campaign cannot change; duplicate it instead",
-                )],
+                vec![Problem::field_error("/channel", "the channel of a campaign cannot change; duplicate it instead")],
             )));
         }
         let errors = document.check();
@@ -275,8 +219,7 @@ pub(crate) async fn delete(
     caller.require(Scope::CampaignsWrite)?;
     let uuid = parse_id(&id)?;
     change(&state, &caller, uuid, |record, now| {
-        lifecycle::check(Action::Delete, record.status(now), record.draft.is_some())
-            .map_err(Refusal::Illegal)?;
+        lifecycle::check(Action::Delete, record.status(now), record.draft.is_some()).map_err(Refusal::Illegal)?;
         Ok(CampaignChange::Delete)
     })
     .await?;

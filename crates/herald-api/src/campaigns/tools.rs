@@ -18,34 +18,22 @@ use crate::json::ApiJson;
 use crate::problem::Problem;
 
 fn template_problem(errors: Vec<TemplateError>, id: uuid::Uuid) -> Problem {
-    Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "template-error",
-        "The content does not render",
-    )
-    .with("errors", serde_json::to_value(errors).unwrap_or_default())
-    .campaign(id)
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "template-error", "The content does not render")
+        .with("errors", serde_json::to_value(errors).unwrap_or_default())
+        .campaign(id)
 }
 
 /// Splits `person.name.firstName` into nested objects ending in a placeholder string; a path
 /// with brackets is kept as one key, since its shape cannot be guessed.
 fn insert_placeholder(target: &mut Map<String, Value>, path: &str) {
-    let segments: Vec<&str> = if path.contains('[') {
-        vec![path]
-    } else {
-        path.split('.').collect()
-    };
+    let segments: Vec<&str> = if path.contains('[') { vec![path] } else { path.split('.').collect() };
     let mut cursor = target;
     for (index, segment) in segments.iter().enumerate() {
         if index + 1 == segments.len() {
-            cursor
-                .entry(segment.to_string())
-                .or_insert_with(|| Value::String(format!("<{path}>")));
+            cursor.entry(segment.to_string()).or_insert_with(|| Value::String(format!("<{path}>")));
             return;
         }
-        let entry = cursor
-            .entry(segment.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
+        let entry = cursor.entry(segment.to_string()).or_insert_with(|| Value::Object(Map::new()));
         if !entry.is_object() {
             return;
         }
@@ -67,17 +55,13 @@ pub(crate) async fn curl(
     caller.require(Scope::CampaignsRead)?;
     let record = load(&state, &caller, &id).await?;
     let live = record.live.as_ref().ok_or_else(|| {
-        Problem::new(
-            StatusCode::CONFLICT,
-            "campaign-not-live",
-            "The campaign has no live version yet",
-        )
-        .detail("activate the campaign to get its execution sample")
-        .with("campaignStatus", record.status(state.clock.now()).as_str())
-        .campaign(record.id)
+        Problem::new(StatusCode::CONFLICT, "campaign-not-live", "The campaign has no live version yet")
+            .detail("activate the campaign to get its execution sample")
+            .with("campaignStatus", record.status(state.clock.now()).as_str())
+            .campaign(record.id)
     })?;
-    let compiled = CompiledContent::compile(&live.definition.content)
-        .map_err(|errors| template_problem(errors, record.id))?;
+    let compiled =
+        CompiledContent::compile(&live.definition.content).map_err(|errors| template_problem(errors, record.id))?;
     let mut context_keys = BTreeSet::new();
     let mut profile_paths = BTreeSet::new();
     for (_, analysis) in compiled.analyse() {
@@ -90,11 +74,7 @@ pub(crate) async fn curl(
                     context_keys.insert(key);
                 }
                 _ => {
-                    let path = variable
-                        .path
-                        .trim_start_matches("profile")
-                        .trim_start_matches('.')
-                        .to_string();
+                    let path = variable.path.trim_start_matches("profile").trim_start_matches('.').to_string();
                     profile_paths.insert(path);
                 }
             }
@@ -104,15 +84,9 @@ pub(crate) async fn curl(
     for path in &profile_paths {
         insert_placeholder(&mut profile, path);
     }
-    let context: Map<String, Value> = context_keys
-        .iter()
-        .map(|key| (key.clone(), Value::String(format!("<{key}>"))))
-        .collect();
-    let namespace = live
-        .definition
-        .identity_namespace
-        .clone()
-        .unwrap_or_else(|| "<namespace>".into());
+    let context: Map<String, Value> =
+        context_keys.iter().map(|key| (key.clone(), Value::String(format!("<{key}>")))).collect();
+    let namespace = live.definition.identity_namespace.clone().unwrap_or_else(|| "<namespace>".into());
     let mut recipient = json!({ "type": "aep", "namespace": namespace, "userId": "<userId>" });
     if !profile.is_empty() {
         recipient["profile"] = Value::Object(profile);
@@ -122,10 +96,7 @@ pub(crate) async fn curl(
     }
     let body = json!({ "requestId": "<unique request id>", "campaignId": record.id, "recipients": [recipient] });
     let pretty = serde_json::to_string_pretty(&body).unwrap_or_default();
-    let url = format!(
-        "{}/im/executions/unitary",
-        state.config.public_url.trim_end_matches('/')
-    );
+    let url = format!("{}/im/executions/unitary", state.config.public_url.trim_end_matches('/'));
     let command = format!(
         "curl -X POST {} \\\n  -H \"Authorization: Bearer $HERALD_API_KEY\" \\\n  -H 'Content-Type: application/json' \\\n  -d {}",
         shell_quote(&url),
@@ -166,34 +137,24 @@ pub(crate) async fn preview(
     ApiJson(request): ApiJson<PreviewRequest>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsRead)?;
-    let bad_query = |detail: String| {
-        Problem::validation(
-            "Invalid query string",
-            vec![Problem::field_error("/version", detail)],
-        )
-    };
+    let bad_query =
+        |detail: String| Problem::validation("Invalid query string", vec![Problem::field_error("/version", detail)]);
     let Query(query) = query.map_err(|rejection| bad_query(rejection.body_text()))?;
     let record = load(&state, &caller, &id).await?;
     let (which, version) = match (query.version.as_deref(), &record.draft, &record.live) {
         (None | Some("draft"), Some(draft), _) => ("draft", draft),
         (None | Some("live"), None, Some(live)) | (Some("live"), _, Some(live)) => ("live", live),
         (Some(other @ ("draft" | "live")), _, _) => {
-            return Err(Problem::not_found(
-                "version-not-found",
-                format!("The campaign has no {other} version"),
-            )
-            .campaign(record.id));
+            return Err(Problem::not_found("version-not-found", format!("The campaign has no {other} version"))
+                .campaign(record.id));
         }
         (Some(_), _, _) => return Err(bad_query("must be `draft` or `live`".into())),
         (None, None, None) => return Err(Problem::internal().detail("campaign without versions")),
     };
-    let compiled = CompiledContent::compile(&version.definition.content)
-        .map_err(|errors| template_problem(errors, record.id))?;
+    let compiled =
+        CompiledContent::compile(&version.definition.content).map_err(|errors| template_problem(errors, record.id))?;
     let rendered = compiled
-        .render(
-            &Value::Object(request.profile),
-            &Value::Object(request.context),
-        )
+        .render(&Value::Object(request.profile), &Value::Object(request.context))
         .map_err(|error| template_problem(vec![error], record.id))?;
     let mut output = Map::new();
     let mut data = Map::new();
@@ -210,7 +171,5 @@ pub(crate) async fn preview(
     if !data.is_empty() {
         output.insert("data".into(), Value::Object(data));
     }
-    Ok(Json(
-        json!({ "campaignId": record.id, "version": which, "versionId": version.id, "rendered": output }),
-    ))
+    Ok(Json(json!({ "campaignId": record.id, "version": which, "versionId": version.id, "rendered": output })))
 }

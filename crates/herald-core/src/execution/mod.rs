@@ -128,10 +128,7 @@ pub struct PreparedRecipient {
 }
 
 fn error(pointer: String, detail: impl Into<String>) -> FieldError {
-    FieldError {
-        pointer,
-        detail: detail.into(),
-    }
+    FieldError { pointer, detail: detail.into() }
 }
 
 /// The address a recipient will be sent to, when the request itself names one.
@@ -149,44 +146,18 @@ fn request_address(recipient: &RecipientRequest, channel: Channel) -> Option<&st
 }
 
 fn check_channel_data(data: &ChannelData, at: &str, errors: &mut Vec<FieldError>) {
-    if data
-        .email_address
-        .as_deref()
-        .is_some_and(|a| !is_valid_email(a))
-    {
-        errors.push(error(
-            format!("{at}/channelData/emailAddress"),
-            "not an email address",
-        ));
+    if data.email_address.as_deref().is_some_and(|a| !is_valid_email(a)) {
+        errors.push(error(format!("{at}/channelData/emailAddress"), "not an email address"));
     }
-    if data
-        .mobile_phone_number
-        .as_deref()
-        .is_some_and(|n| !is_valid_e164(n))
-    {
-        errors.push(error(
-            format!("{at}/channelData/mobilePhoneNumber"),
-            "not an E.164 phone number",
-        ));
+    if data.mobile_phone_number.as_deref().is_some_and(|n| !is_valid_e164(n)) {
+        errors.push(error(format!("{at}/channelData/mobilePhoneNumber"), "not an E.164 phone number"));
     }
-    if data
-        .push_token
-        .as_deref()
-        .is_some_and(|t| t.trim().is_empty() || t.len() > 4096)
-    {
-        errors.push(error(
-            format!("{at}/channelData/pushToken"),
-            "must be 1 to 4096 bytes",
-        ));
+    if data.push_token.as_deref().is_some_and(|t| t.trim().is_empty() || t.len() > 4096) {
+        errors.push(error(format!("{at}/channelData/pushToken"), "must be 1 to 4096 bytes"));
     }
 }
 
-fn check_address(
-    recipient: &RecipientRequest,
-    channel: Channel,
-    at: &str,
-    errors: &mut Vec<FieldError>,
-) {
+fn check_address(recipient: &RecipientRequest, channel: Channel, at: &str, errors: &mut Vec<FieldError>) {
     let Some(address) = request_address(recipient, channel) else {
         return;
     };
@@ -201,18 +172,9 @@ fn check_address(
             format!("an external recipient's user id (or channelData) must be {what}"),
         ));
     }
-    let platform = recipient
-        .channel_data
-        .as_ref()
-        .and_then(|d| d.push_platform.as_deref());
-    if channel == Channel::Push
-        && recipient.kind == RecipientType::External
-        && platform.is_none_or(str::is_empty)
-    {
-        errors.push(error(
-            format!("{at}/channelData/pushPlatform"),
-            "an external push recipient needs its platform",
-        ));
+    let platform = recipient.channel_data.as_ref().and_then(|d| d.push_platform.as_deref());
+    if channel == Channel::Push && recipient.kind == RecipientType::External && platform.is_none_or(str::is_empty) {
+        errors.push(error(format!("{at}/channelData/pushPlatform"), "an external push recipient needs its platform"));
     }
 }
 
@@ -223,68 +185,35 @@ pub fn prepare(
 ) -> Result<Vec<PreparedRecipient>, Vec<FieldError>> {
     let mut errors = Vec::new();
     if request.request_id.trim().is_empty() || request.request_id.len() > MAX_IDENTIFIER_LENGTH {
-        errors.push(error(
-            "/requestId".into(),
-            format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes"),
-        ));
+        errors.push(error("/requestId".into(), format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes")));
     }
     if request.recipients.is_empty() || request.recipients.len() > MAX_RECIPIENTS {
-        errors.push(error(
-            "/recipients".into(),
-            format!("must hold 1 to {MAX_RECIPIENTS} recipients"),
-        ));
+        errors.push(error("/recipients".into(), format!("must hold 1 to {MAX_RECIPIENTS} recipients")));
     }
-    if request
-        .context
-        .as_ref()
-        .is_some_and(|c| c.contains_key("system"))
-    {
-        errors.push(error(
-            "/context/system".into(),
-            "`context.system` is reserved",
-        ));
+    if request.context.as_ref().is_some_and(|c| c.contains_key("system")) {
+        errors.push(error("/context/system".into(), "`context.system` is reserved"));
     }
     let mut seen = HashSet::new();
     let mut prepared = Vec::with_capacity(request.recipients.len());
     for (index, recipient) in request.recipients.iter().enumerate() {
         let at = format!("/recipients/{index}");
         if recipient.user_id.is_empty() || recipient.user_id.len() > MAX_IDENTIFIER_LENGTH {
-            errors.push(error(
-                format!("{at}/userId"),
-                format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes"),
-            ));
+            errors.push(error(format!("{at}/userId"), format!("must be 1 to {MAX_IDENTIFIER_LENGTH} bytes")));
         } else if !seen.insert(recipient.user_id.as_str()) {
-            errors.push(error(
-                format!("{at}/userId"),
-                "duplicate user id in this request",
-            ));
+            errors.push(error(format!("{at}/userId"), "duplicate user id in this request"));
         }
         if let Some(data) = &recipient.channel_data {
             check_channel_data(data, &at, &mut errors);
         }
         check_address(recipient, campaign.channel, &at, &mut errors);
-        let namespace = recipient
-            .namespace
-            .clone()
-            .or_else(|| campaign.identity_namespace.clone())
-            .unwrap_or_default();
+        let namespace = recipient.namespace.clone().or_else(|| campaign.identity_namespace.clone()).unwrap_or_default();
         if recipient.kind == RecipientType::Aep && namespace.is_empty() {
-            errors.push(error(
-                format!("{at}/namespace"),
-                "an aep recipient needs a namespace",
-            ));
+            errors.push(error(format!("{at}/namespace"), "an aep recipient needs a namespace"));
         }
         let mut context = request.context.clone().unwrap_or_default();
         context.extend(recipient.context.clone().unwrap_or_default());
-        if recipient
-            .context
-            .as_ref()
-            .is_some_and(|c| c.contains_key("system"))
-        {
-            errors.push(error(
-                format!("{at}/context/system"),
-                "`context.system` is reserved",
-            ));
+        if recipient.context.as_ref().is_some_and(|c| c.contains_key("system")) {
+            errors.push(error(format!("{at}/context/system"), "`context.system` is reserved"));
         }
         let size = serde_json::to_vec(&context).map_or(usize::MAX, |bytes| bytes.len());
         if size > MAX_CONTEXT_BYTES {
@@ -293,12 +222,8 @@ pub fn prepare(
                 format!("context is {size} bytes; the limit is {MAX_CONTEXT_BYTES}"),
             ));
         }
-        let missing: Vec<&str> = campaign
-            .required_context
-            .iter()
-            .filter(|key| !context.contains_key(*key))
-            .map(String::as_str)
-            .collect();
+        let missing: Vec<&str> =
+            campaign.required_context.iter().filter(|key| !context.contains_key(*key)).map(String::as_str).collect();
         if !missing.is_empty() {
             errors.push(error(
                 format!("{at}/context"),
@@ -320,11 +245,7 @@ pub fn prepare(
             profile: recipient.profile.clone().unwrap_or_default(),
         });
     }
-    if errors.is_empty() {
-        Ok(prepared)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(prepared) } else { Err(errors) }
 }
 
 /// JSON with object keys sorted at every level: equal documents give equal bytes, whatever the
@@ -335,12 +256,7 @@ pub fn canonical_json(value: &Value) -> Vec<u8> {
             Value::Object(map) => {
                 let mut entries: Vec<(&String, &Value)> = map.iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(b.0));
-                Value::Object(
-                    entries
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), sorted(v)))
-                        .collect(),
-                )
+                Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             other => other.clone(),

@@ -4,9 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::address::{
-    is_valid_e164, is_valid_email, is_valid_platform_application_arn, is_valid_sms_sender_id,
-};
+use crate::address::{is_valid_e164, is_valid_email, is_valid_platform_application_arn, is_valid_sms_sender_id};
 use crate::campaign::{CampaignDefinition, Channel, Content, Surface};
 use crate::template::{CompiledContent, Forbidden};
 
@@ -23,27 +21,14 @@ pub struct ReviewProblem {
 
 impl ReviewProblem {
     fn new(code: &'static str, pointer: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            pointer: pointer.into(),
-            detail: detail.into(),
-            line: None,
-        }
+        Self { code, pointer: pointer.into(), detail: detail.into(), line: None }
     }
 }
 
 /// Reviews `definition` for a campaign on `channel` at instant `now`.
-pub fn review(
-    channel: Channel,
-    definition: &CampaignDefinition,
-    now: DateTime<Utc>,
-) -> Vec<ReviewProblem> {
+pub fn review(channel: Channel, definition: &CampaignDefinition, now: DateTime<Utc>) -> Vec<ReviewProblem> {
     let mut problems = Vec::new();
-    if definition
-        .identity_namespace
-        .as_deref()
-        .is_none_or(|namespace| namespace.trim().is_empty())
-    {
+    if definition.identity_namespace.as_deref().is_none_or(|namespace| namespace.trim().is_empty()) {
         problems.push(ReviewProblem::new(
             "missing-identity-namespace",
             "/identityNamespace",
@@ -55,19 +40,15 @@ pub fn review(
     review_schedule(definition, now, &mut problems);
     review_templates(&definition.content, &mut problems);
     problems.extend(
-        definition
-            .check_limits()
-            .into_iter()
-            .map(|error| ReviewProblem::new("limit", error.pointer, error.detail)),
+        definition.check_limits().into_iter().map(|error| ReviewProblem::new("limit", error.pointer, error.detail)),
     );
     problems
 }
 
 fn review_content_presence(channel: Channel, content: &Content, problems: &mut Vec<ReviewProblem>) {
     let present = |value: &Option<String>| value.as_deref().is_some_and(|s| !s.trim().is_empty());
-    let mut missing = |pointer: &str, detail: &str| {
-        problems.push(ReviewProblem::new("missing-content", pointer, detail))
-    };
+    let mut missing =
+        |pointer: &str, detail: &str| problems.push(ReviewProblem::new("missing-content", pointer, detail));
     match channel {
         Channel::Email => {
             if !present(&content.subject) {
@@ -89,11 +70,9 @@ fn review_content_presence(channel: Channel, content: &Content, problems: &mut V
         }
     }
     let foreign: &[(&str, bool)] = match channel {
-        Channel::Email => &[
-            ("title", content.title.is_some()),
-            ("body", content.body.is_some()),
-            ("data", content.data.is_some()),
-        ],
+        Channel::Email => {
+            &[("title", content.title.is_some()), ("body", content.body.is_some()), ("data", content.data.is_some())]
+        }
         Channel::Sms => &[
             ("subject", content.subject.is_some()),
             ("html", content.html.is_some()),
@@ -117,93 +96,53 @@ fn review_content_presence(channel: Channel, content: &Content, problems: &mut V
 }
 
 fn review_surface(channel: Channel, surface: &Surface, problems: &mut Vec<ReviewProblem>) {
-    let mut malformed = |pointer: &str, detail: String| {
-        problems.push(ReviewProblem::new("malformed-sender", pointer, detail))
-    };
+    let mut malformed =
+        |pointer: &str, detail: String| problems.push(ReviewProblem::new("malformed-sender", pointer, detail));
     let mut missing = Vec::new();
     match channel {
         Channel::Email => {
             match surface.from_address.as_deref() {
-                None | Some("") => {
-                    missing.push(("/surface/fromAddress", "an email needs a sender address"))
+                None | Some("") => missing.push(("/surface/fromAddress", "an email needs a sender address")),
+                Some(address) if !is_valid_email(address) => {
+                    malformed("/surface/fromAddress", format!("`{address}` is not an email address"))
                 }
-                Some(address) if !is_valid_email(address) => malformed(
-                    "/surface/fromAddress",
-                    format!("`{address}` is not an email address"),
-                ),
                 Some(_) => {}
             }
-            if let Some(reply_to) = surface
-                .reply_to
-                .as_deref()
-                .filter(|address| !is_valid_email(address))
-            {
-                malformed(
-                    "/surface/replyTo",
-                    format!("`{reply_to}` is not an email address"),
-                );
+            if let Some(reply_to) = surface.reply_to.as_deref().filter(|address| !is_valid_email(address)) {
+                malformed("/surface/replyTo", format!("`{reply_to}` is not an email address"));
             }
         }
         Channel::Sms => {
             if surface.sender_id.is_none() && surface.origination_number.is_none() {
-                missing.push((
-                    "/surface/senderId",
-                    "an SMS needs a sender id or an origination number",
-                ));
+                missing.push(("/surface/senderId", "an SMS needs a sender id or an origination number"));
             }
-            if let Some(sender_id) = surface
-                .sender_id
-                .as_deref()
-                .filter(|id| !is_valid_sms_sender_id(id))
-            {
+            if let Some(sender_id) = surface.sender_id.as_deref().filter(|id| !is_valid_sms_sender_id(id)) {
                 malformed(
                     "/surface/senderId",
-                    format!(
-                        "`{sender_id}` is not 1 to 11 letters and digits with at least one letter"
-                    ),
+                    format!("`{sender_id}` is not 1 to 11 letters and digits with at least one letter"),
                 );
             }
-            if let Some(number) = surface
-                .origination_number
-                .as_deref()
-                .filter(|number| !is_valid_e164(number))
-            {
-                malformed(
-                    "/surface/originationNumber",
-                    format!("`{number}` is not an E.164 phone number"),
-                );
+            if let Some(number) = surface.origination_number.as_deref().filter(|number| !is_valid_e164(number)) {
+                malformed("/surface/originationNumber", format!("`{number}` is not an E.164 phone number"));
             }
         }
         Channel::Push => match &surface.platform_application_arn {
             Some(arns) if !arns.is_empty() => {
-                for (platform, arn) in arns
-                    .iter()
-                    .filter(|(_, arn)| !is_valid_platform_application_arn(arn))
-                {
+                for (platform, arn) in arns.iter().filter(|(_, arn)| !is_valid_platform_application_arn(arn)) {
                     malformed(
                         &format!("/surface/platformApplicationArn/{platform}"),
                         format!("`{arn}` is not an SNS platform application ARN"),
                     );
                 }
             }
-            _ => missing.push((
-                "/surface/platformApplicationArn",
-                "a push campaign needs a platform application per platform",
-            )),
+            _ => missing
+                .push(("/surface/platformApplicationArn", "a push campaign needs a platform application per platform")),
         },
     }
-    problems.extend(
-        missing
-            .into_iter()
-            .map(|(pointer, detail)| ReviewProblem::new("missing-sender", pointer, detail)),
-    );
+    problems.extend(missing.into_iter().map(|(pointer, detail)| ReviewProblem::new("missing-sender", pointer, detail)));
 }
 
-fn review_schedule(
-    definition: &CampaignDefinition,
-    now: DateTime<Utc>,
-    problems: &mut Vec<ReviewProblem>,
-) {
+fn review_schedule(definition: &CampaignDefinition, now: DateTime<Utc>, problems: &mut Vec<ReviewProblem>) {
     let schedule = &definition.schedule;
     if let (Some(start), Some(end)) = (schedule.start_date, schedule.end_date)
         && end <= start
@@ -243,22 +182,15 @@ fn review_templates(content: &Content, problems: &mut Vec<ReviewProblem>) {
             let (code, detail) = match forbidden {
                 Forbidden::UnknownVariable(name) => (
                     "unknown-variable",
-                    format!(
-                        "`{name}` is not available; templates can use only `profile` and `context`"
-                    ),
+                    format!("`{name}` is not available; templates can use only `profile` and `context`"),
                 ),
-                Forbidden::ContextSystem(path) => (
-                    "context-system",
-                    format!("`{path}`: `context.system` is reserved"),
-                ),
-                Forbidden::Function(name) => (
-                    "forbidden-function",
-                    format!("the function `{name}` is not allowed in templates"),
-                ),
-                Forbidden::Tag(tag) => (
-                    "forbidden-tag",
-                    format!("`{tag}` is not allowed: a campaign part is a single template"),
-                ),
+                Forbidden::ContextSystem(path) => ("context-system", format!("`{path}`: `context.system` is reserved")),
+                Forbidden::Function(name) => {
+                    ("forbidden-function", format!("the function `{name}` is not allowed in templates"))
+                }
+                Forbidden::Tag(tag) => {
+                    ("forbidden-tag", format!("`{tag}` is not allowed: a campaign part is a single template"))
+                }
             };
             problems.push(ReviewProblem::new(code, part_pointer(&part), detail));
         }

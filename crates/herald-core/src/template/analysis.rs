@@ -63,10 +63,7 @@ fn root_of(path: &str) -> &str {
 
 /// Walks `nodes` (a template's AST) and reports what it reads and what it must not do.
 pub fn analyse(nodes: &[Node]) -> Analysis {
-    let mut walker = Walker {
-        analysis: Analysis::default(),
-        locals: vec![],
-    };
+    let mut walker = Walker { analysis: Analysis::default(), locals: vec![] };
     walker.nodes(nodes);
     walker.analysis
 }
@@ -138,12 +135,7 @@ impl Walker {
             Node::ImportMacro(..) => {
                 self.analysis.forbidden.insert(Forbidden::Tag("import"));
             }
-            Node::Super
-            | Node::Text(_)
-            | Node::Raw(..)
-            | Node::Break(_)
-            | Node::Continue(_)
-            | Node::Comment(..) => {}
+            Node::Super | Node::Text(_) | Node::Raw(..) | Node::Break(_) | Node::Continue(_) | Node::Comment(..) => {}
         }
     }
 
@@ -152,9 +144,7 @@ impl Walker {
     fn condition(&mut self, expr: &Expr) {
         match &expr.val {
             ExprVal::Ident(path) if expr.filters.is_empty() => self.ident(path, true),
-            ExprVal::Logic(logic)
-                if matches!(logic.operator, LogicOperator::And | LogicOperator::Or) =>
-            {
+            ExprVal::Logic(logic) if matches!(logic.operator, LogicOperator::And | LogicOperator::Or) => {
                 self.condition(&logic.lhs);
                 self.condition(&logic.rhs);
             }
@@ -195,9 +185,7 @@ impl Walker {
             }
             ExprVal::FunctionCall(call) => {
                 if !ALLOWED_FUNCTIONS.contains(&call.name.as_str()) {
-                    self.analysis
-                        .forbidden
-                        .insert(Forbidden::Function(call.name.clone()));
+                    self.analysis.forbidden.insert(Forbidden::Function(call.name.clone()));
                 }
                 self.call_args(call);
             }
@@ -231,19 +219,12 @@ impl Walker {
             return;
         }
         if !ROOT_VARIABLES.contains(&root) {
-            self.analysis
-                .forbidden
-                .insert(Forbidden::UnknownVariable(root.to_string()));
+            self.analysis.forbidden.insert(Forbidden::UnknownVariable(root.to_string()));
             return;
         }
-        let variable = VariableUse {
-            path: path.to_string(),
-            guarded,
-        };
+        let variable = VariableUse { path: path.to_string(), guarded };
         if root == "context" && variable.first_key() == Some("system") {
-            self.analysis
-                .forbidden
-                .insert(Forbidden::ContextSystem(path.to_string()));
+            self.analysis.forbidden.insert(Forbidden::ContextSystem(path.to_string()));
         }
         self.analysis.variables.insert(variable);
     }

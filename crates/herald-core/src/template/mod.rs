@@ -60,18 +60,12 @@ impl CompiledContent {
             let template_name = template_name(&part);
             match tera.add_raw_template(&template_name, source) {
                 Ok(()) => parts.push((part, template_name)),
-                Err(error) => errors.push(TemplateError {
-                    line: error_line(&error),
-                    message: error_chain(&error),
-                    part,
-                }),
+                Err(error) => {
+                    errors.push(TemplateError { line: error_line(&error), message: error_chain(&error), part })
+                }
             }
         }
-        if errors.is_empty() {
-            Ok(Self { tera, parts })
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(Self { tera, parts }) } else { Err(errors) }
     }
 
     /// What each part reads and what it must not do, keyed by part name.
@@ -88,30 +82,20 @@ impl CompiledContent {
     /// Renders every part with `profile` and `context` as the only variables in scope.
     pub fn render(&self, profile: &Value, context: &Value) -> Result<Rendered, TemplateError> {
         let scope = Context::from_value(json!({ "profile": profile, "context": context }))
-            .map_err(|error| TemplateError {
-                part: String::new(),
-                line: None,
-                message: error_chain(&error),
-            })?;
+            .map_err(|error| TemplateError { part: String::new(), line: None, message: error_chain(&error) })?;
         let mut rendered = Rendered::new();
         for (part, name) in &self.parts {
             let mut output = LimitedBuffer::default();
             // Defence in depth: tera has `unreachable!` paths in its evaluator, and a template must
             // never be able to take a request or a worker down with it.
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                self.tera.render_to(name, &scope, &mut output)
-            }));
+            let result = catch_unwind(AssertUnwindSafe(|| self.tera.render_to(name, &scope, &mut output)));
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(error)) => Some(error_chain(&error)),
                 Err(_) => Some("the template uses an expression tera cannot evaluate".to_string()),
             };
             if let Some(message) = failure {
-                return Err(TemplateError {
-                    part: part.clone(),
-                    line: None,
-                    message,
-                });
+                return Err(TemplateError { part: part.clone(), line: None, message });
             }
             let text = String::from_utf8(output.bytes).map_err(|_| TemplateError {
                 part: part.clone(),
@@ -143,11 +127,7 @@ fn content_parts(content: &Content) -> Vec<(String, &str)> {
 
 /// Only the `html` part gets a name ending in `.html`, which is what turns tera's escaping on.
 fn template_name(part: &str) -> String {
-    if part == "html" {
-        "html.html".to_string()
-    } else {
-        format!("{part}.txt")
-    }
+    if part == "html" { "html.html".to_string() } else { format!("{part}.txt") }
 }
 
 /// tera nests the useful message (with the line) in its error's source chain.
@@ -171,21 +151,16 @@ fn error_line(error: &tera::Error) -> Option<usize> {
 }
 
 fn forbidden_get_env(_: &HashMap<String, Value>) -> tera::Result<Value> {
-    Err(tera::Error::msg(
-        "`get_env` is disabled: templates cannot read the environment",
-    ))
+    Err(tera::Error::msg("`get_env` is disabled: templates cannot read the environment"))
 }
 
 fn bounded_range(args: &HashMap<String, Value>) -> tera::Result<Value> {
     let number = |name: &str, default: Option<u64>| -> tera::Result<u64> {
         match args.get(name) {
-            Some(value) => value.as_u64().ok_or_else(|| {
-                tera::Error::msg(format!(
-                    "`range` argument `{name}` must be a non-negative integer"
-                ))
-            }),
-            None => default
-                .ok_or_else(|| tera::Error::msg(format!("`range` needs an `{name}` argument"))),
+            Some(value) => value
+                .as_u64()
+                .ok_or_else(|| tera::Error::msg(format!("`range` argument `{name}` must be a non-negative integer"))),
+            None => default.ok_or_else(|| tera::Error::msg(format!("`range` needs an `{name}` argument"))),
         }
     };
     let start = number("start", Some(0))?;
@@ -193,16 +168,9 @@ fn bounded_range(args: &HashMap<String, Value>) -> tera::Result<Value> {
     let step = number("step_by", Some(1))?.max(1);
     let length = end.saturating_sub(start).div_ceil(step);
     if length > MAX_RANGE_LENGTH as u64 {
-        return Err(tera::Error::msg(format!(
-            "`range` is limited to {MAX_RANGE_LENGTH} items"
-        )));
+        return Err(tera::Error::msg(format!("`range` is limited to {MAX_RANGE_LENGTH} items")));
     }
-    Ok(Value::Array(
-        (start..end)
-            .step_by(step as usize)
-            .map(Value::from)
-            .collect(),
-    ))
+    Ok(Value::Array((start..end).step_by(step as usize).map(Value::from).collect()))
 }
 
 /// A `Write` that refuses to grow past [`MAX_RENDERED_PART_BYTES`].
@@ -214,9 +182,7 @@ struct LimitedBuffer {
 impl Write for LimitedBuffer {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.bytes.len() + buf.len() > MAX_RENDERED_PART_BYTES {
-            return Err(io::Error::other(format!(
-                "rendered output exceeds {MAX_RENDERED_PART_BYTES} bytes"
-            )));
+            return Err(io::Error::other(format!("rendered output exceeds {MAX_RENDERED_PART_BYTES} bytes")));
         }
         self.bytes.extend_from_slice(buf);
         Ok(buf.len())

@@ -3,52 +3,32 @@ use serde_json::json;
 use super::*;
 
 fn email(subject: &str, html: &str, text: &str) -> Content {
-    Content {
-        subject: Some(subject.into()),
-        html: Some(html.into()),
-        text: Some(text.into()),
-        ..Default::default()
-    }
+    Content { subject: Some(subject.into()), html: Some(html.into()), text: Some(text.into()), ..Default::default() }
 }
 
 #[test]
 fn html_is_escaped_and_text_is_not() {
-    let compiled = CompiledContent::compile(&email(
-        "Hi {{ context.x }}",
-        "<p>{{ context.x }}</p>",
-        "{{ context.x }}",
-    ))
-    .unwrap();
-    let rendered = compiled
-        .render(&json!({}), &json!({"x": "<script>alert(1)</script>"}))
-        .unwrap();
-    assert_eq!(
-        rendered["html"],
-        "<p>&lt;script&gt;alert(1)&lt;&#x2F;script&gt;</p>"
-    );
+    let compiled =
+        CompiledContent::compile(&email("Hi {{ context.x }}", "<p>{{ context.x }}</p>", "{{ context.x }}")).unwrap();
+    let rendered = compiled.render(&json!({}), &json!({"x": "<script>alert(1)</script>"})).unwrap();
+    assert_eq!(rendered["html"], "<p>&lt;script&gt;alert(1)&lt;&#x2F;script&gt;</p>");
     assert_eq!(rendered["text"], "<script>alert(1)</script>");
     assert_eq!(rendered["subject"], "Hi <script>alert(1)</script>");
 }
 
 #[test]
 fn get_env_cannot_render() {
-    let compiled = CompiledContent::compile(&Content {
-        body: Some("{{ get_env(name=\"PATH\") }}".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let compiled =
+        CompiledContent::compile(&Content { body: Some("{{ get_env(name=\"PATH\") }}".into()), ..Default::default() })
+            .unwrap();
     let error = compiled.render(&json!({}), &json!({})).unwrap_err();
     assert!(error.message.contains("get_env"), "{error:?}");
-    assert!(
-        !error.message.contains("/usr"),
-        "the environment leaked: {error:?}"
-    );
+    assert!(!error.message.contains("/usr"), "the environment leaked: {error:?}");
 }
 
 #[test]
 fn syntax_errors_name_the_part_and_the_line() {
-    let errors =
-        CompiledContent::compile(&email("ok", "<p>\n{{ context.x </p>", "{% if %}")).unwrap_err();
+    let errors = CompiledContent::compile(&email("ok", "<p>\n{{ context.x </p>", "{% if %}")).unwrap_err();
     assert_eq!(errors.len(), 2);
     assert_eq!((errors[0].part.as_str(), errors[0].line), ("html", Some(2)));
     assert_eq!((errors[1].part.as_str(), errors[1].line), ("text", Some(1)));
@@ -57,14 +37,8 @@ fn syntax_errors_name_the_part_and_the_line() {
 #[test]
 fn render_output_is_bounded() {
     let body = "{% for i in range(end=10000) %}{{ context.big }}{% endfor %}";
-    let compiled = CompiledContent::compile(&Content {
-        body: Some(body.into()),
-        ..Default::default()
-    })
-    .unwrap();
-    let error = compiled
-        .render(&json!({}), &json!({"big": "x".repeat(1000)}))
-        .unwrap_err();
+    let compiled = CompiledContent::compile(&Content { body: Some(body.into()), ..Default::default() }).unwrap();
+    let error = compiled.render(&json!({}), &json!({"big": "x".repeat(1000)})).unwrap_err();
     assert!(error.message.contains("exceeds"), "{error:?}");
 }
 
@@ -75,46 +49,25 @@ fn huge_ranges_are_refused() {
         ..Default::default()
     })
     .unwrap();
-    assert!(
-        compiled
-            .render(&json!({}), &json!({}))
-            .unwrap_err()
-            .message
-            .contains("limited")
-    );
+    assert!(compiled.render(&json!({}), &json!({})).unwrap_err().message.contains("limited"));
 }
 
 #[test]
 fn a_missing_context_variable_fails_instead_of_rendering_empty() {
-    let compiled = CompiledContent::compile(&Content {
-        body: Some("code {{ context.otp }}".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let compiled =
+        CompiledContent::compile(&Content { body: Some("code {{ context.otp }}".into()), ..Default::default() })
+            .unwrap();
     assert!(compiled.render(&json!({}), &json!({})).is_err());
-    assert_eq!(
-        compiled
-            .render(&json!({}), &json!({"otp": 482913}))
-            .unwrap()["body"],
-        "code 482913"
-    );
+    assert_eq!(compiled.render(&json!({}), &json!({"otp": 482913})).unwrap()["body"], "code 482913");
 }
 
 #[test]
 fn analysis_lists_variables_with_their_guards() {
     let html = "{% if profile.vip %}VIP{% endif %}{{ profile.person.name.firstName | default(value='there') }}\
                 {% for item in context.items %}{{ item.name }}{{ loop.index }}{% endfor %}{{ context.resetUrl }}";
-    let compiled = CompiledContent::compile(&Content {
-        html: Some(html.into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let compiled = CompiledContent::compile(&Content { html: Some(html.into()), ..Default::default() }).unwrap();
     let (_, analysis) = &compiled.analyse()[0];
-    let variables: Vec<(&str, bool)> = analysis
-        .variables
-        .iter()
-        .map(|v| (v.path.as_str(), v.guarded))
-        .collect();
+    let variables: Vec<(&str, bool)> = analysis.variables.iter().map(|v| (v.path.as_str(), v.guarded)).collect();
     assert_eq!(
         variables,
         [
@@ -130,11 +83,7 @@ fn analysis_lists_variables_with_their_guards() {
 #[test]
 fn analysis_flags_forbidden_constructs() {
     let body = "{{ user.name }}{{ context.system.x }}{{ get_env(name='HOME') }}{{ now() }}{{ range(end=2) | length }}";
-    let compiled = CompiledContent::compile(&Content {
-        body: Some(body.into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let compiled = CompiledContent::compile(&Content { body: Some(body.into()), ..Default::default() }).unwrap();
     let (_, analysis) = &compiled.analyse()[0];
     let forbidden: Vec<Forbidden> = analysis.forbidden.iter().cloned().collect();
     assert_eq!(
@@ -150,14 +99,7 @@ fn analysis_flags_forbidden_constructs() {
 
 #[test]
 fn first_key_handles_dots_and_brackets() {
-    let key = |path: &str| {
-        VariableUse {
-            path: path.into(),
-            guarded: false,
-        }
-        .first_key()
-        .map(str::to_string)
-    };
+    let key = |path: &str| VariableUse { path: path.into(), guarded: false }.first_key().map(str::to_string);
     assert_eq!(key("context.resetUrl.host"), Some("resetUrl".into()));
     assert_eq!(key("context[\"otp\"]"), Some("otp".into()));
     assert_eq!(key("context"), None);

@@ -46,9 +46,8 @@ impl Default for AwsSettings {
 
 /// Loads the shared AWS configuration with retries disabled and Herald's timeouts.
 pub async fn load_config(settings: &AwsSettings) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled()).timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(settings.connect_timeout)
                 .operation_attempt_timeout(settings.call_timeout)
@@ -59,13 +58,8 @@ pub async fn load_config(settings: &AwsSettings) -> SdkConfig {
         loader = loader.endpoint_url(endpoint);
     }
     if let Some((id, secret)) = &settings.static_credentials {
-        loader = loader.credentials_provider(aws_sdk_sns::config::Credentials::new(
-            id,
-            secret,
-            None,
-            None,
-            "herald-static",
-        ));
+        loader =
+            loader.credentials_provider(aws_sdk_sns::config::Credentials::new(id, secret, None, None, "herald-static"));
     }
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -99,13 +93,8 @@ fn failure_of<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Fai
 }
 
 fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> ProviderResult<T> {
-    result.map_err(|error| {
-        ProviderError::new(
-            ErrorClass::Permanent,
-            "Construction",
-            format!("invalid request: {error}"),
-        )
-    })
+    result
+        .map_err(|error| ProviderError::new(ErrorClass::Permanent, "Construction", format!("invalid request: {error}")))
 }
 
 /// SES v2 for email, SNS for SMS and mobile push.
@@ -117,10 +106,7 @@ pub struct AwsProvider {
 
 impl AwsProvider {
     pub fn new(config: &SdkConfig) -> Self {
-        Self {
-            ses: ses_client(config),
-            sns: sns_client(config),
-        }
+        Self { ses: ses_client(config), sns: sns_client(config) }
     }
 
     async fn email(&self, message: &EmailMessage) -> ProviderResult<Receipt> {
@@ -134,12 +120,7 @@ impl AwsProvider {
             body = body.text(text(plain)?);
         }
         let content = EmailContent::builder()
-            .simple(
-                Message::builder()
-                    .subject(text(&message.subject)?)
-                    .body(body.build())
-                    .build(),
-            )
+            .simple(Message::builder().subject(text(&message.subject)?).body(body.build()).build())
             .build();
         let mut request = self
             .ses
@@ -149,29 +130,16 @@ impl AwsProvider {
             .content(content)
             .set_reply_to_addresses(message.reply_to.clone().map(|address| vec![address]));
         for (name, value) in &message.tags {
-            request = request.email_tags(built(
-                MessageTag::builder().name(name).value(value).build(),
-            )?);
+            request = request.email_tags(built(MessageTag::builder().name(name).value(value).build())?);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|error| classify::ses(&failure_of(&error)))?;
-        Ok(Receipt {
-            provider_message_id: output.message_id().unwrap_or_default().to_string(),
-        })
+        let output = request.send().await.map_err(|error| classify::ses(&failure_of(&error)))?;
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
     }
 
     async fn sms(&self, message: &SmsMessage) -> ProviderResult<Receipt> {
         use aws_sdk_sns::types::MessageAttributeValue;
-        let attribute = |value: &str| {
-            built(
-                MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(value)
-                    .build(),
-            )
-        };
+        let attribute =
+            |value: &str| built(MessageAttributeValue::builder().data_type("String").string_value(value).build());
         let mut request = self
             .sns
             .publish()
@@ -182,16 +150,10 @@ impl AwsProvider {
             request = request.message_attributes("AWS.SNS.SMS.SenderID", attribute(sender_id)?);
         }
         if let Some(number) = &message.origination_number {
-            request =
-                request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
+            request = request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(|error| classify::sns(&failure_of(&error)))?;
-        Ok(Receipt {
-            provider_message_id: output.message_id().unwrap_or_default().to_string(),
-        })
+        let output = request.send().await.map_err(|error| classify::sns(&failure_of(&error)))?;
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
     }
 
     async fn endpoint(&self, application_arn: &str, token: &str) -> ProviderResult<String> {
@@ -203,13 +165,10 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|error| classify::sns(&failure_of(&error)))?;
-        output.endpoint_arn().map(str::to_string).ok_or_else(|| {
-            ProviderError::new(
-                ErrorClass::Transient,
-                "NoEndpointArn",
-                "sns returned no endpoint",
-            )
-        })
+        output
+            .endpoint_arn()
+            .map(str::to_string)
+            .ok_or_else(|| ProviderError::new(ErrorClass::Transient, "NoEndpointArn", "sns returned no endpoint"))
     }
 
     async fn push(&self, endpoint_arn: &str, message: &PushMessage) -> ProviderResult<Receipt> {
@@ -222,9 +181,7 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|error| classify::sns(&failure_of(&error)))?;
-        Ok(Receipt {
-            provider_message_id: output.message_id().unwrap_or_default().to_string(),
-        })
+        Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
     }
 }
 
@@ -234,8 +191,7 @@ pub fn push_payload(message: &PushMessage) -> String {
         "notification": { "title": message.title, "body": message.body },
         "data": message.data,
     });
-    let mut apns =
-        serde_json::json!({ "aps": { "alert": { "title": message.title, "body": message.body } } });
+    let mut apns = serde_json::json!({ "aps": { "alert": { "title": message.title, "body": message.body } } });
     for (key, value) in &message.data {
         apns[key] = serde_json::Value::String(value.clone());
     }
@@ -249,10 +205,7 @@ pub fn push_payload(message: &PushMessage) -> String {
 }
 
 impl Provider for AwsProvider {
-    fn send_email<'a>(
-        &'a self,
-        message: &'a EmailMessage,
-    ) -> BoxFuture<'a, ProviderResult<Receipt>> {
+    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
         Box::pin(self.email(message))
     }
 
@@ -292,14 +245,8 @@ mod tests {
         assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:1"));
         assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
         assert_eq!(config.retry_config().map(|r| r.max_attempts()), Some(1));
-        assert_eq!(
-            config.timeout_config().and_then(|t| t.operation_timeout()),
-            Some(Duration::from_secs(10))
-        );
+        assert_eq!(config.timeout_config().and_then(|t| t.operation_timeout()), Some(Duration::from_secs(10)));
         let ses = ses_client(&config);
-        assert_eq!(
-            ses.config().retry_config().map(|r| r.max_attempts()),
-            Some(1)
-        );
+        assert_eq!(ses.config().retry_config().map(|r| r.max_attempts()), Some(1));
     }
 }

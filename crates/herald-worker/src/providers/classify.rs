@@ -8,11 +8,7 @@ use herald_core::delivery::{ErrorClass, ProviderError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure<'a> {
     /// The service answered with an error code (and an HTTP status when known).
-    Service {
-        code: Option<&'a str>,
-        status: Option<u16>,
-        message: Option<&'a str>,
-    },
+    Service { code: Option<&'a str>, status: Option<u16>, message: Option<&'a str> },
     /// No answer in time.
     Timeout,
     /// The request never reached the service (DNS, connect, TLS).
@@ -29,22 +25,14 @@ fn strip(code: &str) -> &str {
 
 fn transport(failure: &Failure<'_>) -> Option<ProviderError> {
     Some(match failure {
-        Failure::Timeout => {
-            ProviderError::new(ErrorClass::Transient, "Timeout", "no answer in time")
+        Failure::Timeout => ProviderError::new(ErrorClass::Transient, "Timeout", "no answer in time"),
+        Failure::Dispatch => {
+            ProviderError::new(ErrorClass::Transient, "Dispatch", "the request did not reach the provider")
         }
-        Failure::Dispatch => ProviderError::new(
-            ErrorClass::Transient,
-            "Dispatch",
-            "the request did not reach the provider",
-        ),
-        Failure::Response => {
-            ProviderError::new(ErrorClass::Transient, "Response", "unreadable answer")
+        Failure::Response => ProviderError::new(ErrorClass::Transient, "Response", "unreadable answer"),
+        Failure::Construction => {
+            ProviderError::new(ErrorClass::Permanent, "Construction", "the request could not be built")
         }
-        Failure::Construction => ProviderError::new(
-            ErrorClass::Permanent,
-            "Construction",
-            "the request could not be built",
-        ),
         Failure::Service { .. } => return None,
     })
 }
@@ -53,10 +41,7 @@ fn transport(failure: &Failure<'_>) -> Option<ProviderError> {
 fn by_status(code: &str, status: Option<u16>) -> ErrorClass {
     match status {
         Some(429) | Some(500..=599) | None => ErrorClass::Transient,
-        _ if code.contains("Throttl")
-            || code.contains("Internal")
-            || code.contains("Unavailable") =>
-        {
+        _ if code.contains("Throttl") || code.contains("Internal") || code.contains("Unavailable") => {
             ErrorClass::Transient
         }
         _ => ErrorClass::Permanent,
@@ -68,19 +53,10 @@ pub fn ses(failure: &Failure<'_>) -> ProviderError {
     if let Some(error) = transport(failure) {
         return error;
     }
-    let Failure::Service {
-        code,
-        status,
-        message,
-    } = failure
-    else {
-        unreachable_transport()
-    };
+    let Failure::Service { code, status, message } = failure else { unreachable_transport() };
     let code = code.unwrap_or("Unknown");
     let class = match strip(code) {
-        "TooManyRequests" | "Throttling" | "InternalFailure" | "ServiceUnavailable" => {
-            ErrorClass::Transient
-        }
+        "TooManyRequests" | "Throttling" | "InternalFailure" | "ServiceUnavailable" => ErrorClass::Transient,
         // SES reports an exhausted daily quota as throttling; waiting seconds will not help.
         "LimitExceeded" => ErrorClass::AccountWide,
         "SendingPaused"
@@ -90,14 +66,10 @@ pub fn ses(failure: &Failure<'_>) -> ProviderError {
         | "UnrecognizedClient"
         | "InvalidClientTokenId"
         | "NotAuthorized" => ErrorClass::AccountWide,
-        "MessageRejected" | "BadRequest" | "NotFound" | "InvalidParameterValue" => {
-            ErrorClass::Permanent
-        }
+        "MessageRejected" | "BadRequest" | "NotFound" | "InvalidParameterValue" => ErrorClass::Permanent,
         other => by_status(other, *status),
     };
-    let class = if class == ErrorClass::Transient
-        && message.is_some_and(|m| m.contains("Daily message quota"))
-    {
+    let class = if class == ErrorClass::Transient && message.is_some_and(|m| m.contains("Daily message quota")) {
         ErrorClass::AccountWide
     } else {
         class
@@ -110,18 +82,12 @@ pub fn sns(failure: &Failure<'_>) -> ProviderError {
     if let Some(error) = transport(failure) {
         return error;
     }
-    let Failure::Service {
-        code,
-        status,
-        message,
-    } = failure
-    else {
-        unreachable_transport()
-    };
+    let Failure::Service { code, status, message } = failure else { unreachable_transport() };
     let code = code.unwrap_or("Unknown");
     let class = match strip(code) {
-        "Throttled" | "Throttling" | "InternalError" | "KMSThrottling" | "KmsThrottling"
-        | "ServiceUnavailable" => ErrorClass::Transient,
+        "Throttled" | "Throttling" | "InternalError" | "KMSThrottling" | "KmsThrottling" | "ServiceUnavailable" => {
+            ErrorClass::Transient
+        }
         "AuthorizationError"
         | "PlatformApplicationDisabled"
         | "InvalidSecurity"
@@ -146,12 +112,11 @@ pub fn sns(failure: &Failure<'_>) -> ProviderError {
         other => by_status(other, *status),
     };
     // The monthly SMS spend limit shows up as a throttling error; retrying within seconds burns attempts.
-    let class =
-        if message.is_some_and(|m| m.contains("spend limit") || m.contains("MonthlySpendLimit")) {
-            ErrorClass::AccountWide
-        } else {
-            class
-        };
+    let class = if message.is_some_and(|m| m.contains("spend limit") || m.contains("MonthlySpendLimit")) {
+        ErrorClass::AccountWide
+    } else {
+        class
+    };
     let mut error = ProviderError::new(class, code, format!("sns answered {code}"));
     error.token_dead = strip(code) == "EndpointDisabled";
     error
@@ -167,11 +132,7 @@ mod tests {
     use super::*;
 
     fn service(code: &str, status: u16) -> Failure<'_> {
-        Failure::Service {
-            code: Some(code),
-            status: Some(status),
-            message: None,
-        }
+        Failure::Service { code: Some(code), status: Some(status), message: None }
     }
 
     #[test]
@@ -183,11 +144,7 @@ mod tests {
             ("NotFoundException", 404, ErrorClass::Permanent),
             ("SendingPausedException", 400, ErrorClass::AccountWide),
             ("AccountSuspendedException", 400, ErrorClass::AccountWide),
-            (
-                "MailFromDomainNotVerifiedException",
-                400,
-                ErrorClass::AccountWide,
-            ),
+            ("MailFromDomainNotVerifiedException", 400, ErrorClass::AccountWide),
             ("LimitExceededException", 400, ErrorClass::AccountWide),
             ("AccessDeniedException", 403, ErrorClass::AccountWide),
             ("InternalFailure", 500, ErrorClass::Transient),
@@ -244,11 +201,8 @@ mod tests {
             message: Some("Daily message quota exceeded"),
         };
         assert_eq!(ses(&quota).class, ErrorClass::AccountWide);
-        let spend = Failure::Service {
-            code: Some("Throttled"),
-            status: Some(400),
-            message: Some("SMS spend limit reached"),
-        };
+        let spend =
+            Failure::Service { code: Some("Throttled"), status: Some(400), message: Some("SMS spend limit reached") };
         assert_eq!(sns(&spend).class, ErrorClass::AccountWide);
     }
 

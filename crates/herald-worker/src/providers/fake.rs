@@ -34,18 +34,17 @@ pub struct ScriptedProvider {
 
 impl ScriptedProvider {
     pub fn new() -> Self {
-        Self {
-            record: true,
-            ..Self::default()
-        }
+        Self { record: true, ..Self::default() }
+    }
+
+    /// A provider that answers at once and keeps no call list (benchmarks).
+    pub fn silent() -> Self {
+        Self::default()
     }
 
     /// Queues answers for the next calls, in order.
     pub fn script(&self, answers: impl IntoIterator<Item = Result<(), ProviderError>>) {
-        self.script
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(answers);
+        self.script.lock().unwrap_or_else(|p| p.into_inner()).extend(answers);
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -59,49 +58,31 @@ impl ScriptedProvider {
     async fn answer(&self, channel: &'static str, to: &str, body: &str) -> ProviderResult<Receipt> {
         let n = self.sequence.fetch_add(1, Ordering::SeqCst);
         if self.record {
-            self.calls
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Call {
-                    channel,
-                    to: to.to_string(),
-                    body: body.to_string(),
-                    at: std::time::Instant::now(),
-                });
+            self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(Call {
+                channel,
+                to: to.to_string(),
+                body: body.to_string(),
+                at: std::time::Instant::now(),
+            });
         }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        let scripted = self
-            .script
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front();
+        let scripted = self.script.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         match scripted {
             Some(Err(error)) => Err(error),
-            _ => Ok(Receipt {
-                provider_message_id: format!("fake-{n}"),
-            }),
+            _ => Ok(Receipt { provider_message_id: format!("fake-{n}") }),
         }
     }
 }
 
 impl Provider for ScriptedProvider {
-    fn send_email<'a>(
-        &'a self,
-        message: &'a EmailMessage,
-    ) -> BoxFuture<'a, ProviderResult<Receipt>> {
-        Box::pin(
-            self.answer(
-                "email",
-                &message.to,
-                message
-                    .text
-                    .as_deref()
-                    .or(message.html.as_deref())
-                    .unwrap_or_default(),
-            ),
-        )
+    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
+        Box::pin(self.answer(
+            "email",
+            &message.to,
+            message.text.as_deref().or(message.html.as_deref()).unwrap_or_default(),
+        ))
     }
 
     fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {

@@ -50,10 +50,7 @@ pub type ProviderResult<T> = Result<T, ProviderError>;
 
 /// Sends rendered messages. Implementations classify every failure.
 pub trait Provider: Send + Sync + std::fmt::Debug {
-    fn send_email<'a>(
-        &'a self,
-        message: &'a EmailMessage,
-    ) -> BoxFuture<'a, ProviderResult<Receipt>>;
+    fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
     fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
     /// Registers `token` with the platform application; returns the endpoint to publish to.
     fn create_push_endpoint<'a>(
