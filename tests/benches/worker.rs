@@ -119,7 +119,8 @@ async fn main() {
     preload(&topology.work_exchange(), "sms", bodies).await;
     let provider = Arc::new(ScriptedProvider::silent());
     let started = Instant::now();
-    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    // The production defaults (HERALD_WORKER_CONCURRENCY, HERALD_WORKER_PREFETCH).
+    let worker = TestWorker::start_with(&app, provider.clone(), fast_policy(), 64, 200).await;
     while (provider.call_count() as usize) < count {
         assert!(started.elapsed() < Duration::from_secs(600), "the worker stalled at {}", provider.call_count());
         tokio::time::sleep(Duration::from_millis(5)).await;

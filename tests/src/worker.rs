@@ -36,6 +36,17 @@ impl TestWorker {
     /// Starts a worker on every channel of `app`'s topology. The topology's retry tiers must
     /// match `policy.tiers` (use [`crate::TestOptions::retry_tiers`]).
     pub async fn start(app: &TestApp, provider: Arc<dyn Provider>, policy: RetryPolicy) -> Self {
+        Self::start_with(app, provider, policy, 16, 100).await
+    }
+
+    /// As [`TestWorker::start`], with the delivery loop's concurrency and prefetch.
+    pub async fn start_with(
+        app: &TestApp,
+        provider: Arc<dyn Provider>,
+        policy: RetryPolicy,
+        concurrency: usize,
+        prefetch: u16,
+    ) -> Self {
         let settings = PipelineSettings {
             policy,
             stale_claim: chrono::Duration::seconds(60),
@@ -53,8 +64,8 @@ impl TestWorker {
             amqp_url: crate::broker::amqp_url(),
             topology: app.topology().topology.clone(),
             channels: Channel::ALL.to_vec(),
-            prefetch: 100,
-            concurrency: 16,
+            prefetch,
+            concurrency,
             grace: Duration::from_secs(10),
         };
         let (stop, stopped) = watch::channel(false);

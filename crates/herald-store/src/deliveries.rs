@@ -31,6 +31,31 @@ pub enum DeliveryClaim {
     Abandoned,
 }
 
+/// One claim in a batch: `token` is chosen by the caller and identifies the claim if taken.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub key: DeliveryKey,
+    pub version_id: Option<Uuid>,
+    pub token: Uuid,
+    pub now: DateTime<Utc>,
+}
+
+/// One outcome in a batch, written only if `token` still holds the claim.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub key: DeliveryKey,
+    pub token: Uuid,
+    pub status: DeliveryStatus,
+    pub reason: Option<String>,
+    pub provider_message_id: Option<String>,
+    /// Provider calls this claim made (added to the delivery's attempts).
+    pub calls: i32,
+    pub last_error: Option<String>,
+    /// For `retrying`: not claimable again before this delay has passed (database time).
+    pub retry_after: Option<std::time::Duration>,
+    pub now: DateTime<Utc>,
+}
+
 impl Store {
     /// Claims `key` for a provider call at `now`. A `sending` claim older than `stale_after`
     /// is turned into `unknown`.
@@ -60,6 +85,16 @@ impl Store {
         if let Some(row) = claimed {
             return Ok(DeliveryClaim::Claimed { token, attempts: row.get(0) });
         }
+        Self::unclaimed(&client, key, now, stale_after).await
+    }
+
+    /// What a claim that did not take found: final, busy, or abandoned (then recorded `unknown`).
+    async fn unclaimed(
+        client: &deadpool_postgres::Object,
+        key: &DeliveryKey,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+    ) -> Result<DeliveryClaim, StoreError> {
         let row = client
             .query_one(
                 "SELECT status, claimed_at FROM deliveries WHERE execution_id = $1 AND recipient_index = $2",
@@ -87,6 +122,91 @@ impl Store {
             )
             .await?;
         Ok(if abandoned == 1 { DeliveryClaim::Abandoned } else { DeliveryClaim::Busy })
+    }
+
+    /// Claims many deliveries in one statement; outcomes are in request order. Requests for a
+    /// delivery already requested earlier in the batch are answered `Busy` (a duplicate copy).
+    pub async fn claim_deliveries(
+        &self,
+        requests: &[ClaimRequest],
+        stale_after: Duration,
+    ) -> Result<Vec<DeliveryClaim>, StoreError> {
+        let client = self.client().await?;
+        let mut seen = std::collections::HashSet::new();
+        let first: Vec<&ClaimRequest> =
+            requests.iter().filter(|r| seen.insert((r.key.execution_id, r.key.recipient_index))).collect();
+        let executions: Vec<Uuid> = first.iter().map(|r| r.key.execution_id).collect();
+        let indexes: Vec<i32> = first.iter().map(|r| r.key.recipient_index).collect();
+        let versions: Vec<Option<Uuid>> = first.iter().map(|r| r.version_id).collect();
+        let campaigns: Vec<Uuid> = first.iter().map(|r| r.key.campaign_id).collect();
+        let channels: Vec<&str> = first.iter().map(|r| r.key.channel.as_str()).collect();
+        let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
+        let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
+        let claimed: std::collections::HashMap<Uuid, i32> = client
+            .query(
+                "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
+                                         claim_token, claimed_at, created_at, updated_at)
+                 SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n
+                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::timestamptz[])
+                        AS u(e, i, v, c, ch, t, n)
+                 ON CONFLICT (execution_id, recipient_index) DO UPDATE
+                    SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
+                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
+                  WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
+                 RETURNING claim_token, attempts",
+                &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows],
+            )
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut answered = std::collections::HashSet::new();
+        for request in requests {
+            let identity = (request.key.execution_id, request.key.recipient_index);
+            if !answered.insert(identity) {
+                outcomes.push(DeliveryClaim::Busy);
+            } else if let Some(attempts) = claimed.get(&request.token) {
+                outcomes.push(DeliveryClaim::Claimed { token: request.token, attempts: *attempts });
+            } else {
+                outcomes.push(Self::unclaimed(&client, &request.key, request.now, stale_after).await?);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes many outcomes in one statement; `true` where the claim was still held.
+    pub async fn finish_deliveries(&self, finishes: &[Finish]) -> Result<Vec<bool>, StoreError> {
+        let executions: Vec<Uuid> = finishes.iter().map(|f| f.key.execution_id).collect();
+        let indexes: Vec<i32> = finishes.iter().map(|f| f.key.recipient_index).collect();
+        let tokens: Vec<Uuid> = finishes.iter().map(|f| f.token).collect();
+        let statuses: Vec<&str> = finishes.iter().map(|f| f.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = finishes.iter().map(|f| f.reason.as_deref()).collect();
+        let message_ids: Vec<Option<&str>> = finishes.iter().map(|f| f.provider_message_id.as_deref()).collect();
+        let calls: Vec<i32> = finishes.iter().map(|f| f.calls).collect();
+        let errors: Vec<Option<&str>> = finishes.iter().map(|f| f.last_error.as_deref()).collect();
+        let nows: Vec<DateTime<Utc>> = finishes.iter().map(|f| f.now).collect();
+        // A little less than the tier delay: the broker never delivers before the TTL expires.
+        let not_before: Vec<Option<f64>> =
+            finishes.iter().map(|f| f.retry_after.map(|d| d.as_secs_f64() * 0.9)).collect();
+        let written: std::collections::HashSet<Uuid> = self
+            .client()
+            .await?
+            .query(
+                "UPDATE deliveries AS d
+                    SET status = u.s, reason = u.r, provider_message_id = u.p, attempts = d.attempts + u.c, last_error = u.l,
+                        updated_at = u.n, not_before = CASE WHEN u.nb IS NULL THEN NULL ELSE now() + make_interval(secs => u.nb) END
+                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+                               $9::timestamptz[], $10::float8[]) AS u(e, i, t, s, r, p, c, l, n, nb)
+                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t AND d.status = 'sending'
+                 RETURNING d.claim_token",
+                &[&executions, &indexes, &tokens, &statuses, &reasons, &message_ids, &calls, &errors, &nows, &not_before],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(finishes.iter().map(|f| written.contains(&f.token)).collect())
     }
 
     /// Records the outcome of the claim `token`. Returns false when the claim was lost (another

@@ -23,7 +23,7 @@ pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord,
 };
 pub use dead_letters::{DeadLetter, NewDeadLetter};
-pub use deliveries::{DeliveryClaim, DeliveryKey};
+pub use deliveries::{ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};

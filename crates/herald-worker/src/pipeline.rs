@@ -10,7 +10,10 @@ use herald_core::delivery::{DeliveryStatus, ErrorClass, ProviderError, RetryPoli
 use herald_core::execution::{ENVELOPE_VERSION, Envelope, RecipientType};
 use herald_core::template::{CompiledContent, Rendered};
 use herald_core::{CampaignStatus, Channel, Clock};
-use herald_store::{CampaignCache, CampaignRecord, DeliveryClaim, DeliveryKey, Store, StoreError};
+use herald_ingest::batch::Batcher;
+use herald_store::{
+    CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
+};
 use uuid::Uuid;
 
 use crate::providers::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
@@ -64,6 +67,21 @@ pub struct Pipeline {
     campaigns: Arc<CampaignCache<WorkerCampaign>>,
     clock: Arc<dyn Clock>,
     settings: PipelineSettings,
+    /// Claims and outcomes are written in micro-batches: two single-row commits per message
+    /// would cap a worker at a few thousand messages a second.
+    claims: Batcher<ClaimRequest, DeliveryClaim>,
+    finishes: Batcher<Finish, bool>,
+}
+
+/// Rows per batched claim or outcome write, and concurrent writers of each.
+const MAX_BATCH: usize = 256;
+const BATCH_WRITERS: usize = 2;
+
+fn unbatched(error: Arc<StoreError>) -> StoreError {
+    match error.as_ref() {
+        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+        other => StoreError::Corrupt(format!("batched write: {other}")),
+    }
 }
 
 fn jitter() -> f64 {
@@ -75,7 +93,17 @@ fn jitter() -> f64 {
 impl Pipeline {
     pub fn new(store: Store, provider: Arc<dyn Provider>, clock: Arc<dyn Clock>, settings: PipelineSettings) -> Self {
         let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
-        Self { store, provider, campaigns, clock, settings }
+        let (claim_store, stale) = (store.clone(), settings.stale_claim);
+        let claims = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |requests: Vec<ClaimRequest>| {
+            let store = claim_store.clone();
+            async move { store.claim_deliveries(&requests, stale).await }
+        });
+        let finish_store = store.clone();
+        let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Vec<Finish>| {
+            let store = finish_store.clone();
+            async move { store.finish_deliveries(&finishes).await }
+        });
+        Self { store, provider, campaigns, clock, settings, claims, finishes }
     }
 
     pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {
@@ -167,7 +195,8 @@ impl Pipeline {
                 return Ok(Decision::Ack);
             }
         };
-        let (token, attempts) = match self.store.claim_delivery(&key, version, now, self.settings.stale_claim).await? {
+        let request = ClaimRequest { key: key.clone(), version_id: version, token: Uuid::now_v7(), now };
+        let (token, attempts) = match self.claims.submit(request).await.map_err(unbatched)? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
             DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),
             DeliveryClaim::Busy => {
@@ -175,6 +204,14 @@ impl Pipeline {
             }
         };
         self.send_and_record(envelope, &campaign.record, &resolved, &rendered, &key, token, attempts, tiers_used).await
+    }
+
+    async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
+        if !self.finishes.submit(finish).await.map_err(unbatched)? {
+            // Another worker declared this claim abandoned (recorded unknown) meanwhile.
+            tracing::warn!("a delivery outcome arrived after its claim was declared abandoned");
+        }
+        Ok(())
     }
 
     async fn exclude(
@@ -210,19 +247,18 @@ impl Pipeline {
             let now = self.clock.now();
             let error = match result {
                 Ok(receipt) => {
-                    self.store
-                        .finish_delivery(
-                            key,
-                            token,
-                            DeliveryStatus::Sent,
-                            None,
-                            Some(&receipt.provider_message_id),
-                            calls,
-                            None,
-                            None,
-                            now,
-                        )
-                        .await?;
+                    self.finish(Finish {
+                        key: key.clone(),
+                        token,
+                        status: DeliveryStatus::Sent,
+                        reason: None,
+                        provider_message_id: Some(receipt.provider_message_id.clone()),
+                        calls,
+                        last_error: None,
+                        retry_after: None,
+                        now,
+                    })
+                    .await?;
                     return Ok(Decision::Ack);
                 }
                 Err(error) => error,
@@ -237,36 +273,34 @@ impl Pipeline {
                             .mark_push_token_dead(&envelope.sandbox, &push.application_arn, &push.token, now)
                             .await?;
                     }
-                    self.store
-                        .finish_delivery(
-                            key,
-                            token,
-                            DeliveryStatus::Failed,
-                            Some(&error.code),
-                            None,
-                            calls,
-                            Some(&last_error),
-                            None,
-                            now,
-                        )
-                        .await?;
+                    self.finish(Finish {
+                        key: key.clone(),
+                        token,
+                        status: DeliveryStatus::Failed,
+                        reason: Some(error.code.clone()),
+                        provider_message_id: None,
+                        calls,
+                        last_error: Some(last_error.clone()),
+                        retry_after: None,
+                        now,
+                    })
+                    .await?;
                     return Ok(Decision::Ack);
                 }
                 ErrorClass::AccountWide => {
                     // Not the message's fault: the calls are not counted against it.
-                    self.store
-                        .finish_delivery(
-                            key,
-                            token,
-                            DeliveryStatus::Retrying,
-                            Some(&error.code),
-                            None,
-                            0,
-                            Some(&last_error),
-                            Some(self.first_tier()),
-                            now,
-                        )
-                        .await?;
+                    self.finish(Finish {
+                        key: key.clone(),
+                        token,
+                        status: DeliveryStatus::Retrying,
+                        reason: Some(error.code.clone()),
+                        provider_message_id: None,
+                        calls: 0,
+                        last_error: Some(last_error.clone()),
+                        retry_after: Some(self.first_tier()),
+                        now,
+                    })
+                    .await?;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
                     return Ok(Decision::Pause { pause: Duration::ZERO, reason: error.code });
                 }
@@ -277,35 +311,33 @@ impl Pipeline {
                     let total = u32::try_from(attempts + calls).unwrap_or(u32::MAX);
                     return Ok(match policy.next_tier(total, tiers_used) {
                         Some(tier) => {
-                            self.store
-                                .finish_delivery(
-                                    key,
-                                    token,
-                                    DeliveryStatus::Retrying,
-                                    Some(&error.code),
-                                    None,
-                                    calls,
-                                    Some(&last_error),
-                                    Some(tier),
-                                    now,
-                                )
-                                .await?;
+                            self.finish(Finish {
+                                key: key.clone(),
+                                token,
+                                status: DeliveryStatus::Retrying,
+                                reason: Some(error.code.clone()),
+                                provider_message_id: None,
+                                calls,
+                                last_error: Some(last_error.clone()),
+                                retry_after: Some(tier),
+                                now,
+                            })
+                            .await?;
                             Decision::Retry { tier, tiers_used: tiers_used + 1 }
                         }
                         None => {
-                            self.store
-                                .finish_delivery(
-                                    key,
-                                    token,
-                                    DeliveryStatus::Failed,
-                                    Some(reasons::MAX_ATTEMPTS),
-                                    None,
-                                    calls,
-                                    Some(&last_error),
-                                    None,
-                                    now,
-                                )
-                                .await?;
+                            self.finish(Finish {
+                                key: key.clone(),
+                                token,
+                                status: DeliveryStatus::Failed,
+                                reason: Some(reasons::MAX_ATTEMPTS.to_string()),
+                                provider_message_id: None,
+                                calls,
+                                last_error: Some(last_error.clone()),
+                                retry_after: None,
+                                now,
+                            })
+                            .await?;
                             Decision::DeadLetter { reason: reasons::MAX_ATTEMPTS.into(), last_error }
                         }
                     });
