@@ -301,3 +301,62 @@ async fn a_campaign_throttle_holds_across_two_workers() {
     assert!(window >= 180, "{window} sends in 10 s: the throttle should still let 20/s through");
     assert!(first.call_count() > 0 && second.call_count() > 0, "both workers sent");
 }
+
+#[tokio::test]
+async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resent() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "crashed", json!("1")).await;
+    // A worker claimed the delivery long ago, called the provider, and died before recording.
+    let key = herald_store::DeliveryKey {
+        execution_id: execution_id.parse().unwrap(),
+        recipient_index: 0,
+        campaign_id: campaign.parse().unwrap(),
+        channel: "sms".into(),
+    };
+    let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
+    let claim = app.store.claim_delivery(&key, None, long_ago, chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(claim, herald_store::DeliveryClaim::Claimed { .. }));
+
+    // Its message is redelivered to a live worker.
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let recipient = wait_for_status(&app, &execution_id, "unknown").await;
+    assert_eq!(recipient["reason"], "worker-died-during-send");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(provider.call_count(), 0, "maybe sent is not sent again");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_aep_recipient_gets_an_identity_only_profile_when_the_campaign_creates_profiles() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let mut document = otp_sms("creating");
+    document["createNewProfiles"] = json!(true);
+    let campaign = app.live_campaign(&document).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let body = json!({"requestId": "new", "campaignId": campaign, "recipients": [
+        {"type": "aep", "userId": "newcomer", "context": {"otp": "1"}},
+        {"type": "aep", "userId": "with-phone", "channelData": {"mobilePhoneNumber": "+33612345670"}, "context": {"otp": "2"}}
+    ]});
+    let reply = app.post("/im/executions/unitary", &body).await;
+    let execution_id = reply.body["executionId"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let recipients = loop {
+        let status = app.get(&format!("/im/executions/{execution_id}")).await.body;
+        if status["recipients"].as_array().unwrap().iter().all(|r| r["status"] != "queued") {
+            break status["recipients"].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (recipients[0]["status"].as_str(), recipients[0]["reason"].as_str()),
+        (Some("excluded"), Some("no-address"))
+    );
+    assert_eq!(recipients[1]["status"], "sent");
+    let created = app.get("/profiles/phone/newcomer").await;
+    assert_eq!(created.status, StatusCode::OK);
+    assert_eq!(created.body["attributes"], json!({}), "only the identity is stored; context never is");
+    assert_eq!(created.body["phoneNumber"], Value::Null);
+    worker.stop().await;
+}
