@@ -11,7 +11,7 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use herald_api::{ApiConfig, AppState};
 use herald_core::{ManualClock, Scope};
 use herald_store::Store;
@@ -132,7 +132,9 @@ impl TestApp {
         let database = Arc::new(TestDatabase::create().await);
         let store = database.store();
         store.migrate().await.expect("migrate the test database");
-        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()));
+        // Starts at the real time, so processes on the system clock (a `herald worker`) agree with
+        // the app on what has expired; tests move it from there.
+        let clock = Arc::new(ManualClock::new(Utc::now()));
         let topology = options.broker.then(|| {
             let mut topology = broker::TestTopology::new(options.max_queue_length);
             topology.topology.retry_tiers = options.retry_tiers.clone();

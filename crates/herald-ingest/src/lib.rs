@@ -175,6 +175,9 @@ impl Ingest {
             _ => return Err(IngestError::NotLive(status)),
         }
         let live = campaign.live.as_ref().ok_or(IngestError::NotLive(status))?;
+        // PostgreSQL keeps microseconds: the 202 must show the instant a replay will read back.
+        // (Truncated only after the schedule check, which uses the exact instant.)
+        let now = chrono::SubsecRound::trunc_subsecs(now, 6);
         let recipients = execution::prepare(request, &live.facts).map_err(IngestError::Invalid)?;
         if !live.create_new_profiles {
             self.check_profiles_exist(sandbox, &recipients).await?;

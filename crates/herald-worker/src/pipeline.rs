@@ -71,6 +71,8 @@ pub struct Pipeline {
     /// would cap a worker at a few thousand messages a second.
     claims: Batcher<ClaimRequest, DeliveryClaim>,
     finishes: Batcher<Finish, bool>,
+    /// Messages this process handed to a provider successfully (logged at shutdown).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 /// Rows per batched claim or outcome write, and concurrent writers of each.
@@ -103,11 +105,16 @@ impl Pipeline {
             let store = finish_store.clone();
             async move { store.finish_deliveries(&finishes).await }
         });
-        Self { store, provider, campaigns, clock, settings, claims, finishes }
+        Self { store, provider, campaigns, clock, settings, claims, finishes, sent: Default::default() }
     }
 
     pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {
         &self.campaigns
+    }
+
+    /// Messages this process sent successfully so far.
+    pub fn sent_count(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn first_tier(&self) -> Duration {
@@ -247,6 +254,7 @@ impl Pipeline {
             let now = self.clock.now();
             let error = match result {
                 Ok(receipt) => {
+                    self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.finish(Finish {
                         key: key.clone(),
                         token,

@@ -147,8 +147,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    consumer::run(pipeline, settings, stopped).await;
-    tracing::info!("worker stopped");
+    consumer::run(Arc::clone(&pipeline), settings, stopped).await;
+    tracing::info!(sent = pipeline.sent_count(), "worker stopped");
     Ok(())
 }
 

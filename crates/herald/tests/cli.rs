@@ -221,3 +221,81 @@ async fn worker_declares_the_topology_consumes_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}: {logs}");
     assert!(logs.contains("worker stopped"), "{logs}");
 }
+
+/// A `herald worker` process against the test app's database and topology, sending to moto.
+fn worker_process(app: &herald_tests::TestApp, moto: &herald_tests::moto::Moto) -> std::process::Child {
+    herald(&app.database)
+        .args(["worker", "--amqp-prefix", &app.topology().topology.prefix])
+        .env("HERALD_AMQP_URL", herald_tests::broker::amqp_url())
+        .env("HERALD_RETRY_TIERS_SECONDS", "1,2")
+        .env("HERALD_MIGRATE_ON_START", "false")
+        .env("HERALD_LOG_FORMAT", "json")
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends SIGTERM, waits for a clean exit, and returns the `sent` count the worker logged.
+async fn stop_worker(mut child: std::process::Child) -> u64 {
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the worker did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(output.status.success(), "{logs}");
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "worker stopped")
+        .and_then(|line| line["sent"].as_u64())
+        .unwrap_or_else(|| panic!("no `worker stopped` line with a count: {logs}"))
+}
+
+#[tokio::test]
+async fn two_worker_processes_share_2000_executions_each_sent_exactly_once() {
+    use futures_util::StreamExt;
+    let moto = herald_tests::moto::Moto::start().await;
+    let app = std::sync::Arc::new(herald_tests::TestApp::spawn_with(herald_tests::TestOptions::with_broker()).await);
+    let campaign = app.live_campaign(&herald_tests::fixtures::otp_sms("otp")).await;
+    let workers = [worker_process(&app, &moto), worker_process(&app, &moto)];
+    let total = 2_000;
+    let executions = (0..total).map(|n| {
+        let (app, campaign) = (std::sync::Arc::clone(&app), campaign.clone());
+        async move {
+            let phone = format!("+3361{n:07}");
+            let body = herald_tests::execution(
+                &format!("p-{n}"),
+                &campaign,
+                &[(phone.as_str(), json!({"otp": format!("{n:06}")}))],
+            );
+            assert_eq!(app.post("/im/executions/unitary", &body).await.status.as_u16(), 202);
+        }
+    });
+    futures_util::stream::iter(executions).buffer_unordered(32).collect::<Vec<_>>().await;
+
+    let started = Instant::now();
+    let sms = loop {
+        let sms = moto.data().await["sns"]["SMS"].as_array().cloned().unwrap_or_default();
+        if sms.len() >= total {
+            break sms;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "moto received {} of {total}", sms.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut sent = Vec::new();
+    for worker in workers {
+        sent.push(stop_worker(worker).await);
+    }
+    let phones: std::collections::HashSet<&str> = sms.iter().filter_map(|m| m["phone_number"].as_str()).collect();
+    assert_eq!(sms.len(), total, "no duplicate sends");
+    assert_eq!(phones.len(), total, "every execution sent");
+    assert_eq!(sent.iter().sum::<u64>(), total as u64);
+    assert!(sent.iter().all(|count| *count > 0), "both processes did work: {sent:?}");
+    println!("two worker processes sent {sent:?}");
+}
