@@ -360,3 +360,26 @@ async fn an_unknown_aep_recipient_gets_an_identity_only_profile_when_the_campaig
     assert_eq!(created.body["phoneNumber"], Value::Null);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_campaign_that_opts_in_resends_a_delivery_abandoned_by_a_dead_worker() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let mut document = otp_sms("resending");
+    document["resendMaybeSent"] = json!(true);
+    let campaign = app.live_campaign(&document).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let execution_id = execute(&app, &campaign, "crashed", json!("1")).await;
+    let key = herald_store::DeliveryKey {
+        execution_id: execution_id.parse().unwrap(),
+        recipient_index: 0,
+        campaign_id: campaign.parse().unwrap(),
+        channel: "sms".into(),
+    };
+    let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
+    app.store.claim_delivery(&key, None, long_ago, chrono::Duration::seconds(60)).await.unwrap();
+
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    wait_for_status(&app, &execution_id, "sent").await;
+    assert_eq!(provider.call_count(), 1);
+    worker.stop().await;
+}

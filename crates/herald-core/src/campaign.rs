@@ -129,6 +129,10 @@ pub struct CampaignDefinition {
     pub throttle_rate_per_sec: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_ttl_seconds: Option<u32>,
+    /// Send again a message whose earlier attempt may have gone out (its worker died during the
+    /// provider call). Off by default: for an OTP a duplicate is worse than a retry by the user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend_maybe_sent: bool,
 }
 
 /// A structural problem found when a definition is saved (as opposed to the review problems that

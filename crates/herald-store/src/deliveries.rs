@@ -38,6 +38,8 @@ pub struct ClaimRequest {
     pub version_id: Option<Uuid>,
     pub token: Uuid,
     pub now: DateTime<Utc>,
+    /// Take over an abandoned claim (maybe sent) instead of recording it `unknown`.
+    pub resend_abandoned: bool,
 }
 
 /// One outcome in a batch, written only if `token` still holds the claim.
@@ -169,10 +171,33 @@ impl Store {
             } else if let Some(attempts) = claimed.get(&request.token) {
                 outcomes.push(DeliveryClaim::Claimed { token: request.token, attempts: *attempts });
             } else {
-                outcomes.push(Self::unclaimed(&client, &request.key, request.now, stale_after).await?);
+                let outcome = Self::unclaimed(&client, &request.key, request.now, stale_after).await?;
+                let outcome = match outcome {
+                    DeliveryClaim::Abandoned if request.resend_abandoned => Self::take_over(&client, request).await?,
+                    other => other,
+                };
+                outcomes.push(outcome);
             }
         }
         Ok(outcomes)
+    }
+
+    /// Claims a delivery just recorded `unknown` (abandoned) for a campaign that resends.
+    async fn take_over(
+        client: &deadpool_postgres::Object,
+        request: &ClaimRequest,
+    ) -> Result<DeliveryClaim, StoreError> {
+        let row = client
+            .query_opt(
+                "UPDATE deliveries SET status = 'sending', reason = NULL, claim_token = $3, claimed_at = $4, updated_at = $4
+                  WHERE execution_id = $1 AND recipient_index = $2 AND status = 'unknown' RETURNING attempts",
+                &[&request.key.execution_id, &request.key.recipient_index, &request.token, &request.now],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => DeliveryClaim::Claimed { token: request.token, attempts: row.get(0) },
+            None => DeliveryClaim::Busy,
+        })
     }
 
     /// Writes many outcomes in one statement; `true` where the claim was still held.

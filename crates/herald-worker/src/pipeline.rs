@@ -202,7 +202,9 @@ impl Pipeline {
                 return Ok(Decision::Ack);
             }
         };
-        let request = ClaimRequest { key: key.clone(), version_id: version, token: Uuid::now_v7(), now };
+        let resend_abandoned = live.definition.resend_maybe_sent;
+        let request =
+            ClaimRequest { key: key.clone(), version_id: version, token: Uuid::now_v7(), now, resend_abandoned };
         let (token, attempts) = match self.claims.submit(request).await.map_err(unbatched)? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
             DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),

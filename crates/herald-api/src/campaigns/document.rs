@@ -31,6 +31,8 @@ pub(crate) struct CampaignDocument {
     throttle_rate_per_sec: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message_ttl_seconds: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    resend_maybe_sent: bool,
 }
 
 impl CampaignDocument {
@@ -53,6 +55,7 @@ impl CampaignDocument {
             content: d.content,
             throttle_rate_per_sec: d.throttle_rate_per_sec,
             message_ttl_seconds: d.message_ttl_seconds,
+            resend_maybe_sent: d.resend_maybe_sent,
         }
     }
 
@@ -72,6 +75,7 @@ impl CampaignDocument {
             content: self.content.clone(),
             throttle_rate_per_sec: self.throttle_rate_per_sec,
             message_ttl_seconds: self.message_ttl_seconds,
+            resend_maybe_sent: self.resend_maybe_sent,
         }
     }
 
