@@ -1,5 +1,6 @@
 //! Broker faults, in a test binary of their own: `rabbitmqctl close_all_connections` closes every
-//! connection on the broker, which would disturb tests running beside it.
+//! connection on the broker, which would disturb tests running beside it (and the tests here take
+//! turns for the same reason).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,6 +14,9 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 const REQUESTS: usize = 3_000;
+
+/// Each test here cuts every broker connection, so they must not overlap.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CONCURRENCY: usize = 8;
 
 #[derive(Debug, Default)]
@@ -27,6 +31,7 @@ struct Outcomes {
 
 #[tokio::test]
 async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let app = Arc::new(TestApp::spawn_with(TestOptions::with_broker()).await);
     let id = app.live_campaign(&otp_sms("otp")).await;
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
@@ -116,4 +121,48 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
         outcomes.retried.len(),
         broker.sessions_established()
     );
+}
+
+#[tokio::test]
+async fn a_worker_survives_losing_its_broker_connection_and_sends_everything_once() {
+    use herald_tests::worker::{TestWorker, fast_policy};
+    use herald_worker::providers::fake::ScriptedProvider;
+    let _alone = ONE_AT_A_TIME.lock().await;
+
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let id = app.live_campaign(&otp_sms("otp")).await;
+    // Slow sends, so that the cut lands while deliveries are in flight.
+    let provider = Arc::new(ScriptedProvider::with_latency(Duration::from_millis(20)));
+    let total = 600;
+    for n in 0..total {
+        let body = execution(&format!("w-{n}"), &id, &[("+33612345678", json!({"otp": format!("{n:06}")}))]);
+        assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
+    }
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    while provider.call_count() < (total / 4) as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let output = tokio::task::spawn_blocking(|| {
+        std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald worker fault test"]).output()
+    })
+    .await
+    .unwrap()
+    .expect("rabbitmqctl must be installed for this test");
+    assert!(output.status.success());
+
+    let started = Instant::now();
+    while provider.call_count() < total as u64 {
+        assert!(started.elapsed() < Duration::from_secs(60), "stuck at {} of {total} sends", provider.call_count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bodies: Vec<String> = provider.calls().into_iter().map(|call| call.body).collect();
+    let distinct: HashSet<&String> = bodies.iter().collect();
+    assert_eq!(distinct.len(), total, "every message sent");
+    assert_eq!(
+        bodies.len(),
+        total,
+        "none sent twice: deliveries unacked at the cut were redelivered and found decided"
+    );
+    worker.stop().await;
 }

@@ -37,6 +37,11 @@ impl ScriptedProvider {
         Self { record: true, ..Self::default() }
     }
 
+    /// A recording provider that takes `latency` per call.
+    pub fn with_latency(latency: Duration) -> Self {
+        Self { record: true, latency, ..Self::default() }
+    }
+
     /// A provider that answers at once and keeps no call list (benchmarks).
     pub fn silent() -> Self {
         Self::default()
