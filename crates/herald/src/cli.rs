@@ -25,12 +25,39 @@ pub enum Command {
     Api(ApiArgs),
     /// Consume queued messages and send them.
     Worker(WorkerArgs),
+    /// Run the API and a worker together in one process (local development).
+    Dev(DevArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// List and replay dead letters.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Manage campaigns through a running API.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Create the campaign in FILE, or update the draft of the campaign with its name.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A campaign document (the body of `POST /campaigns`), e.g. examples/otp-sms.json.
+    #[arg(short = 'f', long = "file")]
+    pub file: std::path::PathBuf,
+    /// Activate it after applying (the review runs; problems are printed).
+    #[arg(long)]
+    pub activate: bool,
+    /// The API to talk to.
+    #[arg(long, env = "HERALD_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+    /// An API key with campaigns:read and campaigns:write.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Secret,
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +200,15 @@ pub struct ApiArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
+    #[command(flatten)]
+    pub tuning: WorkerTuning,
+    #[command(flatten)]
+    pub startup: StartupArgs,
+}
+
+/// Settings of the worker role (`herald worker`, and the worker inside `herald dev`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerTuning {
     /// Channels this worker consumes (comma-separated).
     #[arg(long, env = "HERALD_WORKER_CHANNELS", default_value = "email,sms,push", value_delimiter = ',')]
     pub worker_channels: Vec<String>,
@@ -201,8 +237,29 @@ pub struct WorkerArgs {
     /// Push sends per second across all workers; 0: no limit.
     #[arg(long, env = "HERALD_PUSH_RATE_PER_SEC", default_value_t = 0.0)]
     pub push_rate_per_sec: f64,
+    /// Where messages go: `aws` (SES v2 and SNS, configured by the standard AWS_* variables) or
+    /// `outbox` (append each rendered message to HERALD_OUTBOX_PATH; delivers nothing).
+    #[arg(long, env = "HERALD_PROVIDER", value_enum, default_value_t = ProviderKind::Aws)]
+    pub provider: ProviderKind,
+    /// The file the `outbox` provider appends JSON lines to.
+    #[arg(long, env = "HERALD_OUTBOX_PATH", default_value = "herald-outbox.jsonl")]
+    pub outbox_path: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    Aws,
+    Outbox,
+}
+
+/// `herald dev`: the API and a worker in one process, for a machine with PostgreSQL and
+/// RabbitMQ but no AWS account (use `HERALD_PROVIDER=outbox`).
+#[derive(Debug, Clone, Args)]
+pub struct DevArgs {
     #[command(flatten)]
-    pub startup: StartupArgs,
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub worker: WorkerTuning,
 }
 
 /// What every long-running process needs at start-up.

@@ -16,11 +16,13 @@ use herald_worker::consumer::{self, ConsumerSettings};
 use herald_worker::pipeline::{Pipeline, PipelineSettings};
 use herald_worker::providers::Provider;
 use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
+use herald_worker::providers::outbox::OutboxProvider;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::cli::{
-    ApiArgs, Cli, Command, CreateKeyArgs, DatabaseArgs, DlqCommand, DlqListArgs, DlqReplayArgs, KeysCommand,
-    StartupArgs, WorkerArgs,
+    ApiArgs, CampaignCommand, Cli, Command, CreateKeyArgs, DatabaseArgs, DevArgs, DlqCommand, DlqListArgs,
+    DlqReplayArgs, KeysCommand, ProviderKind, StartupArgs, WorkerArgs, WorkerTuning,
 };
 
 /// Start-up waits: quick first retries for a database that is just starting, capped so a long
@@ -37,6 +39,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(database) => migrate(&database).await,
         Command::Api(args) => api(args).await,
         Command::Worker(args) => worker(args).await,
+        Command::Dev(args) => dev(args).await,
+        Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
         Command::Keys(KeysCommand::Create(args)) => create_key(args).await,
         Command::Dlq(DlqCommand::List(args)) => dlq_list(args).await,
         Command::Dlq(DlqCommand::Replay(args)) => dlq_replay(args).await,
@@ -72,6 +76,16 @@ async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
     let store = start(&args.startup).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    serve_api(&args, store, stopped).await
+}
+
+/// Serves the HTTP API until `stop` turns true.
+async fn serve_api(args: &ApiArgs, store: Store, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         store
@@ -80,11 +94,6 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
             .context("registering the bootstrap API key")?;
         tracing::info!(sandbox = %args.bootstrap_sandbox, "bootstrap api key registered");
     }
-    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
-    let public_url = args
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
     let broker = Broker::start(BrokerSettings {
         url: args.startup.broker.amqp_url.expose().to_string(),
         topology: args.startup.broker.topology(),
@@ -97,9 +106,17 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         broker,
         IngestSettings { rate_limit_per_sec: args.rate_limit_per_sec, ..IngestSettings::default() },
     );
+    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
     let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
     tracing::info!(addr = %args.http_addr, "api listening");
-    herald_api::serve(listener, AppState::new(store, clock, config).with_ingest(Arc::new(ingest)), shutdown_signal())
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    herald_api::serve(listener, AppState::new(store, clock, config).with_ingest(Arc::new(ingest)), shutdown)
         .await
         .context("serving http")?;
     tracing::info!("api stopped");
@@ -109,45 +126,77 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
     let store = start(&args.startup).await?;
-    let channels = args
-        .worker_channels
-        .iter()
-        .map(|name| name.trim().parse::<Channel>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let aws = load_config(&AwsSettings::default()).await;
-    let provider: Arc<dyn Provider> = Arc::new(AwsProvider::new(&aws));
-    let topology = args.startup.broker.topology();
-    let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
-    policy.max_attempts = args.max_attempts;
-    let pipeline = Arc::new(Pipeline::new(
-        store,
-        provider,
-        Arc::new(SystemClock),
-        PipelineSettings {
-            policy,
-            stale_claim: chrono::Duration::seconds(i64::try_from(args.stale_claim_seconds).unwrap_or(i64::MAX)),
-            database_pause: Duration::from_secs(2),
-            channel_rates: vec![
-                (Channel::Email, args.email_rate_per_sec),
-                (Channel::Sms, args.sms_rate_per_sec),
-                (Channel::Push, args.push_rate_per_sec),
-            ],
-        },
-    ));
-    let settings = ConsumerSettings {
-        amqp_url: args.startup.broker.amqp_url.expose().to_string(),
-        topology,
-        channels,
-        prefetch: args.worker_prefetch,
-        concurrency: args.worker_concurrency,
-        grace: Duration::from_secs(args.worker_grace_seconds),
-    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    consumer::run(Arc::clone(&pipeline), settings, stopped).await;
+    run_worker(&args.tuning, &args.startup, store, stopped).await
+}
+
+/// The API and a worker in one process, sharing the database pool and the shutdown signal.
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    tracing::info!(settings = ?args, "starting api and worker (dev)");
+    if args.worker.provider == ProviderKind::Outbox {
+        tracing::warn!(path = %args.worker.outbox_path.display(), "provider is the outbox: messages are written to a file, not delivered");
+    }
+    let store = start(&args.api.startup).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let worker = run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone());
+    let (served, worked) = tokio::join!(serve_api(&args.api, store, stopped), worker);
+    served.and(worked)
+}
+
+async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
+    match tuning.provider {
+        ProviderKind::Aws => Arc::new(AwsProvider::new(&load_config(&AwsSettings::default()).await)),
+        ProviderKind::Outbox => Arc::new(OutboxProvider::new(&tuning.outbox_path)),
+    }
+}
+
+/// Consumes and sends until `stop` turns true.
+async fn run_worker(
+    tuning: &WorkerTuning,
+    startup: &StartupArgs,
+    store: Store,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let channels = tuning
+        .worker_channels
+        .iter()
+        .map(|name| name.trim().parse::<Channel>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let topology = startup.broker.topology();
+    let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
+    policy.max_attempts = tuning.max_attempts;
+    let pipeline = Arc::new(Pipeline::new(
+        store,
+        provider(tuning).await,
+        Arc::new(SystemClock),
+        PipelineSettings {
+            policy,
+            stale_claim: chrono::Duration::seconds(i64::try_from(tuning.stale_claim_seconds).unwrap_or(i64::MAX)),
+            database_pause: Duration::from_secs(2),
+            channel_rates: vec![
+                (Channel::Email, tuning.email_rate_per_sec),
+                (Channel::Sms, tuning.sms_rate_per_sec),
+                (Channel::Push, tuning.push_rate_per_sec),
+            ],
+        },
+    ));
+    let settings = ConsumerSettings {
+        amqp_url: startup.broker.amqp_url.expose().to_string(),
+        topology,
+        channels,
+        prefetch: tuning.worker_prefetch,
+        concurrency: tuning.worker_concurrency,
+        grace: Duration::from_secs(tuning.worker_grace_seconds),
+    };
+    consumer::run(Arc::clone(&pipeline), settings, stop).await;
     tracing::info!(sent = pipeline.sent_count(), "worker stopped");
     Ok(())
 }

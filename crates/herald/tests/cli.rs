@@ -299,3 +299,83 @@ async fn two_worker_processes_share_2000_executions_each_sent_exactly_once() {
     assert!(sent.iter().all(|count| *count > 0), "both processes did work: {sent:?}");
     println!("two worker processes sent {sent:?}");
 }
+
+#[tokio::test]
+async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
+    let database = TestDatabase::create().await;
+    let topology = herald_tests::broker::TestTopology::new(None);
+    let port = free_port();
+    let api = format!("http://127.0.0.1:{port}");
+    let outbox = std::env::temp_dir().join(format!("herald-dev-{}.jsonl", uuid::Uuid::new_v4()));
+    let key = "hk_dev_test_key";
+    let mut child = herald(&database)
+        .arg("dev")
+        .env("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_BOOTSTRAP_API_KEY", key)
+        .env("HERALD_AMQP_URL", herald_tests::broker::amqp_url())
+        .env("HERALD_AMQP_PREFIX", &topology.topology.prefix)
+        .env("HERALD_PROVIDER", "outbox")
+        .env("HERALD_OUTBOX_PATH", &outbox)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{api}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "herald dev did not become ready");
+        assert!(child.try_wait().unwrap().is_none(), "herald dev exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/otp-sms.json");
+    let applied = herald(&database)
+        .args(["campaign", "apply", "-f", example.to_str().unwrap(), "--activate"])
+        .env("HERALD_API_URL", &api)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let applied: serde_json::Value = serde_json::from_slice(&applied.stdout).unwrap();
+    assert_eq!((applied["status"].as_str(), applied["created"].as_bool()), (Some("live"), Some(true)));
+    let campaign = applied["id"].as_str().unwrap();
+
+    let body = json!({"requestId": "dev-1", "campaignId": campaign, "recipients": [
+        {"type": "external", "userId": "+33612345678", "context": {"otp": "482913"}}
+    ]});
+    let accepted = http.post(format!("{api}/im/executions/unitary")).bearer_auth(key).json(&body).send().await.unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+
+    let started = Instant::now();
+    let line = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if let Some(line) = text.lines().find(|line| line.contains("482913")) {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the OTP never reached the outbox");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(line["channel"], "sms");
+    assert_eq!(line["to"], "+33612345678");
+    assert_eq!(line["body"], "482913 is your Example code. It expires in 5 minutes.");
+    assert_eq!(line["senderId"], "Example");
+
+    // Applying the same file again updates the campaign instead of creating a second one.
+    let again = herald(&database)
+        .args(["campaign", "apply", "-f", example.to_str().unwrap()])
+        .env("HERALD_API_URL", &api)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!((again["id"].as_str(), again["created"].as_bool()), (Some(campaign), Some(false)));
+
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "herald dev did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let _ = std::fs::remove_file(outbox);
+}

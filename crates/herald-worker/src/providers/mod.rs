@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod classify;
 pub mod fake;
+pub mod outbox;
 
 use std::collections::BTreeMap;
 
