@@ -36,6 +36,14 @@ pub enum Command {
     /// Manage campaigns through a running API.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Exit 0 when URL answers 2xx (container health checks; the image has no curl).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8080/readyz")]
+    pub url: String,
 }
 
 #[derive(Debug, Subcommand)]

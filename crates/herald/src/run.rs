@@ -41,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
+        Command::Probe(args) => probe(&args.url).await,
         Command::Keys(KeysCommand::Create(args)) => create_key(args).await,
         Command::Dlq(DlqCommand::List(args)) => dlq_list(args).await,
         Command::Dlq(DlqCommand::Replay(args)) => dlq_replay(args).await,
@@ -250,6 +251,16 @@ async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("replaying {id}"))?;
         println!("{}", serde_json::json!({ "id": id, "outcome": format!("{outcome:?}") }));
+    }
+    Ok(())
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let client =
+        reqwest::Client::builder().timeout(Duration::from_secs(3)).build().context("building an http client")?;
+    let status = client.get(url).send().await.with_context(|| format!("probing {url}"))?.status();
+    if !status.is_success() {
+        bail!("{url} answered {status}");
     }
     Ok(())
 }

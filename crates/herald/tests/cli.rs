@@ -379,3 +379,17 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let _ = std::fs::remove_file(outbox);
 }
+
+// Multi-threaded: the API under probe runs in this test's runtime while the probe process blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_succeeds_on_2xx_and_fails_otherwise() {
+    let database = TestDatabase::create().await;
+    let app = herald_tests::TestApp::spawn().await;
+    let up = herald(&database).args(["probe", "--url", &format!("{}/healthz", app.address)]).output().unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let missing = herald(&database).args(["probe", "--url", &format!("{}/nope", app.address)]).output().unwrap();
+    assert!(!missing.status.success());
+    let closed =
+        herald(&database).args(["probe", "--url", &format!("http://127.0.0.1:{}/", free_port())]).output().unwrap();
+    assert!(!closed.status.success());
+}

@@ -109,3 +109,22 @@ fn urls_and_ports_point_at_the_services_that_serve_them() {
     );
     assert!(api["HERALD_BOOTSTRAP_API_KEY"].starts_with("hk_"));
 }
+
+#[test]
+fn long_running_services_have_health_checks_and_start_in_order() {
+    let compose = compose();
+    let services = services(&compose);
+    for name in ["postgres", "rabbitmq", "moto", "api"] {
+        assert!(!services[name]["healthcheck"]["test"].is_badvalue(), "{name} has no health check");
+    }
+    let probe: Vec<&str> =
+        services["api"]["healthcheck"]["test"].as_vec().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&probe[..3], ["CMD", "herald", "probe"], "the image has no curl: the api probes itself");
+    let subcommands: Vec<String> = <herald::cli::Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert!(subcommands.iter().any(|s| s == "probe"));
+    assert_eq!(services["worker"]["depends_on"]["api"]["condition"].as_str(), Some("service_healthy"));
+    assert_eq!(services["api"]["depends_on"]["migrate"]["condition"].as_str(), Some("service_completed_successfully"));
+}
