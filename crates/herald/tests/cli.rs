@@ -1,5 +1,6 @@
 //! The `herald` binary as users run it: real processes against a real PostgreSQL.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -392,4 +393,85 @@ async fn probe_succeeds_on_2xx_and_fails_otherwise() {
     let closed =
         herald(&database).args(["probe", "--url", &format!("http://127.0.0.1:{}/", free_port())]).output().unwrap();
     assert!(!closed.status.success());
+}
+
+/// A `herald worker` process writing to its own outbox file.
+fn outbox_worker(app: &herald_tests::TestApp, outbox: &Path) -> std::process::Child {
+    herald(&app.database)
+        .args(["worker", "--amqp-prefix", &app.topology().topology.prefix])
+        .env("HERALD_AMQP_URL", herald_tests::broker::amqp_url())
+        .env("HERALD_RETRY_TIERS_SECONDS", "1,2")
+        .env("HERALD_MIGRATE_ON_START", "false")
+        .env("HERALD_LOG_FORMAT", "json")
+        .env("HERALD_PROVIDER", "outbox")
+        .env("HERALD_OUTBOX_PATH", outbox)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn outbox_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn three_worker_processes_share_3000_messages_and_a_sigterm_mid_run_loses_nothing() {
+    use futures_util::StreamExt;
+    let app = std::sync::Arc::new(herald_tests::TestApp::spawn_with(herald_tests::TestOptions::with_broker()).await);
+    let campaign = app.live_campaign(&herald_tests::fixtures::otp_sms("otp")).await;
+    let total = 3_000;
+    let executions = (0..total).map(|n| {
+        let (app, campaign) = (std::sync::Arc::clone(&app), campaign.clone());
+        async move {
+            let body = herald_tests::execution(
+                &format!("s-{n}"),
+                &campaign,
+                &[("+33612345678", json!({"otp": format!("{n:06}")}))],
+            );
+            assert_eq!(app.post("/im/executions/unitary", &body).await.status.as_u16(), 202);
+        }
+    });
+    futures_util::stream::iter(executions).buffer_unordered(32).collect::<Vec<_>>().await;
+
+    let directory = std::env::temp_dir().join(format!("herald-three-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let outboxes: Vec<PathBuf> = (0..3).map(|i| directory.join(format!("worker-{i}.jsonl"))).collect();
+    let mut workers: Vec<_> = outboxes.iter().map(|path| outbox_worker(&app, path)).collect();
+    let count = || outboxes.iter().map(|path| outbox_lines(path).len()).sum::<usize>();
+
+    // Stop one worker while the run is in full swing.
+    let started = Instant::now();
+    while count() < total / 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the workers stalled at {}", count());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped_sent = stop_worker(workers.remove(0)).await;
+    assert!(count() < total, "the run ended before the SIGTERM; make it longer");
+
+    while count() < total {
+        assert!(started.elapsed() < Duration::from_secs(120), "stuck at {} of {total}", count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut per_worker = vec![stopped_sent];
+    for worker in workers {
+        per_worker.push(stop_worker(worker).await);
+    }
+    let bodies: Vec<String> = outboxes
+        .iter()
+        .flat_map(|path| outbox_lines(path))
+        .map(|line| line["body"].as_str().unwrap().to_string())
+        .collect();
+    let distinct: std::collections::HashSet<&String> = bodies.iter().collect();
+    assert_eq!(distinct.len(), total, "no loss");
+    assert_eq!(bodies.len(), total, "no duplicate");
+    assert_eq!(per_worker.iter().sum::<u64>(), total as u64);
+    assert!(per_worker.iter().all(|sent| *sent > 0), "every process did work: {per_worker:?}");
+    assert_eq!(outbox_lines(&outboxes[0]).len() as u64, per_worker[0], "the stopped worker's sends are all recorded");
+    println!("three worker processes sent {per_worker:?} (the first was stopped mid-run)");
+    let _ = std::fs::remove_dir_all(directory);
 }

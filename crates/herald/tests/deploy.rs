@@ -41,7 +41,8 @@ fn every_resource_the_kustomization_lists_exists() {
 fn configuration_names_only_settings_the_binary_reads() {
     let known: Vec<String> = herald::cli::environment_variables().into_iter().map(|(name, _)| name).collect();
     let secret = one("secret.yaml");
-    let secret_keys: Vec<String> = secret["stringData"].as_hash().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
+    let secret_keys: Vec<String> =
+        secret["stringData"].as_hash().unwrap().keys().map(|k| k.as_str().unwrap().to_string()).collect();
     for name in config().keys().chain(secret_keys.iter()).filter(|name| name.starts_with("HERALD_")) {
         assert!(known.contains(name), "{name} is set in deploy/ but not read by herald");
     }
@@ -49,8 +50,10 @@ fn configuration_names_only_settings_the_binary_reads() {
 
 #[test]
 fn deployments_run_real_subcommands_with_the_right_probes_and_drain_time() {
-    let subcommands: Vec<String> =
-        <herald::cli::Cli as clap::CommandFactory>::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+    let subcommands: Vec<String> = <herald::cli::Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
     let api = one("api-deployment.yaml");
     let container = &api["spec"]["template"]["spec"]["containers"][0];
     assert!(subcommands.iter().any(|s| Some(s.as_str()) == container["args"][0].as_str()));
@@ -63,15 +66,24 @@ fn deployments_run_real_subcommands_with_the_right_probes_and_drain_time() {
     assert_eq!(worker["spec"]["template"]["spec"]["containers"][0]["args"][0].as_str(), Some("worker"));
     let termination = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap();
     let drain: i64 = config()["HERALD_WORKER_GRACE_SECONDS"].parse().unwrap();
-    assert!(termination >= drain + 10, "the pod is killed ({termination} s) before the worker's drain ({drain} s) ends");
+    assert!(
+        termination >= drain + 10,
+        "the pod is killed ({termination} s) before the worker's drain ({drain} s) ends"
+    );
 }
 
 #[test]
 fn workers_scale_on_the_queues_the_topology_declares() {
     let prefix = config()["HERALD_AMQP_PREFIX"].clone();
-    let scaled = documents("worker-scaledobject.yaml").into_iter().find(|d| d["kind"].as_str() == Some("ScaledObject")).unwrap();
+    let scaled =
+        documents("worker-scaledobject.yaml").into_iter().find(|d| d["kind"].as_str() == Some("ScaledObject")).unwrap();
     assert_eq!(scaled["spec"]["scaleTargetRef"]["name"].as_str(), Some("herald-worker"));
-    let queues: Vec<&str> = scaled["spec"]["triggers"].as_vec().unwrap().iter().map(|t| t["metadata"]["queueName"].as_str().unwrap()).collect();
+    let queues: Vec<&str> = scaled["spec"]["triggers"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|t| t["metadata"]["queueName"].as_str().unwrap())
+        .collect();
     assert_eq!(queues, [format!("{prefix}.email"), format!("{prefix}.sms"), format!("{prefix}.push")]);
     assert_eq!(one("rabbitmq-cluster.yaml")["spec"]["replicas"].as_i64(), Some(3));
 }
