@@ -258,7 +258,7 @@ async fn record_dead_letters(
             .or_else(|| broker_reason(headers))
             .unwrap_or_else(|| "unknown".into());
         let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
-        let facts = crate::pipeline::DeadLetterFacts {
+        let facts = crate::dead_letters::DeadLetterFacts {
             body: &delivery.data,
             message_id: message_id.as_deref(),
             routing_key: delivery.routing_key.as_str(),

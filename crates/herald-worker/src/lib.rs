@@ -6,6 +6,7 @@
 //! dead letter). [`providers`] hold the SES/SNS clients and their error classifiers.
 
 pub mod consumer;
+pub mod dead_letters;
 pub mod pipeline;
 pub mod providers;
 pub mod resolve;

@@ -112,6 +112,14 @@ impl Pipeline {
         &self.campaigns
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn now(&self) -> chrono::DateTime<Utc> {
+        self.clock.now()
+    }
+
     /// Messages this process sent successfully so far.
     pub fn sent_count(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
@@ -274,6 +282,19 @@ impl Pipeline {
                 Err(error) => error,
             };
             let last_error = error.to_string();
+            // Every failure outcome carries the error; they differ in status, reason, counted
+            // calls and when a retry may claim the delivery again.
+            let failure = |status, reason: String, calls, retry_after| Finish {
+                key: key.clone(),
+                token,
+                status,
+                reason: Some(reason),
+                provider_message_id: None,
+                calls,
+                last_error: Some(last_error.clone()),
+                retry_after,
+                now,
+            };
             match error.class {
                 ErrorClass::Permanent => {
                     if error.token_dead
@@ -283,34 +304,13 @@ impl Pipeline {
                             .mark_push_token_dead(&envelope.sandbox, &push.application_arn, &push.token, now)
                             .await?;
                     }
-                    self.finish(Finish {
-                        key: key.clone(),
-                        token,
-                        status: DeliveryStatus::Failed,
-                        reason: Some(error.code.clone()),
-                        provider_message_id: None,
-                        calls,
-                        last_error: Some(last_error.clone()),
-                        retry_after: None,
-                        now,
-                    })
-                    .await?;
+                    self.finish(failure(DeliveryStatus::Failed, error.code.clone(), calls, None)).await?;
                     return Ok(Decision::Ack);
                 }
                 ErrorClass::AccountWide => {
                     // Not the message's fault: the calls are not counted against it.
-                    self.finish(Finish {
-                        key: key.clone(),
-                        token,
-                        status: DeliveryStatus::Retrying,
-                        reason: Some(error.code.clone()),
-                        provider_message_id: None,
-                        calls: 0,
-                        last_error: Some(last_error.clone()),
-                        retry_after: Some(self.first_tier()),
-                        now,
-                    })
-                    .await?;
+                    self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), 0, Some(self.first_tier())))
+                        .await?;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
                     return Ok(Decision::Pause { pause: Duration::ZERO, reason: error.code });
                 }
@@ -321,32 +321,17 @@ impl Pipeline {
                     let total = u32::try_from(attempts + calls).unwrap_or(u32::MAX);
                     return Ok(match policy.next_tier(total, tiers_used) {
                         Some(tier) => {
-                            self.finish(Finish {
-                                key: key.clone(),
-                                token,
-                                status: DeliveryStatus::Retrying,
-                                reason: Some(error.code.clone()),
-                                provider_message_id: None,
-                                calls,
-                                last_error: Some(last_error.clone()),
-                                retry_after: Some(tier),
-                                now,
-                            })
-                            .await?;
+                            self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), calls, Some(tier)))
+                                .await?;
                             Decision::Retry { tier, tiers_used: tiers_used + 1 }
                         }
                         None => {
-                            self.finish(Finish {
-                                key: key.clone(),
-                                token,
-                                status: DeliveryStatus::Failed,
-                                reason: Some(reasons::MAX_ATTEMPTS.to_string()),
-                                provider_message_id: None,
+                            self.finish(failure(
+                                DeliveryStatus::Failed,
+                                reasons::MAX_ATTEMPTS.to_string(),
                                 calls,
-                                last_error: Some(last_error.clone()),
-                                retry_after: None,
-                                now,
-                            })
+                                None,
+                            ))
                             .await?;
                             Decision::DeadLetter { reason: reasons::MAX_ATTEMPTS.into(), last_error }
                         }
@@ -451,45 +436,6 @@ impl Pipeline {
             .map_err(unavailable)?;
         Ok(endpoint)
     }
-}
-
-impl Pipeline {
-    /// Copies a message from the dead-letter queue into the database, where it can be listed
-    /// and replayed. The body is kept as it was, even when it is not a valid envelope.
-    pub async fn record_dead_letter(&self, letter: DeadLetterFacts<'_>) -> Result<(), StoreError> {
-        let envelope: Option<serde_json::Value> = serde_json::from_slice(letter.body).ok();
-        let field = |name: &str| {
-            envelope.as_ref().and_then(|e| e.get(name)).and_then(serde_json::Value::as_str).map(str::to_string)
-        };
-        let uuid = |name: &str| field(name).and_then(|id| Uuid::parse_str(&id).ok());
-        let recipient_index = envelope
-            .as_ref()
-            .and_then(|e| e.get("recipientIndex"))
-            .and_then(serde_json::Value::as_i64)
-            .and_then(|i| i32::try_from(i).ok());
-        let record = herald_store::NewDeadLetter {
-            message_id: letter.message_id.map_or_else(|| format!("unidentified/{}", Uuid::now_v7()), str::to_string),
-            sandbox: field("sandbox"),
-            campaign_id: uuid("campaignId"),
-            execution_id: uuid("executionId"),
-            recipient_index,
-            channel: letter.routing_key.to_string(),
-            reason: letter.reason,
-            last_error: letter.last_error,
-            body: letter.body.to_vec(),
-        };
-        self.store.record_dead_letter(&record, self.clock.now()).await
-    }
-}
-
-/// What the delivery loop read off a dead-lettered message.
-#[derive(Debug, Clone)]
-pub struct DeadLetterFacts<'a> {
-    pub body: &'a [u8],
-    pub message_id: Option<&'a str>,
-    pub routing_key: &'a str,
-    pub reason: String,
-    pub last_error: Option<String>,
 }
 
 fn envelope_version_ok(envelope: &Envelope) -> bool {
