@@ -154,13 +154,13 @@ impl Pipeline {
                 };
             }
         };
-        match self.deliver(&envelope, tiers_used).await {
+        match self.deliver(envelope, tiers_used).await {
             Ok(decision) => decision,
             Err(error) => self.database_down(&error),
         }
     }
 
-    async fn deliver(&self, envelope: &Envelope, tiers_used: u32) -> Result<Decision, StoreError> {
+    async fn deliver(&self, mut envelope: Envelope, tiers_used: u32) -> Result<Decision, StoreError> {
         let now = self.clock.now();
         let key = DeliveryKey {
             execution_id: envelope.execution_id,
@@ -191,16 +191,14 @@ impl Pipeline {
                 profile
             }
         };
-        let resolved = match resolve(envelope, &live.definition, stored.as_ref()) {
+        let mut resolved = match resolve(&envelope, &live.definition, stored.as_ref()) {
             Ok(resolved) => resolved,
             Err(reason) => return self.exclude(&key, version, reason, now).await,
         };
-        let rendered = campaign.compiled.as_ref().map(|compiled| {
-            compiled.render(
-                &serde_json::Value::Object(resolved.profile.clone()),
-                &serde_json::Value::Object(envelope.context.clone()),
-            )
-        });
+        // Profile and context are not needed after rendering: they move into the template scope.
+        let profile = serde_json::Value::Object(std::mem::take(&mut resolved.profile));
+        let context = serde_json::Value::Object(std::mem::take(&mut envelope.context));
+        let rendered = campaign.compiled.as_ref().map(|compiled| compiled.render(profile, context));
         let rendered = match rendered {
             Some(Ok(rendered)) => rendered,
             _ => {
@@ -220,7 +218,7 @@ impl Pipeline {
                 return Ok(Decision::Retry { tier: self.first_tier(), tiers_used });
             }
         };
-        self.send_and_record(envelope, &campaign.record, &resolved, &rendered, &key, token, attempts, tiers_used).await
+        self.send_and_record(&envelope, &campaign.record, &resolved, &rendered, &key, token, attempts, tiers_used).await
     }
 
     async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
@@ -364,7 +362,10 @@ impl Pipeline {
         resolved: &Resolved,
         rendered: &Rendered,
     ) -> ProviderResult<Receipt> {
-        let definition = &campaign.live.as_ref().map(|live| live.definition.clone()).unwrap_or_default();
+        let Some(live) = campaign.live.as_ref() else {
+            return Err(ProviderError::new(ErrorClass::Permanent, "NoLiveVersion", "the campaign has no live version"));
+        };
+        let definition = &live.definition;
         let part = |name: &str| rendered.get(name).cloned();
         match envelope.channel {
             Channel::Email => {

@@ -80,7 +80,8 @@ impl CompiledContent {
     }
 
     /// Renders every part with `profile` and `context` as the only variables in scope.
-    pub fn render(&self, profile: &Value, context: &Value) -> Result<Rendered, TemplateError> {
+    /// Takes the values by value: they become the template scope without another copy.
+    pub fn render(&self, profile: Value, context: Value) -> Result<Rendered, TemplateError> {
         let scope = Context::from_value(json!({ "profile": profile, "context": context }))
             .map_err(|error| TemplateError { part: String::new(), line: None, message: error_chain(&error) })?;
         let mut rendered = Rendered::new();
