@@ -314,7 +314,21 @@ async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resen
         channel: "sms".into(),
     };
     let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
-    let claim = app.store.claim_delivery(&key, None, long_ago, chrono::Duration::seconds(60)).await.unwrap();
+    let claim = app
+        .store
+        .claim_deliveries(
+            &[herald_store::ClaimRequest {
+                key: key.clone(),
+                version_id: None,
+                token: uuid::Uuid::now_v7(),
+                now: long_ago,
+                resend_abandoned: false,
+            }],
+            chrono::Duration::seconds(60),
+        )
+        .await
+        .unwrap()
+        .remove(0);
     assert!(matches!(claim, herald_store::DeliveryClaim::Claimed { .. }));
 
     // Its message is redelivered to a live worker.
@@ -376,10 +390,51 @@ async fn a_campaign_that_opts_in_resends_a_delivery_abandoned_by_a_dead_worker()
         channel: "sms".into(),
     };
     let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
-    app.store.claim_delivery(&key, None, long_ago, chrono::Duration::seconds(60)).await.unwrap();
+    app.store
+        .claim_deliveries(
+            &[herald_store::ClaimRequest {
+                key: key.clone(),
+                version_id: None,
+                token: uuid::Uuid::now_v7(),
+                now: long_ago,
+                resend_abandoned: false,
+            }],
+            chrono::Duration::seconds(60),
+        )
+        .await
+        .unwrap()
+        .remove(0);
 
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     wait_for_status(&app, &execution_id, "sent").await;
     assert_eq!(provider.call_count(), 1);
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_database_gone_a_worker_pauses_without_calling_the_provider() {
+    use herald_worker::pipeline::{Decision, Pipeline, PipelineSettings};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let store = herald_store::Store::connect(&format!("postgres://postgres@127.0.0.1:{port}/herald"), 2).unwrap();
+    let provider = Arc::new(ScriptedProvider::new());
+    let settings = PipelineSettings {
+        policy: fast_policy(),
+        stale_claim: chrono::Duration::seconds(60),
+        database_pause: Duration::from_millis(500),
+        channel_rates: Vec::new(),
+    };
+    let pipeline = Pipeline::new(store, provider.clone(), Arc::new(herald_core::SystemClock), settings);
+    let envelope = json!({
+        "version": 1, "executionId": uuid::Uuid::now_v7(), "requestId": "r", "campaignId": uuid::Uuid::now_v7(),
+        "sandbox": "a", "channel": "sms", "recipientIndex": 0,
+        "recipient": {"type": "external", "userId": "+33612345678", "namespace": "phone"},
+        "context": {"otp": "1"}, "profile": {}, "acceptedAt": chrono::Utc::now()
+    });
+    let decision = pipeline.process(&serde_json::to_vec(&envelope).unwrap(), 0).await;
+    assert_eq!(decision, Decision::Pause { pause: Duration::from_millis(500), reason: "database-unavailable".into() });
+    assert_eq!(provider.call_count(), 0);
+
+    // A message that is not an envelope is dead-lettered, database or not: it can never succeed.
+    let decision = pipeline.process(b"{not json", 0).await;
+    assert!(matches!(decision, Decision::DeadLetter { reason, .. } if reason == "invalid-message"));
 }

@@ -2,8 +2,7 @@
 //! another try for it. Replay is idempotent.
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::Scope;
 use herald_ingest::replay::{ReplayError, ReplayOutcome, replay_dead_letter};
@@ -14,6 +13,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::json::ApiQuery;
 use crate::problem::Problem;
 
 #[derive(Debug, Deserialize)]
@@ -44,12 +44,9 @@ pub fn view(letter: &DeadLetter) -> Value {
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::ExecutionsRead)?;
-    let Query(query) = query.map_err(|r| {
-        Problem::validation("Invalid query string", vec![Problem::field_error("/query", r.body_text())])
-    })?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::validation(

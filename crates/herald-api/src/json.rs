@@ -13,6 +13,22 @@ use crate::problem::Problem;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
+/// The query-string extractor: a bad query string is a 400 problem, like a bad body.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state).await.map(|query| ApiQuery(query.0)).map_err(
+            |rejection| {
+                Problem::validation("Invalid query string", vec![Problem::field_error("/query", rejection.body_text())])
+            },
+        )
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 

@@ -59,37 +59,6 @@ pub struct Finish {
 }
 
 impl Store {
-    /// Claims `key` for a provider call at `now`. A `sending` claim older than `stale_after`
-    /// is turned into `unknown`.
-    pub async fn claim_delivery(
-        &self,
-        key: &DeliveryKey,
-        version_id: Option<Uuid>,
-        now: DateTime<Utc>,
-        stale_after: Duration,
-    ) -> Result<DeliveryClaim, StoreError> {
-        let client = self.client().await?;
-        let token = Uuid::now_v7();
-        // One statement: insert a new claim, or take over a delivery waiting for a retry.
-        let claimed = client
-            .query_opt(
-                "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
-                                         claim_token, claimed_at, created_at, updated_at)
-                 VALUES ($1, $2, 'sending', 0, $3, $4, $5, $6, $7, $7, $7)
-                 ON CONFLICT (execution_id, recipient_index) DO UPDATE
-                    SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
-                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
-                  WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
-                 RETURNING attempts",
-                &[&key.execution_id, &key.recipient_index, &version_id, &key.campaign_id, &key.channel, &token, &now],
-            )
-            .await?;
-        if let Some(row) = claimed {
-            return Ok(DeliveryClaim::Claimed { token, attempts: row.get(0) });
-        }
-        Self::unclaimed(&client, key, now, stale_after).await
-    }
-
     /// What a claim that did not take found: final, busy, or abandoned (then recorded `unknown`).
     async fn unclaimed(
         client: &deadpool_postgres::Object,
@@ -234,38 +203,6 @@ impl Store {
         Ok(finishes.iter().map(|f| written.contains(&f.token)).collect())
     }
 
-    /// Records the outcome of the claim `token`. Returns false when the claim was lost (another
-    /// worker declared it abandoned), in which case nothing is written. A `retrying` outcome is
-    /// not claimable again before `retry_after` has passed (database time).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish_delivery(
-        &self,
-        key: &DeliveryKey,
-        token: Uuid,
-        status: DeliveryStatus,
-        reason: Option<&str>,
-        provider_message_id: Option<&str>,
-        calls: i32,
-        last_error: Option<&str>,
-        retry_after: Option<std::time::Duration>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        // A little less than the tier delay: the broker never delivers before the TTL expires.
-        let not_before_seconds = retry_after.map(|delay| delay.as_secs_f64() * 0.9);
-        let updated = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE deliveries SET status = $4, reason = $5, provider_message_id = $6, attempts = attempts + $7,
-                        last_error = $8, updated_at = $9,
-                        not_before = CASE WHEN $10::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $10::float8) END
-                  WHERE execution_id = $1 AND recipient_index = $2 AND claim_token = $3 AND status = 'sending'",
-                &[&key.execution_id, &key.recipient_index, &token, &status.as_str(), &reason, &provider_message_id, &calls, &last_error, &now, &not_before_seconds],
-            )
-            .await?;
-        Ok(updated == 1)
-    }
-
     /// Records a delivery decided without a provider call (excluded, or failed before sending).
     /// A delivery that already has a row keeps it.
     pub async fn record_delivery(
@@ -289,26 +226,6 @@ impl Store {
             )
             .await?;
         Ok(())
-    }
-
-    /// The delivery row's status and provider calls so far, if any.
-    pub async fn delivery_status(
-        &self,
-        execution_id: Uuid,
-        recipient_index: i32,
-    ) -> Result<Option<(DeliveryStatus, i32, Option<String>)>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT status, attempts, reason FROM deliveries WHERE execution_id = $1 AND recipient_index = $2",
-                &[&execution_id, &recipient_index],
-            )
-            .await?;
-        Ok(row.map(|row| {
-            let status: String = row.get(0);
-            (DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown), row.get(1), row.get(2))
-        }))
     }
 
     /// Creates a profile holding only its identity, unless one exists (`createNewProfiles`).

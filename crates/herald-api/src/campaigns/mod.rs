@@ -6,8 +6,7 @@ mod document;
 pub(crate) mod tools;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::lifecycle::{self, Action};
 use herald_core::{CampaignStatus, Scope};
@@ -18,7 +17,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::json::{ApiJson, parse};
+use crate::json::{ApiJson, ApiQuery, parse};
 use crate::problem::Problem;
 pub(crate) use document::{CampaignDocument, campaign_view, merge_patch};
 
@@ -139,12 +138,9 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsRead)?;
-    let Query(query) = query.map_err(|rejection| {
-        Problem::validation("Invalid query string", vec![Problem::field_error("/query", rejection.body_text())])
-    })?;
     let status = match query.status.as_deref() {
         None => None,
         Some(text) => Some(CampaignStatus::parse(text).ok_or_else(|| {

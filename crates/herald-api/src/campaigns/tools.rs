@@ -3,8 +3,7 @@
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::Scope;
 use herald_core::template::{CompiledContent, TemplateError};
@@ -14,7 +13,7 @@ use serde_json::{Map, Value, json};
 use super::load;
 use crate::AppState;
 use crate::auth::Caller;
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::problem::Problem;
 
 fn template_problem(errors: Vec<TemplateError>, id: uuid::Uuid) -> Problem {
@@ -133,13 +132,12 @@ pub(crate) async fn preview(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    query: Result<Query<PreviewQuery>, QueryRejection>,
+    ApiQuery(query): ApiQuery<PreviewQuery>,
     ApiJson(request): ApiJson<PreviewRequest>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Scope::CampaignsRead)?;
     let bad_query =
         |detail: String| Problem::validation("Invalid query string", vec![Problem::field_error("/version", detail)]);
-    let Query(query) = query.map_err(|rejection| bad_query(rejection.body_text()))?;
     let record = load(&state, &caller, &id).await?;
     let (which, version) = match (query.version.as_deref(), &record.draft, &record.live) {
         (None | Some("draft"), Some(draft), _) => ("draft", draft),
@@ -154,7 +152,7 @@ pub(crate) async fn preview(
     let compiled =
         CompiledContent::compile(&version.definition.content).map_err(|errors| template_problem(errors, record.id))?;
     let rendered = compiled
-        .render(&Value::Object(request.profile), &Value::Object(request.context))
+        .render(Value::Object(request.profile), Value::Object(request.context))
         .map_err(|error| template_problem(vec![error], record.id))?;
     let mut output = Map::new();
     let mut data = Map::new();
