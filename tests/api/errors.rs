@@ -140,3 +140,34 @@ async fn health_endpoints_answer() {
     let reply = app.call(reqwest::Method::GET, "/readyz", None, None).await;
     assert_eq!((reply.status, reply.body["database"].as_str()), (StatusCode::OK, Some("ok")));
 }
+
+/// A store whose database is not there: nothing listens on the port.
+fn store_without_database() -> herald_store::Store {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    herald_store::Store::connect(&format!("postgres://postgres@127.0.0.1:{port}/herald"), 2).unwrap()
+}
+
+#[tokio::test]
+async fn with_the_database_gone_requests_get_503_with_retry_after_not_500() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let clock = std::sync::Arc::new(herald_core::SystemClock);
+    let state = herald_api::AppState::new(store_without_database(), clock, herald_api::ApiConfig::default());
+    tokio::spawn(herald_api::serve(listener, state, std::future::pending()));
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/campaigns"),
+        (reqwest::Method::POST, "/im/executions/unitary"),
+        (reqwest::Method::GET, "/readyz"),
+    ] {
+        let mut request = http.request(method.clone(), format!("{address}{path}")).bearer_auth("hk_any");
+        if method == reqwest::Method::POST {
+            request = request.json(&json!({"requestId": "r", "campaignId": uuid::Uuid::new_v4(), "recipients": []}));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{method} {path}");
+        assert_eq!(response.headers()["retry-after"], "1", "{method} {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["type"], "https://herald.dev/errors/unavailable", "{method} {path}: {body}");
+    }
+}
