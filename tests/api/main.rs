@@ -9,6 +9,7 @@ mod lifecycle;
 mod migrations;
 mod moto;
 mod profiles;
+mod reports;
 mod review;
 mod schedule;
 mod templates;

@@ -9,6 +9,7 @@ mod health;
 pub mod json;
 pub mod problem;
 mod profiles;
+mod reports;
 pub mod request_id;
 
 use std::future::Future;
@@ -79,6 +80,9 @@ pub fn router(state: AppState) -> Router {
         .route("/campaigns/{id}/duplicate", post(campaigns::actions::duplicate))
         .route("/campaigns/{id}/curl", get(campaigns::tools::curl))
         .route("/campaigns/{id}/preview", post(campaigns::tools::preview))
+        .route("/campaigns/{id}/report", get(reports::campaign))
+        .route("/campaigns/{id}/report.html", get(reports::campaign_page))
+        .route("/reports", get(reports::global))
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod delivery;
 pub mod execution;
 pub mod lifecycle;
+pub mod report;
 pub mod review;
 pub mod scope;
 pub mod template;

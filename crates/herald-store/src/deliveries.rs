@@ -38,6 +38,8 @@ pub struct ClaimRequest {
     pub version_id: Option<Uuid>,
     pub token: Uuid,
     pub now: DateTime<Utc>,
+    /// When the API accepted the request: the start of the accept→sent latency in reports.
+    pub accepted_at: DateTime<Utc>,
     /// Take over an abandoned claim (maybe sent) instead of recording it `unknown`.
     pub resend_abandoned: bool,
 }
@@ -113,19 +115,20 @@ impl Store {
         let channels: Vec<&str> = first.iter().map(|r| r.key.channel.as_str()).collect();
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
+        let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();
         let claimed: std::collections::HashMap<Uuid, i32> = client
             .query(
                 "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
-                                         claim_token, claimed_at, created_at, updated_at)
-                 SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n
-                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::timestamptz[])
-                        AS u(e, i, v, c, ch, t, n)
+                                         claim_token, claimed_at, created_at, updated_at, accepted_at)
+                 SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n, a
+                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::timestamptz[],
+                               $8::timestamptz[]) AS u(e, i, v, c, ch, t, n, a)
                  ON CONFLICT (execution_id, recipient_index) DO UPDATE
                     SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
                         campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
                   WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
                  RETURNING claim_token, attempts",
-                &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows],
+                &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted],
             )
             .await?
             .iter()

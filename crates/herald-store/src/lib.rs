@@ -11,6 +11,7 @@ pub mod executions;
 pub mod migrate;
 pub mod profiles;
 pub mod rate_limits;
+pub mod reports;
 
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ pub use deliveries::{ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};
+pub use reports::{CampaignCount, ReportRows};
 
 /// How long a request waits for a pooled connection before the store reports itself unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -209,8 +209,14 @@ impl Pipeline {
             }
         };
         let resend_abandoned = live.definition.resend_maybe_sent;
-        let request =
-            ClaimRequest { key: key.clone(), version_id: version, token: Uuid::now_v7(), now, resend_abandoned };
+        let request = ClaimRequest {
+            key: key.clone(),
+            version_id: version,
+            token: Uuid::now_v7(),
+            now,
+            accepted_at: envelope.accepted_at,
+            resend_abandoned,
+        };
         let (token, attempts) = match self.claims.submit(request).await.map_err(unbatched)? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
             DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),

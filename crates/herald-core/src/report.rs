@@ -1,0 +1,271 @@
+//! Reports: the window a caller asks for, and the per-channel document assembled from the
+//! rollup rows the store reads (counts per event and reason, counts per time bucket, and an
+//! accept→sent latency histogram).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::Serialize;
+
+use crate::Channel;
+
+/// Latency histogram buckets grow by this factor: bucket `b` holds [BASE^b, BASE^(b+1)) ms.
+pub const LATENCY_BASE: f64 = 1.1;
+/// The live report: the last 24 hours.
+pub const DEFAULT_SPAN: Duration = Duration::hours(24);
+/// Longest window one report covers.
+pub const MAX_SPAN: Duration = Duration::days(400);
+/// Most time buckets one report returns.
+pub const MAX_BUCKETS: i64 = 1_000;
+/// Bucket widths chosen when the caller names none: the first that gives at most ~100 points.
+const NICE_BUCKETS: [i64; 9] = [60, 300, 900, 1_800, 3_600, 10_800, 21_600, 86_400, 604_800];
+
+/// A report's time range, whole minutes (the rollups' resolution), and its bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportWindow {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub bucket: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("`from` must be before `to`")]
+    Empty,
+    #[error("a report covers at most {} days", MAX_SPAN.num_days())]
+    TooLong,
+    #[error("`bucketSeconds` must be a multiple of 60 between 60 and the window's length")]
+    BadBucket,
+    #[error("at most {MAX_BUCKETS} time buckets: choose a larger `bucketSeconds`")]
+    TooManyBuckets,
+}
+
+impl ReportWindow {
+    /// `from` is rounded down and `to` up to the minute; by default the window is the 24 hours
+    /// before `now`.
+    pub fn new(
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        bucket_seconds: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, WindowError> {
+        let minute = Duration::minutes(1);
+        let to = ceil_minute(to.unwrap_or(now));
+        let from = from.unwrap_or(to - DEFAULT_SPAN).duration_trunc(minute).map_err(|_| WindowError::Empty)?;
+        if from >= to {
+            return Err(WindowError::Empty);
+        }
+        let span = to - from;
+        if span > MAX_SPAN {
+            return Err(WindowError::TooLong);
+        }
+        let seconds = match bucket_seconds {
+            Some(seconds) if seconds < 60 || seconds % 60 != 0 || seconds > span.num_seconds() => {
+                return Err(WindowError::BadBucket);
+            }
+            Some(seconds) => seconds,
+            None => NICE_BUCKETS.into_iter().find(|b| span.num_seconds() / b <= 100).unwrap_or(604_800),
+        };
+        if (span.num_seconds() + seconds - 1) / seconds > MAX_BUCKETS {
+            return Err(WindowError::TooManyBuckets);
+        }
+        Ok(Self { from, to, bucket: Duration::seconds(seconds) })
+    }
+
+    /// The start of every bucket, from `from` up to `to`.
+    pub fn bucket_starts(&self) -> Vec<DateTime<Utc>> {
+        let mut starts = Vec::new();
+        let mut start = self.from;
+        while start < self.to {
+            starts.push(start);
+            start += self.bucket;
+        }
+        starts
+    }
+}
+
+fn ceil_minute(at: DateTime<Utc>) -> DateTime<Utc> {
+    let minute = Duration::minutes(1);
+    match at.duration_trunc(minute) {
+        Ok(floor) if floor == at => at,
+        Ok(floor) => floor + minute,
+        Err(_) => at,
+    }
+}
+
+/// Total and per-reason counts, for one channel and event over the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Breakdown {
+    pub total: i64,
+    pub by_reason: BTreeMap<String, i64>,
+}
+
+impl Breakdown {
+    fn add(&mut self, reason: &str, count: i64) {
+        self.total += count;
+        let reason = if reason.is_empty() { "unspecified" } else { reason };
+        *self.by_reason.entry(reason.to_string()).or_default() += count;
+    }
+}
+
+/// Accept→sent latency percentiles, each the upper bound of its histogram bucket (≤ 10% high).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencySummary {
+    pub count: i64,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// Event counts in one time bucket, for charts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesPoint {
+    pub start: DateTime<Utc>,
+    pub targeted: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub excluded: i64,
+    pub unknown: i64,
+    pub retries: i64,
+    pub dead_lettered: i64,
+}
+
+/// What one channel's recipients became over the window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelReport {
+    pub channel: Channel,
+    /// Recipients of accepted executions.
+    pub targeted: i64,
+    pub sent: i64,
+    pub failed: Breakdown,
+    pub excluded: Breakdown,
+    /// Provider calls beyond each delivery's first.
+    pub retries: i64,
+    pub dead_lettered: Breakdown,
+    /// The worker died during the provider call: maybe sent.
+    pub unknown: i64,
+    pub latency_ms: LatencySummary,
+    pub series: Vec<SeriesPoint>,
+}
+
+/// One rollup row: `count` events of a kind (and reason) on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRow {
+    pub channel: String,
+    pub event: String,
+    pub reason: String,
+    pub count: i64,
+}
+
+/// Events of a kind on a channel in the bucket starting at `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesRow {
+    pub channel: String,
+    pub start: DateTime<Utc>,
+    pub event: String,
+    pub count: i64,
+}
+
+/// Sent messages whose accept→sent latency fell in histogram bucket `bucket`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatencyRow {
+    pub channel: String,
+    pub bucket: i16,
+    pub count: i64,
+}
+
+/// One report per channel in `channels`, in that order, from the rollup rows of the window.
+pub fn channel_reports(
+    window: &ReportWindow,
+    channels: &[Channel],
+    counts: &[CountRow],
+    series: &[SeriesRow],
+    latency: &[LatencyRow],
+) -> Vec<ChannelReport> {
+    channels
+        .iter()
+        .map(|&channel| {
+            let name = channel.as_str();
+            let mut report = ChannelReport {
+                channel,
+                targeted: 0,
+                sent: 0,
+                failed: Breakdown::default(),
+                excluded: Breakdown::default(),
+                retries: 0,
+                dead_lettered: Breakdown::default(),
+                unknown: 0,
+                latency_ms: latency_summary(latency.iter().filter(|row| row.channel == name)),
+                series: window
+                    .bucket_starts()
+                    .into_iter()
+                    .map(|start| SeriesPoint { start, ..Default::default() })
+                    .collect(),
+            };
+            for row in counts.iter().filter(|row| row.channel == name) {
+                match row.event.as_str() {
+                    "targeted" => report.targeted += row.count,
+                    "sent" => report.sent += row.count,
+                    "failed" => report.failed.add(&row.reason, row.count),
+                    "excluded" => report.excluded.add(&row.reason, row.count),
+                    "unknown" => report.unknown += row.count,
+                    "retry" => report.retries += row.count,
+                    "dead_lettered" => report.dead_lettered.add(&row.reason, row.count),
+                    _ => {}
+                }
+            }
+            for row in series.iter().filter(|row| row.channel == name) {
+                let Some(point) = report.series.iter_mut().find(|point| point.start == row.start) else { continue };
+                let slot = match row.event.as_str() {
+                    "targeted" => &mut point.targeted,
+                    "sent" => &mut point.sent,
+                    "failed" => &mut point.failed,
+                    "excluded" => &mut point.excluded,
+                    "unknown" => &mut point.unknown,
+                    "retry" => &mut point.retries,
+                    "dead_lettered" => &mut point.dead_lettered,
+                    _ => continue,
+                };
+                *slot += row.count;
+            }
+            report
+        })
+        .collect()
+}
+
+/// Percentiles read off the histogram: the upper bound of the bucket holding each rank.
+pub fn latency_summary<'a>(rows: impl Iterator<Item = &'a LatencyRow>) -> LatencySummary {
+    let mut buckets: BTreeMap<i16, i64> = BTreeMap::new();
+    for row in rows {
+        *buckets.entry(row.bucket).or_default() += row.count;
+    }
+    let count: i64 = buckets.values().sum();
+    let percentile = |q: f64| -> Option<f64> {
+        if count == 0 {
+            return None;
+        }
+        // The smallest value at or above a fraction q of the observations (nearest rank).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        let rank = ((q * count as f64).ceil() as i64).max(1);
+        let mut seen = 0;
+        buckets.iter().find_map(|(bucket, n)| {
+            seen += n;
+            (seen >= rank).then(|| (LATENCY_BASE.powi(i32::from(*bucket) + 1) * 10.0).round() / 10.0)
+        })
+    };
+    LatencySummary { count, p50: percentile(0.50), p95: percentile(0.95), p99: percentile(0.99) }
+}
+
+/// The histogram bucket of a latency, as the database computes it.
+pub fn latency_bucket(milliseconds: f64) -> i16 {
+    #[allow(clippy::cast_possible_truncation)]
+    let bucket = (milliseconds.max(1.0).ln() / LATENCY_BASE.ln()).floor() as i16;
+    bucket
+}
+
+#[cfg(test)]
+mod tests;

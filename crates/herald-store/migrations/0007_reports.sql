@@ -1,0 +1,133 @@
+-- Report rollups: per campaign, channel and minute, how many recipients were targeted and what
+-- became of them. Reports read these, never the delivery records, so a report over millions of
+-- deliveries reads a few thousand rows. Statement-level triggers keep them: every path that writes
+-- an outcome (batched finishes, exclusions, abandoned claims, dead letters, accepted executions)
+-- is counted once, in the transaction that writes it, without any caller having to remember.
+
+-- When the API accepted the recipient's request: the start of the accept→sent latency.
+ALTER TABLE deliveries ADD COLUMN accepted_at timestamptz;
+
+CREATE TABLE report_counts (
+    campaign_id  uuid NOT NULL,
+    channel      text NOT NULL,
+    minute       timestamptz NOT NULL,
+    -- targeted | sent | failed | excluded | unknown | retry | dead_lettered
+    event        text NOT NULL,
+    reason       text NOT NULL DEFAULT '',
+    count        bigint NOT NULL,
+    PRIMARY KEY (campaign_id, minute, channel, event, reason)
+);
+CREATE INDEX report_counts_by_minute ON report_counts (minute);
+
+-- Accept→sent latency histogram: bucket b holds latencies in [1.1^b, 1.1^(b+1)) milliseconds, so
+-- a percentile read from it is within 10% of the exact one.
+CREATE TABLE report_latency (
+    campaign_id  uuid NOT NULL,
+    channel      text NOT NULL,
+    minute       timestamptz NOT NULL,
+    bucket       smallint NOT NULL,
+    count        bigint NOT NULL,
+    PRIMARY KEY (campaign_id, minute, channel, bucket)
+);
+CREATE INDEX report_latency_by_minute ON report_latency (minute);
+
+CREATE FUNCTION herald_latency_bucket(milliseconds float8) RETURNS smallint
+    LANGUAGE sql IMMUTABLE AS $$ SELECT floor(ln(greatest(milliseconds, 1)) / ln(1.1))::smallint $$;
+
+-- One outcome, as the delivery triggers see it.
+CREATE TYPE herald_report_change AS (
+    campaign_id uuid, channel text, minute timestamptz, status text, reason text, retries integer, latency_ms float8
+);
+
+-- Adds outcomes to the rollups. Rows are upserted in primary-key order so that concurrent batches
+-- lock rollup rows in the same order and cannot deadlock.
+CREATE FUNCTION herald_report_record(changes herald_report_change[]) RETURNS void LANGUAGE sql AS $$
+    WITH change AS (SELECT * FROM unnest(changes)),
+    counted AS (
+        INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, count)
+        SELECT campaign_id, minute, channel, event, reason, sum(n)
+          FROM (SELECT campaign_id, minute, channel, status AS event,
+                       CASE WHEN status = 'sent' THEN '' ELSE reason END AS reason, 1 AS n
+                  FROM change WHERE status IN ('sent', 'failed', 'excluded', 'unknown')
+                UNION ALL
+                SELECT campaign_id, minute, channel, 'retry', '', retries FROM change WHERE retries > 0) AS e
+         GROUP BY campaign_id, minute, channel, event, reason
+         ORDER BY campaign_id, minute, channel, event, reason
+        ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count
+        RETURNING 1
+    )
+    INSERT INTO report_latency AS r (campaign_id, minute, channel, bucket, count)
+    SELECT campaign_id, minute, channel, herald_latency_bucket(latency_ms), count(*)
+      FROM change WHERE latency_ms IS NOT NULL
+     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (campaign_id, minute, channel, bucket) DO UPDATE SET count = r.count + EXCLUDED.count
+$$;
+
+CREATE FUNCTION herald_report_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        PERFORM herald_report_record(ARRAY(
+            SELECT ROW(n.campaign_id, n.channel, date_trunc('minute', n.updated_at), n.status, coalesce(n.reason, ''), 0, NULL)::herald_report_change
+              FROM new_rows n
+             WHERE n.status IN ('sent', 'failed', 'excluded', 'unknown') AND n.campaign_id IS NOT NULL));
+    ELSE
+        -- Only outcomes of work: a claim (→ sending) and a replay (failed → retrying) are not.
+        PERFORM herald_report_record(ARRAY(
+            SELECT ROW(n.campaign_id, n.channel, date_trunc('minute', n.updated_at), n.status, coalesce(n.reason, ''),
+                       -- Provider calls beyond each delivery's first one.
+                       (n.attempts - o.attempts) - CASE WHEN o.attempts = 0 AND n.attempts > 0 THEN 1 ELSE 0 END,
+                       CASE WHEN n.status = 'sent' AND n.accepted_at IS NOT NULL
+                            THEN extract(epoch FROM n.updated_at - n.accepted_at) * 1000 END)::herald_report_change
+              FROM new_rows n JOIN old_rows o USING (execution_id, recipient_index)
+             WHERE o.status IN ('sending', 'retrying') AND n.status NOT IN ('sending', o.status)
+               AND n.campaign_id IS NOT NULL));
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER deliveries_report_inserted AFTER INSERT ON deliveries
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_deliveries();
+CREATE TRIGGER deliveries_report_updated AFTER UPDATE ON deliveries
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_deliveries();
+
+-- Targeted: every recipient of an execution once the broker confirmed all its messages.
+CREATE FUNCTION herald_report_executions() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, count)
+    SELECT n.campaign_id, date_trunc('minute', n.accepted_at), c.channel, 'targeted', '', sum(jsonb_array_length(n.recipients))
+      FROM new_rows n JOIN old_rows o USING (execution_id) JOIN campaigns c ON c.id = n.campaign_id
+     WHERE n.state = 'accepted' AND o.state = 'accepting'
+     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER executions_report_accepted AFTER UPDATE ON executions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_executions();
+
+CREATE FUNCTION herald_report_dead_letters() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, count)
+    SELECT campaign_id, date_trunc('minute', dead_lettered_at), channel, 'dead_lettered', reason, count(*)
+      FROM new_rows WHERE campaign_id IS NOT NULL
+     GROUP BY 1, 2, 3, 5 ORDER BY 1, 2, 3, 5
+    ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER dead_letters_report_inserted AFTER INSERT ON dead_letters
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_dead_letters();
+
+-- What happened before this migration, from the records that remain (executions older than their
+-- 48 h idempotency window are gone, so their recipients count as targeted when first delivered).
+INSERT INTO report_counts (campaign_id, minute, channel, event, reason, count)
+SELECT campaign_id, date_trunc('minute', created_at), channel, 'targeted', '', count(*)
+  FROM deliveries WHERE campaign_id IS NOT NULL GROUP BY 1, 2, 3;
+INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, count)
+SELECT campaign_id, date_trunc('minute', updated_at), channel, status, CASE WHEN status = 'sent' THEN '' ELSE coalesce(reason, '') END, count(*)
+  FROM deliveries WHERE campaign_id IS NOT NULL AND status IN ('sent', 'failed', 'excluded', 'unknown') GROUP BY 1, 2, 3, 4, 5
+ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count;
+INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, count)
+SELECT campaign_id, date_trunc('minute', dead_lettered_at), channel, 'dead_lettered', reason, count(*)
+  FROM dead_letters WHERE campaign_id IS NOT NULL GROUP BY 1, 2, 3, 5
+ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count;

@@ -1,0 +1,117 @@
+//! Report queries. They read the rollups that migration 0007's triggers keep (per campaign,
+//! channel and minute), never the delivery records, so their cost follows the window's length
+//! and not the number of deliveries in it.
+
+use chrono::{DateTime, Utc};
+use herald_core::report::{CountRow, LatencyRow, ReportWindow, SeriesRow};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// The rollup rows behind one report.
+#[derive(Debug, Clone, Default)]
+pub struct ReportRows {
+    pub counts: Vec<CountRow>,
+    pub series: Vec<SeriesRow>,
+    pub latency: Vec<LatencyRow>,
+}
+
+/// One campaign's totals per event, for the global report's campaign table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignCount {
+    pub campaign_id: Uuid,
+    pub name: String,
+    pub channel: String,
+    pub event: String,
+    pub count: i64,
+}
+
+impl Store {
+    /// The rows of a report over `window`: for one campaign, or for every campaign of the sandbox.
+    pub async fn report_rows(
+        &self,
+        sandbox: &str,
+        campaign_id: Option<Uuid>,
+        window: &ReportWindow,
+    ) -> Result<ReportRows, StoreError> {
+        let client = self.client().await?;
+        // $1 sandbox, $2 from, $3 to, and $4 the campaign when there is one.
+        let filter = if campaign_id.is_some() {
+            "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3 AND r.campaign_id = $4"
+        } else {
+            "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3"
+        };
+        let counts_sql = format!(
+            "SELECT r.channel, r.event, r.reason, sum(r.count)::bigint
+               FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2, 3"
+        );
+        let series_sql = format!(
+            "SELECT r.channel, date_bin(make_interval(secs => $5::float8), r.minute, $2), r.event, sum(r.count)::bigint
+               FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id
+              WHERE {filter} GROUP BY 1, 2, 3"
+        );
+        let latency_sql = format!(
+            "SELECT r.channel, r.bucket, sum(r.count)::bigint
+               FROM report_latency r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2"
+        );
+        let (from, to) = (window.from, window.to);
+        #[allow(clippy::cast_precision_loss)]
+        let bucket = window.bucket.num_seconds() as f64;
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&sandbox, &from, &to];
+        if let Some(id) = &campaign_id {
+            params.push(id);
+        }
+        let mut series_params = params.clone();
+        series_params.push(&bucket);
+        let series_sql = series_sql.replace("$5", &format!("${}", series_params.len()));
+        let (counts, series, latency) = tokio::try_join!(
+            client.query(&counts_sql, &params),
+            client.query(&series_sql, &series_params),
+            client.query(&latency_sql, &params),
+        )?;
+        Ok(ReportRows {
+            counts: counts
+                .iter()
+                .map(|row| CountRow { channel: row.get(0), event: row.get(1), reason: row.get(2), count: row.get(3) })
+                .collect(),
+            series: series
+                .iter()
+                .map(|row| SeriesRow { channel: row.get(0), start: row.get(1), event: row.get(2), count: row.get(3) })
+                .collect(),
+            latency: latency
+                .iter()
+                .map(|row| LatencyRow { channel: row.get(0), bucket: row.get(1), count: row.get(2) })
+                .collect(),
+        })
+    }
+
+    /// Totals per campaign and event over a window, for every campaign of the sandbox with activity.
+    pub async fn report_campaign_counts(
+        &self,
+        sandbox: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<CampaignCount>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT r.campaign_id, c.name, r.channel, r.event, sum(r.count)::bigint
+                   FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id
+                  WHERE c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3
+                  GROUP BY 1, 2, 3, 4 ORDER BY 2, 1",
+                &[&sandbox, &from, &to],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| CampaignCount {
+                campaign_id: row.get(0),
+                name: row.get(1),
+                channel: row.get(2),
+                event: row.get(3),
+                count: row.get(4),
+            })
+            .collect())
+    }
+}
