@@ -177,11 +177,7 @@ fn binds(service: &Yaml) -> Vec<(String, String)> {
 
 /// Where a service mounts `source` (a path relative to the repository root).
 fn mount_target(service: &Yaml, source: &str) -> String {
-    binds(service)
-        .into_iter()
-        .find(|(from, _)| from == source)
-        .unwrap_or_else(|| panic!("{source} is not mounted"))
-        .1
+    binds(service).into_iter().find(|(from, _)| from == source).unwrap_or_else(|| panic!("{source} is not mounted")).1
 }
 
 #[test]
@@ -254,7 +250,8 @@ fn prometheus_scrapes_the_api_and_every_worker() {
 
     // Workers: every replica of the scaled service, found by DNS, on HERALD_METRICS_ADDR's port.
     let worker = &services["worker"];
-    let metrics_addr = environment(worker).get("HERALD_METRICS_ADDR").cloned().expect("worker sets HERALD_METRICS_ADDR");
+    let metrics_addr =
+        environment(worker).get("HERALD_METRICS_ADDR").cloned().expect("worker sets HERALD_METRICS_ADDR");
     assert!(metrics_addr.starts_with("0.0.0.0:"), "{metrics_addr}: other containers must reach it");
     assert!(worker["ports"].is_badvalue(), "the worker is scaled: a published port would collide");
     let worker_job = jobs
@@ -291,8 +288,13 @@ fn grafana_reads_the_provisioned_datasource_and_dashboards() {
     assert_eq!(datasource["type"].as_str(), Some("prometheus"));
     let url = datasource["url"].as_str().unwrap();
     let published = services["prometheus"]["ports"][0].as_str().unwrap();
-    assert_eq!(url, format!("http://prometheus:{}", port(published)), "the datasource must reach the prometheus service");
-    let scrape = yaml_file("deploy/prometheus/prometheus.yml")["global"]["scrape_interval"].as_str().unwrap().to_string();
+    assert_eq!(
+        url,
+        format!("http://prometheus:{}", port(published)),
+        "the datasource must reach the prometheus service"
+    );
+    let scrape =
+        yaml_file("deploy/prometheus/prometheus.yml")["global"]["scrape_interval"].as_str().unwrap().to_string();
     assert_eq!(
         datasource["jsonData"]["timeInterval"].as_str(),
         Some(scrape.as_str()),

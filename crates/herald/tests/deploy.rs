@@ -87,3 +87,31 @@ fn workers_scale_on_the_queues_the_topology_declares() {
     assert_eq!(queues, [format!("{prefix}.email"), format!("{prefix}.sms"), format!("{prefix}.push")]);
     assert_eq!(one("rabbitmq-cluster.yaml")["spec"]["replicas"].as_i64(), Some(3));
 }
+
+#[test]
+fn pods_expose_metrics_where_prometheus_looks() {
+    let port_of = |address: &str| address.rsplit(':').next().unwrap().parse::<i64>().unwrap();
+    // The API serves /metrics on its HTTP port; the worker on HERALD_METRICS_ADDR.
+    let cases = [
+        ("api-deployment.yaml", "http", config()["HERALD_HTTP_ADDR"].clone()),
+        ("worker-deployment.yaml", "metrics", config().get("HERALD_METRICS_ADDR").cloned().unwrap_or_default()),
+    ];
+    for (file, port_name, address) in cases {
+        assert!(address.starts_with("0.0.0.0:"), "{file}: listen on every interface, not {address:?}");
+        let template = &one(file)["spec"]["template"];
+        let container = &template["spec"]["containers"][0];
+        let container_port = container["ports"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{file} declares no ports"))
+            .iter()
+            .find(|p| p["name"].as_str() == Some(port_name))
+            .unwrap_or_else(|| panic!("{file} has no port named {port_name}"))["containerPort"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(container_port, port_of(&address), "{file}: port {port_name} is not the one herald listens on");
+        let annotations = &template["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"), "{file}");
+        assert_eq!(annotations["prometheus.io/port"].as_str(), Some(container_port.to_string().as_str()), "{file}");
+        assert_eq!(annotations["prometheus.io/path"].as_str(), Some("/metrics"), "{file}");
+    }
+}
