@@ -9,6 +9,7 @@ mod lifecycle;
 mod migrations;
 mod moto;
 mod profiles;
+mod report_page;
 mod reports;
 mod review;
 mod schedule;

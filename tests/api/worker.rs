@@ -424,6 +424,7 @@ async fn with_the_database_gone_a_worker_pauses_without_calling_the_provider() {
         stale_claim: chrono::Duration::seconds(60),
         database_pause: Duration::from_millis(500),
         channel_rates: Vec::new(),
+        metrics: Arc::default(),
     };
     let pipeline = Pipeline::new(store, provider.clone(), Arc::new(herald_core::SystemClock), settings);
     let envelope = json!({

@@ -116,6 +116,8 @@ pub struct TestApp {
     pub key: String,
     pub http: reqwest::Client,
     pub ingest: Option<Arc<herald_ingest::Ingest>>,
+    /// The app's metrics registry; [`crate::worker::TestWorker`]s record into it too, as in `herald dev`.
+    pub metrics: Arc<herald_telemetry::Metrics>,
     pub options: TestOptions,
     shutdown: Option<oneshot::Sender<()>>,
     // Declared last: dropped after the server is told to stop.
@@ -169,7 +171,8 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
         let config = ApiConfig { max_body_bytes: options.max_body_bytes, public_url: address.clone() };
-        let mut state = AppState::new(store.clone(), clock.clone(), config);
+        let metrics = Arc::new(herald_telemetry::Metrics::new());
+        let mut state = AppState::new(store.clone(), clock.clone(), config).with_metrics(Arc::clone(&metrics));
         let mut ingest = None;
         if let Some(topology) = &topology {
             let settings = herald_ingest::broker::BrokerSettings {
@@ -194,6 +197,7 @@ impl TestApp {
             let settings = herald_ingest::IngestSettings {
                 rate_limit_per_sec: options.rate_limit_per_sec,
                 lease: options.lease,
+                metrics: Arc::clone(&metrics),
                 ..herald_ingest::IngestSettings::default()
             };
             let created = Arc::new(herald_ingest::Ingest::new(store.clone(), broker, settings));
@@ -219,6 +223,7 @@ impl TestApp {
             key: String::new(),
             http: reqwest::Client::new(),
             ingest,
+            metrics,
             options,
             shutdown: Some(shutdown),
             topology,

@@ -52,6 +52,7 @@ impl TestWorker {
             stale_claim: chrono::Duration::seconds(60),
             database_pause: Duration::from_millis(500),
             channel_rates: Vec::new(),
+            metrics: Arc::clone(&app.metrics),
         };
         let pipeline = Arc::new(Pipeline::new(app.database.store(), provider, app.clock.clone(), settings));
         for _ in 0..500 {

@@ -7,6 +7,7 @@ pub mod dead_letters;
 mod executions;
 mod health;
 pub mod json;
+mod observe;
 pub mod problem;
 mod profiles;
 mod reports;
@@ -50,6 +51,8 @@ pub struct AppState {
     keys: Arc<auth::KeyCache>,
     /// The execution API; without it (no broker configured) executions answer 503.
     pub ingest: Option<Arc<herald_ingest::Ingest>>,
+    /// The process's metrics, served at `/metrics` (shared with ingest and, in `herald dev`, the worker).
+    pub metrics: Arc<herald_telemetry::Metrics>,
 }
 
 impl AppState {
@@ -59,7 +62,12 @@ impl AppState {
     }
 
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
-        Self { store, clock, config: Arc::new(config), keys: Arc::default(), ingest: None }
+        Self { store, clock, config: Arc::new(config), keys: Arc::default(), ingest: None, metrics: Arc::default() }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<herald_telemetry::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -86,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::layer))
+        .route("/metrics", get(observe::metrics))
         .fallback(|| async { Problem::not_found("not-found", "No such resource") })
         .method_not_allowed_fallback(|| async {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed on this resource")
@@ -102,4 +112,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves only `GET /metrics` for `metrics` (a worker process, which has no API).
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<herald_telemetry::Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router =
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let metrics = Arc::clone(&metrics);
+                async move {
+                    ([(axum::http::header::CONTENT_TYPE, herald_telemetry::metrics::CONTENT_TYPE)], metrics.encode())
+                }
+            }),
+        );
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }

@@ -24,6 +24,7 @@ use herald_store::{ClaimOutcome, ExecutionClaim, Store, StoreError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::batch::Batcher;
@@ -43,6 +44,7 @@ pub struct IngestSettings {
     pub batch_workers: usize,
     /// How long an accepted request id is remembered (at least the 24 h Herald promises).
     pub idempotency_retention: Duration,
+    pub metrics: Arc<herald_telemetry::Metrics>,
 }
 
 impl Default for IngestSettings {
@@ -53,6 +55,7 @@ impl Default for IngestSettings {
             max_batch: 256,
             batch_workers: 2,
             idempotency_retention: Duration::from_secs(48 * 3600),
+            metrics: Arc::default(),
         }
     }
 }
@@ -130,8 +133,11 @@ impl Ingest {
                 }
             });
         tokio::spawn(purge_expired_executions(store.clone(), settings.idempotency_retention));
+        let campaigns = CampaignCache::start(store.clone(), CachedCampaign::from_record);
+        let metrics = Arc::clone(&settings.metrics);
+        campaigns.observe(move |hit| metrics.cache_lookup("ingest", hit));
         Self {
-            campaigns: CampaignCache::start(store.clone(), CachedCampaign::from_record),
+            campaigns,
             limiter: RateLimiter::new(settings.rate_limit_per_sec),
             store,
             broker,
@@ -235,7 +241,22 @@ impl Ingest {
             };
 
         let expires_at = live.message_ttl_seconds.map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
-        let traceparent = traceparent.map_or_else(new_traceparent, str::to_string);
+        let publish = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {}", self.broker.topology().work_exchange()),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.broker.topology().work_exchange(),
+            messaging.batch.message_count = recipients.len(),
+            herald.execution_id = %execution_id,
+            herald.campaign_id = %campaign_id,
+        );
+        // The publish span's context travels with each message, so the worker's spans join the
+        // request's trace; without tracing, the caller's traceparent (or a new one) does.
+        let traceparent = herald_telemetry::trace::traceparent_of(&publish)
+            .or_else(|| traceparent.map(str::to_string))
+            .unwrap_or_else(new_traceparent);
         let mut messages = Vec::with_capacity(recipients.len());
         for (index, prepared) in recipients.into_iter().enumerate() {
             let envelope = Envelope {
@@ -254,7 +275,10 @@ impl Ingest {
             };
             messages.push(outgoing(&envelope, &traceparent)?);
         }
-        if let Err(error) = self.broker.publish_all(&messages).await {
+        let publishing = std::time::Instant::now();
+        let published = self.broker.publish_all(&messages).instrument(publish).await;
+        self.settings.metrics.publish_confirm.observe(publishing.elapsed().as_secs_f64());
+        if let Err(error) = published {
             tracing::warn!(%error, %execution_id, "publishing failed; the execution is released for a retry");
             if let Err(release) = self.store.release_execution(execution_id, now).await {
                 tracing::warn!(error = %release, %execution_id, "could not release the execution; a retry waits for its lease");

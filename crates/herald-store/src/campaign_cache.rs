@@ -33,6 +33,8 @@ pub struct CampaignCache<T> {
     /// Bumped on every invalidation, so a load that raced with one is not cached.
     generation: AtomicU64,
     listening: AtomicBool,
+    /// Told of every lookup: `true` for a hit (metrics).
+    observer: std::sync::OnceLock<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl<T> fmt::Debug for CampaignCache<T> {
@@ -57,18 +59,31 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
             entries: RwLock::default(),
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            observer: std::sync::OnceLock::new(),
         });
         tokio::spawn(Arc::clone(&cache).listen_forever());
         cache
     }
 
+    /// Calls `observer` on every lookup with whether it was a hit. Only the first one counts.
+    pub fn observe(&self, observer: impl Fn(bool) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(observer));
+    }
+
     /// The campaign `id` of `sandbox`, from the cache when it can be trusted.
     pub async fn get(&self, sandbox: &str, id: Uuid) -> Result<Option<Arc<T>>, StoreError> {
+        let observe = |hit| {
+            if let Some(observer) = self.observer.get() {
+                observer(hit);
+            }
+        };
         if self.is_listening()
             && let Some((owner, entry)) = self.entries.read().unwrap_or_else(|p| p.into_inner()).get(&id)
         {
+            observe(true);
             return Ok((owner == sandbox).then(|| Arc::clone(entry)));
         }
+        observe(false);
         let generation = self.generation.load(Ordering::SeqCst);
         let Some(record) = self.store.get_campaign(sandbox, id).await? else {
             return Ok(None);

@@ -19,6 +19,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, Semaphore, watch};
+use tracing::Instrument;
 
 use crate::pipeline::{Decision, Pipeline};
 
@@ -110,6 +111,7 @@ async fn session(
             )
             .await?;
         loops.push(tokio::spawn(consume(
+            *channel,
             Arc::clone(pipeline),
             Arc::clone(&settler),
             consumer,
@@ -139,6 +141,7 @@ async fn session(
 }
 
 async fn consume(
+    channel: Channel,
     pipeline: Arc<Pipeline>,
     settler: Arc<Settler>,
     mut consumer: lapin::Consumer,
@@ -159,6 +162,7 @@ async fn consume(
             return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)));
         };
         let delivery = delivery?;
+        crate::observe::consumed(pipeline.metrics(), channel);
         // A paused channel holds the message (unacknowledged) until the pause is over; on
         // shutdown it goes back to the queue with the channel.
         let paused_until = *pause.until.lock().await;
@@ -173,19 +177,24 @@ async fn consume(
             break;
         };
         let (pipeline, settler, pause) = (Arc::clone(&pipeline), Arc::clone(&settler), Arc::clone(&pause));
-        tokio::spawn(async move {
-            let decision = pipeline.process(&delivery.data, tiers_used(&delivery)).await;
-            if let Decision::Pause { pause: wait, reason } = &decision {
-                let consecutive = pause.consecutive.fetch_add(1, Ordering::SeqCst);
-                let wait = if wait.is_zero() { channel_pause(consecutive) } else { *wait };
-                tracing::warn!(%reason, pause = ?wait, "channel paused");
-                *pause.until.lock().await = Some(tokio::time::Instant::now() + wait);
-            } else {
-                pause.consecutive.store(0, Ordering::SeqCst);
+        let span = process_span(&settings.topology.channel_queue(channel), &delivery);
+        tokio::spawn(
+            async move {
+                let decision = pipeline.process(&delivery.data, tiers_used(&delivery)).await;
+                if let Decision::Pause { pause: wait, reason } = &decision {
+                    let consecutive = pause.consecutive.fetch_add(1, Ordering::SeqCst);
+                    let wait = if wait.is_zero() { channel_pause(consecutive) } else { *wait };
+                    tracing::warn!(%reason, pause = ?wait, "channel paused");
+                    crate::observe::paused(pipeline.metrics(), channel, Some(reason));
+                    *pause.until.lock().await = Some(tokio::time::Instant::now() + wait);
+                } else if pause.consecutive.swap(0, Ordering::SeqCst) > 0 {
+                    crate::observe::paused(pipeline.metrics(), channel, None);
+                }
+                settler.settle(&delivery, decision, pipeline.first_tier()).await;
+                drop(permit);
             }
-            settler.settle(&delivery, decision, pipeline.first_tier()).await;
-            drop(permit);
-        });
+            .instrument(span),
+        );
     }
     // Shutdown: stop taking messages, let the in-flight ones finish within the grace period.
     // Anything prefetched but not started is returned to the queue when the channel closes.
@@ -194,6 +203,28 @@ async fn consume(
         tracing::warn!("shutdown grace elapsed with messages in flight; they will be redelivered");
     }
     Ok(())
+}
+
+/// The consumer span of one message, a child of the span that published it (its `traceparent`
+/// header), following OpenTelemetry's messaging conventions.
+fn process_span(queue: &str, delivery: &Delivery) -> tracing::Span {
+    let headers = delivery.properties.headers().as_ref();
+    let message_id = delivery.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
+    let span = tracing::info_span!(
+        "process",
+        otel.name = %format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %queue,
+        messaging.message.id = %message_id,
+        herald.execution_id = tracing::field::Empty,
+        herald.campaign_id = tracing::field::Empty,
+    );
+    if let Some(traceparent) = header_text(headers, "traceparent") {
+        herald_telemetry::trace::set_remote_parent(&span, &traceparent);
+    }
+    span
 }
 
 #[derive(Debug)]

@@ -31,7 +31,9 @@ impl Pipeline {
             last_error: letter.last_error,
             body: letter.body.to_vec(),
         };
-        self.store().record_dead_letter(&record, self.now()).await
+        self.store().record_dead_letter(&record, self.now()).await?;
+        crate::observe::dead_letter(self.metrics(), &record.channel, &record.reason);
+        Ok(())
     }
 }
 

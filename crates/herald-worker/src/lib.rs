@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod dead_letters;
+mod observe;
 pub mod pipeline;
 pub mod providers;
 pub mod resolve;

@@ -14,8 +14,10 @@ use herald_ingest::batch::Batcher;
 use herald_store::{
     CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::observe;
 use crate::providers::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 use crate::resolve::{Resolved, resolve};
 
@@ -58,6 +60,7 @@ pub struct PipelineSettings {
     /// Provider send rates per channel (e.g. the SES account's maximum send rate), shared by
     /// every worker. A channel without an entry is not limited here.
     pub channel_rates: Vec<(Channel, f64)>,
+    pub metrics: Arc<herald_telemetry::Metrics>,
 }
 
 #[derive(Debug)]
@@ -95,6 +98,8 @@ fn jitter() -> f64 {
 impl Pipeline {
     pub fn new(store: Store, provider: Arc<dyn Provider>, clock: Arc<dyn Clock>, settings: PipelineSettings) -> Self {
         let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
+        let metrics = Arc::clone(&settings.metrics);
+        campaigns.observe(move |hit| metrics.cache_lookup("worker", hit));
         let (claim_store, stale) = (store.clone(), settings.stale_claim);
         let claims = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |requests: Vec<ClaimRequest>| {
             let store = claim_store.clone();
@@ -118,6 +123,10 @@ impl Pipeline {
 
     pub(crate) fn now(&self) -> chrono::DateTime<Utc> {
         self.clock.now()
+    }
+
+    pub(crate) fn metrics(&self) -> &herald_telemetry::Metrics {
+        &self.settings.metrics
     }
 
     /// Messages this process sent successfully so far.
@@ -168,6 +177,9 @@ impl Pipeline {
             campaign_id: envelope.campaign_id,
             channel: envelope.channel.as_str().to_string(),
         };
+        let span = tracing::Span::current();
+        span.record("herald.execution_id", tracing::field::display(envelope.execution_id));
+        span.record("herald.campaign_id", tracing::field::display(envelope.campaign_id));
         let campaign = self.campaigns.get(&envelope.sandbox, envelope.campaign_id).await?;
         let live = campaign
             .as_ref()
@@ -198,13 +210,17 @@ impl Pipeline {
         // Profile and context are not needed after rendering: they move into the template scope.
         let profile = serde_json::Value::Object(std::mem::take(&mut resolved.profile));
         let context = serde_json::Value::Object(std::mem::take(&mut envelope.context));
-        let rendered = campaign.compiled.as_ref().map(|compiled| compiled.render(profile, context));
+        let rendered = {
+            let _render = tracing::info_span!("render").entered();
+            campaign.compiled.as_ref().map(|compiled| compiled.render(profile, context))
+        };
         let rendered = match rendered {
             Some(Ok(rendered)) => rendered,
             _ => {
                 self.store
                     .record_delivery(&key, version, DeliveryStatus::Failed, reasons::RENDERING_ERROR, now)
                     .await?;
+                observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Failed, Some(reasons::RENDERING_ERROR));
                 return Ok(Decision::Ack);
             }
         };
@@ -228,7 +244,10 @@ impl Pipeline {
     }
 
     async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
-        if !self.finishes.submit(finish).await.map_err(unbatched)? {
+        let (channel, status, reason) = (finish.key.channel.clone(), finish.status, finish.reason.clone());
+        let written = self.finishes.submit(finish).await.map_err(unbatched)?;
+        observe::outcome(self.metrics(), &channel, status, reason.as_deref());
+        if !written {
             // Another worker declared this claim abandoned (recorded unknown) meanwhile.
             tracing::warn!("a delivery outcome arrived after its claim was declared abandoned");
         }
@@ -244,6 +263,7 @@ impl Pipeline {
     ) -> Result<Decision, StoreError> {
         tracing::debug!(execution_id = %key.execution_id, reason, "delivery excluded");
         self.store.record_delivery(key, version, DeliveryStatus::Excluded, reason, now).await?;
+        observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Excluded, Some(reason));
         Ok(Decision::Ack)
     }
 
@@ -264,11 +284,27 @@ impl Pipeline {
         loop {
             calls += 1;
             self.throttle(envelope.channel, campaign).await?;
-            let result = self.send_once(envelope, campaign, resolved, rendered).await;
+            let (service, method) = observe::provider_operation(envelope.channel);
+            let call = tracing::info_span!(
+                "provider call",
+                otel.name = %format!("{service}/{method}"),
+                otel.kind = "client",
+                rpc.system = "aws-api",
+                rpc.service = service,
+                rpc.method = method,
+                herald.channel = envelope.channel.as_str(),
+                error.type = tracing::field::Empty,
+            );
+            let started = std::time::Instant::now();
+            let result = self.send_once(envelope, campaign, resolved, rendered).instrument(call.clone()).await;
+            observe::provider_call(self.metrics(), envelope.channel, result.is_ok(), started.elapsed().as_secs_f64());
             let now = self.clock.now();
             let error = match result {
                 Ok(receipt) => {
                     self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let latency = (now - envelope.accepted_at).num_milliseconds();
+                    #[allow(clippy::cast_precision_loss)]
+                    observe::accepted_to_sent(self.metrics(), envelope.channel, latency as f64 / 1000.0);
                     self.finish(Finish {
                         key: key.clone(),
                         token,
@@ -285,6 +321,7 @@ impl Pipeline {
                 }
                 Err(error) => error,
             };
+            call.record("error.type", error.code.as_str());
             let last_error = error.to_string();
             // Every failure outcome carries the error; they differ in status, reason, counted
             // calls and when a retry may claim the delivery again.
@@ -319,6 +356,7 @@ impl Pipeline {
                     return Ok(Decision::Pause { pause: Duration::ZERO, reason: error.code });
                 }
                 ErrorClass::Transient if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts => {
+                    observe::retry(self.metrics(), envelope.channel, None);
                     tokio::time::sleep(policy.in_process_delay(u32::try_from(calls).unwrap_or(1), jitter())).await;
                 }
                 ErrorClass::Transient => {
@@ -327,6 +365,7 @@ impl Pipeline {
                         Some(tier) => {
                             self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), calls, Some(tier)))
                                 .await?;
+                            observe::retry(self.metrics(), envelope.channel, Some(tiers_used + 1));
                             Decision::Retry { tier, tiers_used: tiers_used + 1 }
                         }
                         None => {

@@ -210,6 +210,9 @@ pub struct ApiArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub tuning: WorkerTuning,
+    /// Where the worker serves Prometheus `/metrics` (`herald dev` serves them on the API port).
+    #[arg(long, env = "HERALD_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
     #[command(flatten)]
     pub startup: StartupArgs,
 }
@@ -293,6 +296,21 @@ pub struct LoggingArgs {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// OpenTelemetry OTLP/HTTP endpoint for traces, e.g. `http://otel-collector:4318`; empty or
+    /// unset exports no traces.
+    #[arg(long, env = "HERALD_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP/HTTP encoding.
+    #[arg(long, env = "HERALD_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf, global = true)]
+    pub otlp_protocol: OtlpProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    #[value(name = "http/json")]
+    HttpJson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

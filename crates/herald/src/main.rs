@@ -3,7 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = herald::cli::Cli::parse();
-    herald::telemetry::init(&cli.logging);
+    let _telemetry = herald::telemetry::init(&cli);
     match herald::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -12,6 +12,7 @@ use herald_core::{Clock, Scope, SystemClock};
 use herald_ingest::broker::{Broker, BrokerSettings};
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
+use herald_telemetry::Metrics;
 use herald_worker::consumer::{self, ConsumerSettings};
 use herald_worker::pipeline::{Pipeline, PipelineSettings};
 use herald_worker::providers::Provider;
@@ -82,11 +83,16 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    serve_api(&args, store, stopped).await
+    serve_api(&args, store, stopped, Arc::default()).await
 }
 
 /// Serves the HTTP API until `stop` turns true.
-async fn serve_api(args: &ApiArgs, store: Store, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn serve_api(
+    args: &ApiArgs,
+    store: Store,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         store
@@ -105,7 +111,11 @@ async fn serve_api(args: &ApiArgs, store: Store, mut stop: watch::Receiver<bool>
     let ingest = Ingest::new(
         store.clone(),
         broker,
-        IngestSettings { rate_limit_per_sec: args.rate_limit_per_sec, ..IngestSettings::default() },
+        IngestSettings {
+            rate_limit_per_sec: args.rate_limit_per_sec,
+            metrics: Arc::clone(&metrics),
+            ..IngestSettings::default()
+        },
     );
     let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     let public_url = args
@@ -117,9 +127,8 @@ async fn serve_api(args: &ApiArgs, store: Store, mut stop: watch::Receiver<bool>
     let shutdown = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    herald_api::serve(listener, AppState::new(store, clock, config).with_ingest(Arc::new(ingest)), shutdown)
-        .await
-        .context("serving http")?;
+    let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
+    herald_api::serve(listener, state, shutdown).await.context("serving http")?;
     tracing::info!("api stopped");
     Ok(())
 }
@@ -132,7 +141,17 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    run_worker(&args.tuning, &args.startup, store, stopped).await
+    let metrics = Arc::new(Metrics::new());
+    let listener =
+        TcpListener::bind(args.metrics_addr).await.with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(args.metrics_addr), "worker metrics listening");
+    let mut metrics_stop = stopped.clone();
+    let served = herald_api::serve_metrics(listener, Arc::clone(&metrics), async move {
+        let _ = metrics_stop.wait_for(|stopped| *stopped).await;
+    });
+    let (worked, served) = tokio::join!(run_worker(&args.tuning, &args.startup, store, stopped, metrics), served);
+    served.context("serving metrics")?;
+    worked
 }
 
 /// The API and a worker in one process, sharing the database pool and the shutdown signal.
@@ -147,8 +166,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let worker = run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone());
-    let (served, worked) = tokio::join!(serve_api(&args.api, store, stopped), worker);
+    // One registry: the API's /metrics shows the worker's metrics too.
+    let metrics = Arc::new(Metrics::new());
+    let worker = run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone(), Arc::clone(&metrics));
+    let (served, worked) = tokio::join!(serve_api(&args.api, store, stopped, metrics), worker);
     served.and(worked)
 }
 
@@ -165,6 +186,7 @@ async fn run_worker(
     startup: &StartupArgs,
     store: Store,
     stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let channels = tuning
         .worker_channels
@@ -187,6 +209,7 @@ async fn run_worker(
                 (Channel::Sms, tuning.sms_rate_per_sec),
                 (Channel::Push, tuning.push_rate_per_sec),
             ],
+            metrics,
         },
     ));
     let settings = ConsumerSettings {

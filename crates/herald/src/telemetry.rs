@@ -1,15 +1,29 @@
-//! Logging set-up shared by every subcommand: text for people, JSON for log pipelines, always on
-//! stderr so that stdout stays clean for command output such as `herald keys create`.
+//! Logging and tracing set-up shared by every subcommand: text for people, JSON for log
+//! pipelines, always on stderr (stdout stays clean for command output such as `herald keys
+//! create`), redacted; traces over OTLP when an endpoint is configured.
 
-use tracing_subscriber::EnvFilter;
+use herald_telemetry::trace::{TelemetryGuard, TelemetrySettings};
 
-use crate::cli::{LogFormat, LoggingArgs};
+use crate::cli::{Cli, Command, LogFormat, OtlpProtocol};
 
-pub fn init(args: &LoggingArgs) {
-    let filter = EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match args.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+/// Installs logging and tracing for `cli`'s subcommand; keep the guard until exit.
+pub fn init(cli: &Cli) -> TelemetryGuard {
+    let service = match cli.command {
+        Command::Api(_) => "herald-api",
+        Command::Worker(_) => "herald-worker",
+        Command::Dev(_) => "herald-dev",
+        _ => "herald",
     };
+    let settings = TelemetrySettings {
+        log: cli.logging.log.clone(),
+        json_logs: cli.logging.log_format == LogFormat::Json,
+        otlp_endpoint: cli.logging.otlp_endpoint.clone(),
+        otlp_json: cli.logging.otlp_protocol == OtlpProtocol::HttpJson,
+        service_name: service.to_string(),
+    };
+    let (guard, warning) = herald_telemetry::trace::init(&settings);
+    if let Some(warning) = warning {
+        tracing::warn!(%warning, "traces are not exported");
+    }
+    guard
 }

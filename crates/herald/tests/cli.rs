@@ -15,7 +15,9 @@ fn herald(database: &TestDatabase) -> Command {
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HERALD_DATABASE_URL", &database.url);
+        .env("HERALD_DATABASE_URL", &database.url)
+        // Several workers run at once here: each serves its metrics on a port of its own.
+        .env("HERALD_METRICS_ADDR", "127.0.0.1:0");
     command
 }
 

@@ -264,7 +264,11 @@ fn prometheus_scrapes_the_api_and_every_worker() {
         .expect("a job discovers the workers by DNS (dns_sd_configs, names: [worker])");
     let sd = &worker_job["dns_sd_configs"][0];
     assert_eq!(sd["type"].as_str(), Some("A"));
-    assert_eq!(sd["port"].as_i64().map(|p| p.to_string()).as_deref(), Some(port(&metrics_addr)));
+    assert_eq!(
+        sd["port"].as_i64().map(|p| p.to_string()).as_deref(),
+        Some(port(&metrics_addr)),
+        "Prometheus scrapes workers on another port than HERALD_METRICS_ADDR ({metrics_addr})"
+    );
     assert_eq!(path_of(worker_job), "/metrics");
 }
 

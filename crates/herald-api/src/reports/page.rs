@@ -13,8 +13,11 @@ const MARGIN_LEFT: f64 = 56.0;
 const MARGIN_BOTTOM: f64 = 28.0;
 const MARGIN_TOP: f64 = 12.0;
 
-/// Chart series, bottom to top: (label, colour, value).
-const SERIES: [(&str, &str, fn(&SeriesPoint) -> i64); 4] = [
+/// One chart series: label, colour, and its value in a bucket.
+type Series = (&'static str, &'static str, fn(&SeriesPoint) -> i64);
+
+/// Chart series, bottom to top.
+const SERIES: [Series; 4] = [
     ("sent", "#2e7d32", |p| p.sent),
     ("failed", "#c62828", |p| p.failed),
     ("excluded", "#9e9e9e", |p| p.excluded),

@@ -1,0 +1,156 @@
+//! Logs and traces. Logs go to stderr (text or JSON) through the redacting writer. With an OTLP
+//! endpoint configured, spans are also exported (OTLP over HTTP, protobuf or JSON), redacted too,
+//! and a message's span context travels in its AMQP `traceparent` header, so one trace covers the
+//! API request, the publish, and the worker's consume, render and provider call.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::redact::{RedactingMakeWriter, redact};
+
+/// How a process logs and traces.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// An `EnvFilter` directive such as `info` or `herald=debug,info`.
+    pub log: String,
+    pub json_logs: bool,
+    /// The OTLP/HTTP base URL (e.g. `http://collector:4318`); no traces are exported without it.
+    pub otlp_endpoint: Option<String>,
+    /// OTLP/HTTP with JSON bodies instead of protobuf.
+    pub otlp_json: bool,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+/// Flushes and stops the span exporter when dropped (at the end of `main`).
+#[derive(Debug)]
+pub struct TelemetryGuard(Option<SdkTracerProvider>);
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the process-wide subscriber. An unusable OTLP endpoint leaves traces off and is
+/// returned as a warning to report once logging works.
+pub fn init(settings: &TelemetrySettings) -> (TelemetryGuard, Option<String>) {
+    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let writer = RedactingMakeWriter(std::io::stderr);
+    let (text, json) = if settings.json_logs {
+        (None, Some(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer)))
+    } else {
+        (Some(tracing_subscriber::fmt::layer().with_writer(writer)), None)
+    };
+    let (provider, warning) = match settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => match tracer_provider(endpoint, settings) {
+            Ok(provider) => (Some(provider), None),
+            Err(error) => (None, Some(error)),
+        },
+        None => (None, None),
+    };
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("herald")));
+    let _ = tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init();
+    (TelemetryGuard(provider), warning)
+}
+
+fn tracer_provider(endpoint: &str, settings: &TelemetrySettings) -> Result<SdkTracerProvider, String> {
+    let endpoint = endpoint.trim_end_matches('/');
+    let url = if endpoint.ends_with("/v1/traces") { endpoint.to_string() } else { format!("{endpoint}/v1/traces") };
+    let protocol = if settings.otlp_json { Protocol::HttpJson } else { Protocol::HttpBinary };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(url)
+        .with_protocol(protocol)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|error| format!("OTLP exporter: {error}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(settings.service_name.clone()).build();
+    Ok(SdkTracerProvider::builder().with_batch_exporter(RedactingExporter(exporter)).with_resource(resource).build())
+}
+
+/// Masks addresses, phone numbers and sensitive values in span names, attributes and events
+/// before they leave the process.
+#[derive(Debug)]
+struct RedactingExporter<E>(E);
+
+fn redact_value(value: &mut opentelemetry::Value) {
+    if let opentelemetry::Value::String(text) = value {
+        let redacted = redact(text.as_str());
+        if let std::borrow::Cow::Owned(owned) = redacted {
+            *text = owned.into();
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
+    fn export(&self, mut batch: Vec<SpanData>) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        for span in &mut batch {
+            if let std::borrow::Cow::Owned(name) = redact(&span.name) {
+                span.name = name.into();
+            }
+            for attribute in &mut span.attributes {
+                redact_value(&mut attribute.value);
+            }
+            for event in &mut span.events.events {
+                if let std::borrow::Cow::Owned(name) = redact(&event.name) {
+                    event.name = name.into();
+                }
+                for attribute in &mut event.attributes {
+                    redact_value(&mut attribute.value);
+                }
+            }
+            if let opentelemetry::trace::Status::Error { description } = &mut span.status
+                && let std::borrow::Cow::Owned(text) = redact(description)
+            {
+                *description = text.into();
+            }
+        }
+        self.0.export(batch)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The W3C `traceparent` of `span`, when spans are being traced.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let context = span.context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| {
+        format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
+    })
+}
+
+/// Makes `span` a child of the remote span named by a W3C `traceparent` (from an HTTP request
+/// or an AMQP message header). An invalid value is ignored: the span starts a new trace.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
