@@ -6,6 +6,7 @@ mod errors;
 mod executions;
 mod idempotency;
 mod lifecycle;
+mod metrics;
 mod migrations;
 mod moto;
 mod profiles;
