@@ -133,6 +133,7 @@ impl Ingest {
                 }
             });
         tokio::spawn(purge_expired_executions(store.clone(), settings.idempotency_retention));
+        tokio::spawn(store.clone().roll_up_reports_forever(Duration::from_secs(1)));
         let campaigns = CampaignCache::start(store.clone(), CachedCampaign::from_record);
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("ingest", hit));

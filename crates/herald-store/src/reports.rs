@@ -1,6 +1,7 @@
 //! Report queries. They read the rollups that migration 0007's triggers keep (per campaign,
 //! channel and minute), never the delivery records, so their cost follows the window's length
-//! and not the number of deliveries in it.
+//! and not the number of deliveries in it. Outcomes not yet folded into the rollups
+//! (`report_pending`, at most a few seconds' worth) are read too, so reports are exact.
 
 use chrono::{DateTime, Utc};
 use herald_core::report::{CountRow, LatencyRow, ReportWindow, SeriesRow};
@@ -26,7 +27,46 @@ pub struct CampaignCount {
     pub count: i64,
 }
 
+/// Event counts: the rollups and what is pending.
+const COUNTS: &str = "SELECT campaign_id, channel, minute, event, reason, count FROM report_counts
+                      UNION ALL
+                      SELECT campaign_id, channel, minute, event, reason, count FROM report_pending WHERE event <> 'latency'";
+
+/// The latency histogram: the rollups and what is pending.
+const LATENCY: &str = "SELECT campaign_id, channel, minute, bucket, count FROM report_latency
+                       UNION ALL
+                       SELECT campaign_id, channel, minute, bucket, count FROM report_pending WHERE event = 'latency'";
+
+/// Pending rows folded per round.
+const ROLLUP_BATCH: i32 = 50_000;
+
 impl Store {
+    /// Folds pending report rows into the rollups until none is left; returns how many it moved.
+    pub async fn roll_up_reports(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let mut moved = 0;
+        loop {
+            let taken: i64 = client.query_one("SELECT herald_report_rollup($1)", &[&ROLLUP_BATCH]).await?.get(0);
+            moved += taken;
+            if taken < i64::from(ROLLUP_BATCH) {
+                return Ok(moved);
+            }
+        }
+    }
+
+    /// Runs [`Store::roll_up_reports`] every `interval`, for the life of the process. Every
+    /// Herald process runs one; they share the work.
+    pub async fn roll_up_reports_forever(self, interval: std::time::Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.roll_up_reports().await {
+                tracing::debug!(%error, "report rollup postponed");
+            }
+        }
+    }
+
     /// The rows of a report over `window`: for one campaign, or for every campaign of the sandbox.
     pub async fn report_rows(
         &self,
@@ -43,16 +83,16 @@ impl Store {
         };
         let counts_sql = format!(
             "SELECT r.channel, r.event, r.reason, sum(r.count)::bigint
-               FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2, 3"
+               FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2, 3"
         );
         let series_sql = format!(
             "SELECT r.channel, date_bin(make_interval(secs => $5::float8), r.minute, $2), r.event, sum(r.count)::bigint
-               FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id
+               FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id
               WHERE {filter} GROUP BY 1, 2, 3"
         );
         let latency_sql = format!(
             "SELECT r.channel, r.bucket, sum(r.count)::bigint
-               FROM report_latency r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2"
+               FROM ({LATENCY}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2"
         );
         let (from, to) = (window.from, window.to);
         #[allow(clippy::cast_precision_loss)]
@@ -96,10 +136,12 @@ impl Store {
             .client()
             .await?
             .query(
-                "SELECT r.campaign_id, c.name, r.channel, r.event, sum(r.count)::bigint
-                   FROM report_counts r JOIN campaigns c ON c.id = r.campaign_id
+                &format!(
+                    "SELECT r.campaign_id, c.name, r.channel, r.event, sum(r.count)::bigint
+                   FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id
                   WHERE c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3
-                  GROUP BY 1, 2, 3, 4 ORDER BY 2, 1",
+                  GROUP BY 1, 2, 3, 4 ORDER BY 2, 1"
+                ),
                 &[&sandbox, &from, &to],
             )
             .await?;

@@ -97,6 +97,7 @@ fn jitter() -> f64 {
 
 impl Pipeline {
     pub fn new(store: Store, provider: Arc<dyn Provider>, clock: Arc<dyn Clock>, settings: PipelineSettings) -> Self {
+        tokio::spawn(store.clone().roll_up_reports_forever(Duration::from_secs(1)));
         let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("worker", hit));
