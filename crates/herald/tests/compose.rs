@@ -55,7 +55,7 @@ fn the_stack_has_every_service_with_an_image_or_a_build() {
     let compose = compose();
     let services = services(&compose);
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
-    assert_eq!(names, ["api", "grafana", "migrate", "moto", "postgres", "prometheus", "rabbitmq", "worker"]);
+    assert_eq!(names, ["api", "grafana", "jaeger", "migrate", "moto", "postgres", "prometheus", "rabbitmq", "worker"]);
     for (name, service) in &services {
         assert!(service["image"].as_str().is_some() || !service["build"].is_badvalue(), "{name} has no image or build");
         if let Some(dependencies) = service["depends_on"].as_hash() {
@@ -131,7 +131,24 @@ fn long_running_services_have_health_checks_and_start_in_order() {
     assert_eq!(services["api"]["depends_on"]["migrate"]["condition"].as_str(), Some("service_completed_successfully"));
 }
 
-const OBSERVABILITY: [&str; 2] = ["grafana", "prometheus"];
+const OBSERVABILITY: [&str; 3] = ["grafana", "jaeger", "prometheus"];
+
+/// Traces are off unless the user names a collector; the documented one is the profile's Jaeger.
+#[test]
+fn traces_go_to_jaeger_only_when_asked() {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    assert!(text.contains("HERALD_OTLP_ENDPOINT: ${HERALD_OTLP_ENDPOINT:-}"), "an empty default keeps traces off");
+    let compose = compose();
+    let services = services(&compose);
+    for (name, service) in herald_services(&services) {
+        assert!(environment(service).contains_key("HERALD_OTLP_ENDPOINT"), "{name} cannot be given a collector");
+    }
+    let jaeger = &services["jaeger"];
+    let published: Vec<&str> = jaeger["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(published, ["16686:16686"], "the Jaeger UI on the host; OTLP stays inside the network");
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme.contains("HERALD_OTLP_ENDPOINT=http://jaeger:4318 docker compose --profile observability up"));
+}
 
 fn yaml_file(path: &str) -> Yaml {
     let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
