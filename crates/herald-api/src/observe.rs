@@ -23,6 +23,7 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         http.request.method = %method,
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
         herald.request_id = crate::request_id::current().unwrap_or_default(),
     );
     if let Some(traceparent) = request.headers().get("traceparent").and_then(|value| value.to_str().ok()) {
@@ -32,6 +33,10 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
+    // OpenTelemetry's HTTP server convention: only 5xx marks the span as an error.
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
     let metrics = &state.metrics;
     metrics
         .http_duration

@@ -295,6 +295,7 @@ impl Pipeline {
                 rpc.method = method,
                 herald.channel = envelope.channel.as_str(),
                 error.type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
             );
             let started = std::time::Instant::now();
             let result = self.send_once(envelope, campaign, resolved, rendered).instrument(call.clone()).await;
@@ -323,6 +324,7 @@ impl Pipeline {
                 Err(error) => error,
             };
             call.record("error.type", error.code.as_str());
+            call.record("otel.status_code", "ERROR");
             let last_error = error.to_string();
             // Every failure outcome carries the error; they differ in status, reason, counted
             // calls and when a retry may claim the delivery again.
