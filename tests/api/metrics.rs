@@ -82,3 +82,62 @@ async fn metrics_count_requests_outcomes_retries_and_latencies() {
     assert_eq!(worker_lookups, 3.0, "one lookup per consumed message: {text}");
     assert_eq!(sample(&text, r#"herald_dead_letters_total{channel="sms",reason="max-attempts"}"#), 0.0);
 }
+
+#[tokio::test]
+async fn metrics_count_tier_retries_dead_letters_and_channel_pauses() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let scrape =
+        || async { app.http.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap() };
+    let wait_for = |series: &'static str, value: f64| {
+        let scrape = &scrape;
+        async move {
+            let started = Instant::now();
+            loop {
+                let text = scrape().await;
+                if sample(&text, series) >= value {
+                    return text;
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "{series} never reached {value}:\n{text}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // Six transient failures: two calls per claim (one retried in process), tiers 1 and 2, then
+    // the dead-letter queue (fast_policy: 6 attempts).
+    let throttled = || Err(ProviderError::new(ErrorClass::Transient, "Throttling", "slow down"));
+    provider.script((0..6).map(|_| throttled()));
+    let body = execution("doomed", &campaign, &[("+33612345611", json!({"otp": "1"}))]);
+    assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
+    let text = wait_for(r#"herald_dead_letters_total{channel="sms",reason="max-attempts"}"#, 1.0).await;
+    assert_eq!(sample(&text, r#"herald_retries_total{channel="sms",tier="in-process"}"#), 3.0, "{text}");
+    assert_eq!(sample(&text, r#"herald_retries_total{channel="sms",tier="1"}"#), 1.0, "{text}");
+    assert_eq!(sample(&text, r#"herald_retries_total{channel="sms",tier="2"}"#), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, r#"herald_delivery_outcomes_total{channel="sms",status="retrying",reason="Throttling"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, r#"herald_delivery_outcomes_total{channel="sms",status="failed",reason="max-attempts"}"#),
+        1.0
+    );
+    assert_eq!(sample(&text, r#"herald_provider_call_duration_seconds_count{channel="sms",result="error"}"#), 6.0);
+
+    // An account-wide failure pauses the channel, then the message is sent and the pause ends.
+    provider.script([Err(ProviderError::new(ErrorClass::AccountWide, "AccountSendingPausedException", "paused"))]);
+    let body = execution("paused", &campaign, &[("+33612345612", json!({"otp": "2"}))]);
+    assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
+    let text =
+        wait_for(r#"herald_channel_pauses_total{channel="sms",reason="AccountSendingPausedException"}"#, 1.0).await;
+    assert_eq!(sample(&text, r#"herald_channel_paused{channel="sms"}"#), 1.0, "paused now: {text}");
+    let text = wait_for(r#"herald_delivery_outcomes_total{channel="sms",status="sent",reason=""}"#, 1.0).await;
+    worker.stop().await;
+    assert_eq!(sample(&text, r#"herald_channel_paused{channel="sms"}"#), 0.0, "the pause is over: {text}");
+    assert_eq!(sample(&text, r#"herald_accept_to_sent_seconds_count{channel="sms"}"#), 1.0);
+    // Each tier and each paused hand-back is another delivery from the broker: at least 3 + 2.
+    let consumed = sample(&text, r#"herald_messages_consumed_total{channel="sms"}"#);
+    assert!(consumed >= 5.0, "{consumed} deliveries counted: {text}");
+}
