@@ -108,7 +108,9 @@ async fn metrics_count_tier_retries_dead_letters_and_channel_pauses() {
 
     // Six transient failures: two calls per claim (one retried in process), tiers 1 and 2, then
     // the dead-letter queue (fast_policy: 6 attempts).
-    let throttled = || Err(ProviderError::new(ErrorClass::Transient, "Throttling", "slow down"));
+    // The provider's message quotes the recipient, as SES and SNS messages sometimes do.
+    let throttled =
+        || Err(ProviderError::new(ErrorClass::Transient, "Throttling", "slow down sending to +33612345611"));
     provider.script((0..6).map(|_| throttled()));
     let body = execution("doomed", &campaign, &[("+33612345611", json!({"otp": "1"}))]);
     assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
@@ -125,6 +127,10 @@ async fn metrics_count_tier_retries_dead_letters_and_channel_pauses() {
         1.0
     );
     assert_eq!(sample(&text, r#"herald_provider_call_duration_seconds_count{channel="sms",result="error"}"#), 6.0);
+    // The dead letter's last error is kept for operators, without the recipient's number.
+    let letters = app.get("/dead-letters").await.body;
+    let last_error = letters["items"][0]["lastError"].as_str().unwrap_or_else(|| panic!("{letters}"));
+    assert!(last_error.contains("slow down sending to [redacted]"), "{last_error}");
 
     // An account-wide failure pauses the channel, then the message is sent and the pause ends.
     provider.script([Err(ProviderError::new(ErrorClass::AccountWide, "AccountSendingPausedException", "paused"))]);

@@ -325,7 +325,8 @@ impl Pipeline {
             };
             call.record("error.type", error.code.as_str());
             call.record("otel.status_code", "ERROR");
-            let last_error = error.to_string();
+            // Stored and shown to operators (dead letters): provider messages can quote the recipient.
+            let last_error = herald_telemetry::redact::redact(&error.to_string()).into_owned();
             // Every failure outcome carries the error; they differ in status, reason, counted
             // calls and when a retry may claim the delivery again.
             let failure = |status, reason: String, calls, retry_after| Finish {
