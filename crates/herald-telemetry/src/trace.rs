@@ -11,7 +11,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -29,6 +29,8 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
     /// OTLP/HTTP with JSON bodies instead of protobuf.
     pub otlp_json: bool,
+    /// Share of new traces recorded; a remote parent's sampling decision is followed.
+    pub sample_ratio: f64,
     /// `service.name` of the exported spans.
     pub service_name: String,
 }
@@ -79,7 +81,12 @@ fn tracer_provider(endpoint: &str, settings: &TelemetrySettings) -> Result<SdkTr
         .build()
         .map_err(|error| format!("OTLP exporter: {error}"))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(settings.service_name.clone()).build();
-    Ok(SdkTracerProvider::builder().with_batch_exporter(RedactingExporter(exporter)).with_resource(resource).build())
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
+    Ok(SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(RedactingExporter(exporter))
+        .with_resource(resource)
+        .build())
 }
 
 /// Masks addresses, phone numbers and sensitive values in span names, attributes and events

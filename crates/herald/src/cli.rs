@@ -303,6 +303,16 @@ pub struct LoggingArgs {
     /// OTLP/HTTP encoding.
     #[arg(long, env = "HERALD_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf, global = true)]
     pub otlp_protocol: OtlpProtocol,
+    /// Share of new traces recorded (0 to 1); a caller's sampled `traceparent` is always followed.
+    #[arg(long, env = "HERALD_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio, global = true)]
+    pub otlp_sample_ratio: f64,
+}
+
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("`{text}` is not a ratio between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

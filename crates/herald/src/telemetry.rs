@@ -19,6 +19,7 @@ pub fn init(cli: &Cli) -> TelemetryGuard {
         json_logs: cli.logging.log_format == LogFormat::Json,
         otlp_endpoint: cli.logging.otlp_endpoint.clone(),
         otlp_json: cli.logging.otlp_protocol == OtlpProtocol::HttpJson,
+        sample_ratio: cli.logging.otlp_sample_ratio,
         service_name: service.to_string(),
     };
     let (guard, warning) = herald_telemetry::trace::init(&settings);

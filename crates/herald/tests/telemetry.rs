@@ -214,3 +214,17 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn a_sample_ratio_outside_zero_to_one_is_refused_at_start() {
+    let output = Command::new(HERALD)
+        .args(["migrate"])
+        .env_clear()
+        .env("HERALD_OTLP_SAMPLE_RATIO", "1.5")
+        .env("HERALD_DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`1.5` is not a ratio between 0 and 1"), "{stderr}");
+}
