@@ -224,6 +224,30 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     assert_eq!(other.body["campaigns"], json!([]));
     let hidden = app.call(reqwest::Method::GET, &format!("/campaigns/{sms}/report"), Some(&stranger), None).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+
+    // A three-day window is read from the hourly rollups, plus what is still pending: one more
+    // send written after the fold.
+    let late = accept(store, sms, 1, base + chrono::Duration::minutes(30)).await;
+    Seeder { store, campaign: sms, channel: "sms", execution: late, accepted: base + chrono::Duration::minutes(30) }
+        .outcome(0, DeliveryStatus::Sent, None, 1, base + chrono::Duration::minutes(31))
+        .await;
+    let days = |offset: i64| (base + chrono::Duration::days(offset)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let long = app.get(&format!("/campaigns/{sms}/report?from={}&to={}&bucketSeconds=86400", days(-2), days(1))).await;
+    assert_eq!(long.status, StatusCode::OK, "{}", long.body);
+    let sms_long = &long.body["channels"][0];
+    assert_eq!((&sms_long["targeted"], &sms_long["sent"], &sms_long["retries"]), (&json!(13), &json!(9), &json!(4)));
+    assert_eq!(
+        (&sms_long["failed"]["total"], &sms_long["unknown"], &sms_long["latencyMs"]["count"]),
+        (&json!(2), &json!(1), &json!(9))
+    );
+    let series = sms_long["series"].as_array().unwrap();
+    assert_eq!(series.len(), 3);
+    assert_eq!((&series[0]["sent"], &series[1]["sent"], &series[2]["sent"]), (&json!(0), &json!(1), &json!(8)));
+    // Folded or not, the same answer.
+    store.roll_up_reports().await.unwrap();
+    let folded =
+        app.get(&format!("/campaigns/{sms}/report?from={}&to={}&bucketSeconds=86400", days(-2), days(1))).await;
+    assert_eq!(folded.body, long.body);
 }
 
 #[tokio::test]

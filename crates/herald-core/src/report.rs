@@ -15,12 +15,14 @@ pub const LATENCY_BASE: f64 = 1.1;
 pub const DEFAULT_SPAN: Duration = Duration::hours(24);
 /// Longest window one report covers.
 pub const MAX_SPAN: Duration = Duration::days(400);
+/// Windows longer than this have hour resolution (and are read from the hourly rollups).
+pub const HOURLY_ABOVE: Duration = Duration::hours(48);
 /// Most time buckets one report returns.
 pub const MAX_BUCKETS: i64 = 1_000;
 /// Bucket widths chosen when the caller names none: the first that gives at most ~100 points.
 const NICE_BUCKETS: [i64; 9] = [60, 300, 900, 1_800, 3_600, 10_800, 21_600, 86_400, 604_800];
 
-/// A report's time range, whole minutes (the rollups' resolution), and its bucket width.
+/// A report's time range, whole minutes (whole hours beyond [`HOURLY_ABOVE`]), and its bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportWindow {
     pub from: DateTime<Utc>,
@@ -41,8 +43,8 @@ pub enum WindowError {
 }
 
 impl ReportWindow {
-    /// `from` is rounded down and `to` up to the minute; by default the window is the 24 hours
-    /// before `now`.
+    /// `from` is rounded down and `to` up to the minute (to the hour for windows longer than
+    /// [`HOURLY_ABOVE`]); by default the window is the 24 hours before `now`.
     pub fn new(
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
@@ -50,8 +52,14 @@ impl ReportWindow {
         now: DateTime<Utc>,
     ) -> Result<Self, WindowError> {
         let minute = Duration::minutes(1);
-        let to = ceil_minute(to.unwrap_or(now));
-        let from = from.unwrap_or(to - DEFAULT_SPAN).duration_trunc(minute).map_err(|_| WindowError::Empty)?;
+        let to = ceil(to.unwrap_or(now), minute);
+        let mut from = from.unwrap_or(to - DEFAULT_SPAN).duration_trunc(minute).map_err(|_| WindowError::Empty)?;
+        let mut to = to;
+        if to - from > HOURLY_ABOVE {
+            let hour = Duration::hours(1);
+            from = from.duration_trunc(hour).map_err(|_| WindowError::Empty)?;
+            to = ceil(to, hour);
+        }
         if from >= to {
             return Err(WindowError::Empty);
         }
@@ -72,6 +80,15 @@ impl ReportWindow {
         Ok(Self { from, to, bucket: Duration::seconds(seconds) })
     }
 
+    /// Whether the hourly rollups can answer: hour-aligned bounds and buckets.
+    pub fn hourly(&self) -> bool {
+        let hour = Duration::hours(1);
+        self.to - self.from > HOURLY_ABOVE
+            && self.bucket.num_seconds() % 3_600 == 0
+            && self.from.duration_trunc(hour).is_ok_and(|floor| floor == self.from)
+            && self.to.duration_trunc(hour).is_ok_and(|floor| floor == self.to)
+    }
+
     /// The start of every bucket, from `from` up to `to`.
     pub fn bucket_starts(&self) -> Vec<DateTime<Utc>> {
         let mut starts = Vec::new();
@@ -84,11 +101,10 @@ impl ReportWindow {
     }
 }
 
-fn ceil_minute(at: DateTime<Utc>) -> DateTime<Utc> {
-    let minute = Duration::minutes(1);
-    match at.duration_trunc(minute) {
+fn ceil(at: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
+    match at.duration_trunc(unit) {
         Ok(floor) if floor == at => at,
-        Ok(floor) => floor + minute,
+        Ok(floor) => floor + unit,
         Err(_) => at,
     }
 }

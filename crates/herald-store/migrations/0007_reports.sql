@@ -36,6 +36,28 @@ CREATE TABLE report_latency (
 );
 CREATE INDEX report_latency_by_minute ON report_latency (minute);
 
+-- The same per hour, for long windows: a year of a busy campaign is 9k hourly rows, not 500k.
+CREATE TABLE report_counts_hourly (
+    campaign_id  uuid NOT NULL,
+    channel      text NOT NULL,
+    hour         timestamptz NOT NULL,
+    event        text NOT NULL,
+    reason       text NOT NULL DEFAULT '',
+    count        bigint NOT NULL,
+    PRIMARY KEY (campaign_id, hour, channel, event, reason)
+);
+CREATE INDEX report_counts_hourly_by_hour ON report_counts_hourly (hour);
+
+CREATE TABLE report_latency_hourly (
+    campaign_id  uuid NOT NULL,
+    channel      text NOT NULL,
+    hour         timestamptz NOT NULL,
+    bucket       smallint NOT NULL,
+    count        bigint NOT NULL,
+    PRIMARY KEY (campaign_id, hour, channel, bucket)
+);
+CREATE INDEX report_latency_hourly_by_hour ON report_latency_hourly (hour);
+
 -- Outcomes written but not yet folded into the rollups. `event` 'latency' rows carry a latency
 -- histogram bucket; the others a report_counts key.
 CREATE TABLE report_pending (
@@ -151,6 +173,18 @@ BEGIN
          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
         ON CONFLICT (campaign_id, minute, channel, bucket) DO UPDATE SET count = r.count + EXCLUDED.count
         RETURNING 1
+    ), counted_hourly AS (
+        INSERT INTO report_counts_hourly AS r (campaign_id, hour, channel, event, reason, count)
+        SELECT campaign_id, date_trunc('hour', minute), channel, event, reason, sum(count) FROM moved WHERE event <> 'latency'
+         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (campaign_id, hour, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count
+        RETURNING 1
+    ), timed_hourly AS (
+        INSERT INTO report_latency_hourly AS r (campaign_id, hour, channel, bucket, count)
+        SELECT campaign_id, date_trunc('hour', minute), channel, bucket, sum(count) FROM moved WHERE event = 'latency'
+         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+        ON CONFLICT (campaign_id, hour, channel, bucket) DO UPDATE SET count = r.count + EXCLUDED.count
+        RETURNING 1
     )
     SELECT count(*) INTO taken FROM moved;
     RETURN taken;
@@ -169,3 +203,5 @@ INSERT INTO report_counts AS r (campaign_id, minute, channel, event, reason, cou
 SELECT campaign_id, date_trunc('minute', dead_lettered_at), channel, 'dead_lettered', reason, count(*)
   FROM dead_letters WHERE campaign_id IS NOT NULL GROUP BY 1, 2, 3, 5
 ON CONFLICT (campaign_id, minute, channel, event, reason) DO UPDATE SET count = r.count + EXCLUDED.count;
+INSERT INTO report_counts_hourly (campaign_id, hour, channel, event, reason, count)
+SELECT campaign_id, date_trunc('hour', minute), channel, event, reason, sum(count) FROM report_counts GROUP BY 1, 2, 3, 4, 5;

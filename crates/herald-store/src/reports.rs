@@ -3,7 +3,6 @@
 //! and not the number of deliveries in it. Outcomes not yet folded into the rollups
 //! (`report_pending`, at most a few seconds' worth) are read too, so reports are exact.
 
-use chrono::{DateTime, Utc};
 use herald_core::report::{CountRow, LatencyRow, ReportWindow, SeriesRow};
 use uuid::Uuid;
 
@@ -36,6 +35,24 @@ const COUNTS: &str = "SELECT campaign_id, channel, minute, event, reason, count 
 const LATENCY: &str = "SELECT campaign_id, channel, minute, bucket, count FROM report_latency
                        UNION ALL
                        SELECT campaign_id, channel, minute, bucket, count FROM report_pending WHERE event = 'latency'";
+
+/// Per hour, for long windows; pending rows are rounded down to their hour.
+const COUNTS_HOURLY: &str =
+    "SELECT campaign_id, channel, hour AS minute, event, reason, count FROM report_counts_hourly
+                             UNION ALL
+                             SELECT campaign_id, channel, date_trunc('hour', minute), event, reason, count
+                               FROM report_pending WHERE event <> 'latency'";
+
+const LATENCY_HOURLY: &str = "SELECT campaign_id, channel, hour AS minute, bucket, count FROM report_latency_hourly
+                              UNION ALL
+                              SELECT campaign_id, channel, date_trunc('hour', minute), bucket, count
+                                FROM report_pending WHERE event = 'latency'";
+
+/// The counts and latency sources that answer `window`: hourly rollups when its bounds and
+/// buckets are whole hours, else the per-minute ones.
+fn sources(window: &ReportWindow) -> (&'static str, &'static str) {
+    if window.hourly() { (COUNTS_HOURLY, LATENCY_HOURLY) } else { (COUNTS, LATENCY) }
+}
 
 /// Pending rows folded per round.
 const ROLLUP_BATCH: i32 = 50_000;
@@ -81,18 +98,19 @@ impl Store {
         } else {
             "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3"
         };
+        let (counts_from, latency_from) = sources(window);
         let counts_sql = format!(
             "SELECT r.channel, r.event, r.reason, sum(r.count)::bigint
-               FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2, 3"
+               FROM ({counts_from}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2, 3"
         );
         let series_sql = format!(
             "SELECT r.channel, date_bin(make_interval(secs => $5::float8), r.minute, $2), r.event, sum(r.count)::bigint
-               FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id
+               FROM ({counts_from}) r JOIN campaigns c ON c.id = r.campaign_id
               WHERE {filter} GROUP BY 1, 2, 3"
         );
         let latency_sql = format!(
             "SELECT r.channel, r.bucket, sum(r.count)::bigint
-               FROM ({LATENCY}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2"
+               FROM ({latency_from}) r JOIN campaigns c ON c.id = r.campaign_id WHERE {filter} GROUP BY 1, 2"
         );
         let (from, to) = (window.from, window.to);
         #[allow(clippy::cast_precision_loss)]
@@ -129,20 +147,20 @@ impl Store {
     pub async fn report_campaign_counts(
         &self,
         sandbox: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        window: &ReportWindow,
     ) -> Result<Vec<CampaignCount>, StoreError> {
+        let (counts_from, _) = sources(window);
         let rows = self
             .client()
             .await?
             .query(
                 &format!(
                     "SELECT r.campaign_id, c.name, r.channel, r.event, sum(r.count)::bigint
-                   FROM ({COUNTS}) r JOIN campaigns c ON c.id = r.campaign_id
+                   FROM ({counts_from}) r JOIN campaigns c ON c.id = r.campaign_id
                   WHERE c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3
                   GROUP BY 1, 2, 3, 4 ORDER BY 2, 1"
                 ),
-                &[&sandbox, &from, &to],
+                &[&sandbox, &window.from, &window.to],
             )
             .await?;
         Ok(rows

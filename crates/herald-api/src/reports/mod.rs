@@ -114,7 +114,7 @@ pub(crate) async fn global(
     let window = query.window(state.clock.now())?;
     let (rows, per_campaign) = tokio::try_join!(
         state.store.report_rows(&caller.sandbox, None, &window),
-        state.store.report_campaign_counts(&caller.sandbox, window.from, window.to),
+        state.store.report_campaign_counts(&caller.sandbox, &window),
     )?;
     let mut campaigns: BTreeMap<(String, Uuid), Value> = BTreeMap::new();
     for row in per_campaign {

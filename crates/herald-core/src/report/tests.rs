@@ -36,6 +36,22 @@ fn windows_are_validated() {
 }
 
 #[test]
+fn windows_over_two_days_are_whole_hours_and_read_hourly_rollups() {
+    let now = at(12, 0, 0);
+    let day = ReportWindow::new(Some(at(10, 0, 30)), Some(at(11, 30, 0)), None, now).unwrap();
+    assert!(!day.hourly());
+    let month =
+        ReportWindow::new(Some(now - Duration::days(30) + Duration::minutes(7)), Some(at(11, 30, 5)), None, now)
+            .unwrap();
+    assert_eq!(month.from, now - Duration::days(30));
+    assert_eq!(month.to, at(12, 0, 0));
+    assert_eq!(month.bucket, Duration::hours(24), "30 days in at most 100 points");
+    assert!(month.hourly());
+    let odd = ReportWindow::new(Some(now - Duration::days(3)), Some(now), Some(1_800), now).unwrap();
+    assert!(!odd.hourly(), "half-hour buckets need the minute rollups");
+}
+
+#[test]
 fn counts_are_split_by_channel_event_and_reason() {
     let window = ReportWindow::new(Some(at(10, 0, 0)), Some(at(11, 0, 0)), Some(1800), at(12, 0, 0)).unwrap();
     let counts = [
