@@ -41,7 +41,7 @@ fn summarise(label: &str, mut samples: Vec<Duration>) -> Duration {
 /// `n` deliveries of `campaign`, one per execution, claimed evenly over `minutes` minutes from
 /// `start`; then outcomes: 90% sent (latency 50 ms to 5 s), 5% failed over three reasons, 3%
 /// excluded, 1% unknown, 1% left retrying; every 10th needed a retry.
-async fn seed(client: &tokio_postgres::Client, campaign: Uuid, start: DateTime<Utc>, minutes: i32, n: i64) {
+async fn seed(client: &tokio_postgres::Client, campaign: Uuid, start: DateTime<Utc>, minutes: i64, n: i64) {
     client
         .execute(
             "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_id, channel, claim_token,
