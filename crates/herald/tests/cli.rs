@@ -361,6 +361,13 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert_eq!(line["to"], "+33612345678");
     assert_eq!(line["body"], "482913 is your Example code. It expires in 5 minutes.");
     assert_eq!(line["senderId"], "Example");
+    // One process, one registry: the worker's outcomes are on the API's /metrics.
+    let sent = r#"herald_delivery_outcomes_total{channel="sms",status="sent",reason=""} 1"#;
+    let started = Instant::now();
+    while !http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap().contains(sent) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the send is not on /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Applying the same file again updates the campaign instead of creating a second one.
     let again = herald(&database)
