@@ -309,4 +309,12 @@ async fn a_report_counts_what_a_worker_did_end_to_end_and_renders_as_a_page() {
     let html = page.text().await.unwrap();
     assert!(html.contains("<svg id=\"chart\"") && html.contains("fill=\"#2e7d32\""), "no sent bar in {html}");
     assert!(!html.contains("+3361234567"), "the page shows no address");
+    // The page links to other windows; each answers.
+    let week =
+        html.split("href=\"").filter_map(|rest| rest.split('"').next()).find(|href| href.contains("from=")).unwrap();
+    let week = week.replace("&amp;", "&");
+    assert!(week.starts_with("report.html?from="), "{week}");
+    let linked = app.get(&format!("/campaigns/{campaign}/{}", week.replace("report.html", "report"))).await;
+    assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
+    assert_eq!(linked.body["channels"][0]["sent"], 2, "the week includes today's sends");
 }

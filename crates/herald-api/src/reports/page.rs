@@ -41,6 +41,19 @@ pub(super) fn render(report: &CampaignReport) -> String {
         to = report.to.format("%Y-%m-%d %H:%M"),
         bucket = report.bucket_seconds / 60,
     );
+    // Other windows ending at the same instant; relative links keep whatever proxy served this page.
+    let stamp = |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let window =
+        |days: i64| format!("from={}&amp;to={}", stamp(report.to - chrono::Duration::days(days)), stamp(report.to));
+    let _ = write!(
+        html,
+        "<p id=\"windows\"><a href=\"report.html\">last 24 hours</a> · <a href=\"report.html?{week}\">last 7 days</a> · \
+         <a href=\"report.html?{month}\">last 30 days</a> · <a href=\"report?from={from}&amp;to={to}\">this report as JSON</a></p>",
+        week = window(7),
+        month = window(30),
+        from = stamp(report.from),
+        to = stamp(report.to),
+    );
     for channel in &report.channels {
         summary(&mut html, channel);
         chart(&mut html, channel, report.bucket_seconds);
