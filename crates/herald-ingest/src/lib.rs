@@ -242,13 +242,14 @@ impl Ingest {
             };
 
         let expires_at = live.message_ttl_seconds.map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
+        let exchange = self.broker.topology().work_exchange();
         let publish = tracing::info_span!(
             "publish",
-            otel.name = %format!("publish {}", self.broker.topology().work_exchange()),
+            otel.name = %format!("publish {exchange}"),
             otel.kind = "producer",
             messaging.system = "rabbitmq",
             messaging.operation.type = "send",
-            messaging.destination.name = %self.broker.topology().work_exchange(),
+            messaging.destination.name = %exchange,
             messaging.batch.message_count = recipients.len(),
             herald.execution_id = %execution_id,
             herald.campaign_id = %campaign_id,

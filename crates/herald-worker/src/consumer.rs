@@ -149,6 +149,7 @@ async fn consume(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), lapin::Error> {
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let queue = settings.topology.channel_queue(channel);
     let pause = Arc::new(PauseState::default());
     loop {
         if *shutdown.borrow() {
@@ -177,7 +178,7 @@ async fn consume(
             break;
         };
         let (pipeline, settler, pause) = (Arc::clone(&pipeline), Arc::clone(&settler), Arc::clone(&pause));
-        let span = process_span(&settings.topology.channel_queue(channel), &delivery);
+        let span = process_span(&queue, &delivery);
         tokio::spawn(
             async move {
                 let decision = pipeline.process(&delivery.data, tiers_used(&delivery)).await;

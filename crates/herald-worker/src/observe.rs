@@ -14,13 +14,16 @@ pub(crate) fn channel_label(name: &str) -> &'static str {
     }
 }
 
-pub(crate) fn outcome(metrics: &Metrics, channel: &str, status: DeliveryStatus, reason: Option<&str>) {
-    let labels = OutcomeLabels {
+pub(crate) fn outcome_labels(channel: &str, status: DeliveryStatus, reason: Option<&str>) -> OutcomeLabels {
+    OutcomeLabels {
         channel: channel_label(channel),
         status: status.as_str(),
         reason: reason.unwrap_or_default().to_string(),
-    };
-    metrics.outcomes.get_or_create(&labels).inc();
+    }
+}
+
+pub(crate) fn outcome(metrics: &Metrics, channel: &str, status: DeliveryStatus, reason: Option<&str>) {
+    metrics.outcomes.get_or_create(&outcome_labels(channel, status, reason)).inc();
 }
 
 pub(crate) fn provider_call(metrics: &Metrics, channel: Channel, ok: bool, seconds: f64) {

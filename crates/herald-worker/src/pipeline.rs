@@ -245,9 +245,9 @@ impl Pipeline {
     }
 
     async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
-        let (channel, status, reason) = (finish.key.channel.clone(), finish.status, finish.reason.clone());
+        let outcome = observe::outcome_labels(&finish.key.channel, finish.status, finish.reason.as_deref());
         let written = self.finishes.submit(finish).await.map_err(unbatched)?;
-        observe::outcome(self.metrics(), &channel, status, reason.as_deref());
+        self.metrics().outcomes.get_or_create(&outcome).inc();
         if !written {
             // Another worker declared this claim abandoned (recorded unknown) meanwhile.
             tracing::warn!("a delivery outcome arrived after its claim was declared abandoned");

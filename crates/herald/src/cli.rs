@@ -221,8 +221,8 @@ pub struct WorkerArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerTuning {
     /// Channels this worker consumes (comma-separated).
-    #[arg(long, env = "HERALD_WORKER_CHANNELS", default_value = "email,sms,push", value_delimiter = ',')]
-    pub worker_channels: Vec<String>,
+    #[arg(long, env = "HERALD_WORKER_CHANNELS", default_value = "email,sms,push", value_delimiter = ',', value_parser = channel)]
+    pub worker_channels: Vec<herald_core::Channel>,
     /// Unacknowledged messages the broker may push to each channel consumer.
     #[arg(long, env = "HERALD_WORKER_PREFETCH", default_value_t = 200)]
     pub worker_prefetch: u16,
@@ -306,6 +306,10 @@ pub struct LoggingArgs {
     /// Share of new traces recorded (0 to 1); a caller's sampled `traceparent` is always followed.
     #[arg(long, env = "HERALD_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio, global = true)]
     pub otlp_sample_ratio: f64,
+}
+
+fn channel(text: &str) -> Result<herald_core::Channel, String> {
+    text.trim().parse()
 }
 
 fn ratio(text: &str) -> Result<f64, String> {

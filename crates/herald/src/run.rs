@@ -75,14 +75,38 @@ async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// A stop flag that SIGTERM/SIGINT sets; the roles of a process also set it when one of them
+/// ends, so that the others stop too instead of running on half-broken.
+fn stop_on_signal() -> (Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    let on_signal = Arc::clone(&stop);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
+    (stop, stopped)
+}
+
+/// Resolves once `stopped` turns true.
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stopped| *stopped).await;
+}
+
+/// Runs `role`, then stops the process's other roles, whether it ended well or not.
+async fn then_stop<T>(stop: &watch::Sender<bool>, role: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let outcome = role.await;
+    if let Err(error) = &outcome {
+        tracing::error!(error = format!("{error:#}"), "stopping the process");
+    }
+    stop.send_replace(true);
+    outcome
+}
+
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
     let store = start(&args.startup).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let (_stop, stopped) = stop_on_signal();
     serve_api(&args, store, stopped, Arc::default()).await
 }
 
@@ -90,7 +114,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 async fn serve_api(
     args: &ApiArgs,
     store: Store,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -124,11 +148,8 @@ async fn serve_api(
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
     let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
     tracing::info!(addr = %args.http_addr, "api listening");
-    let shutdown = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
     let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
-    herald_api::serve(listener, state, shutdown).await.context("serving http")?;
+    herald_api::serve(listener, state, until(stop)).await.context("serving http")?;
     tracing::info!("api stopped");
     Ok(())
 }
@@ -136,22 +157,20 @@ async fn serve_api(
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
     let store = start(&args.startup).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let (stop, stopped) = stop_on_signal();
     let metrics = Arc::new(Metrics::new());
     let listener =
         TcpListener::bind(args.metrics_addr).await.with_context(|| format!("binding {}", args.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.metrics_addr), "worker metrics listening");
-    let mut metrics_stop = stopped.clone();
-    let served = herald_api::serve_metrics(listener, Arc::clone(&metrics), async move {
-        let _ = metrics_stop.wait_for(|stopped| *stopped).await;
+    let served = then_stop(&stop, async {
+        herald_api::serve_metrics(listener, Arc::clone(&metrics), until(stopped.clone()))
+            .await
+            .context("serving metrics")
     });
-    let (worked, served) = tokio::join!(run_worker(&args.tuning, &args.startup, store, stopped, metrics), served);
-    served.context("serving metrics")?;
-    worked
+    let worked =
+        then_stop(&stop, run_worker(&args.tuning, &args.startup, store, stopped.clone(), Arc::clone(&metrics)));
+    let (worked, served) = tokio::join!(worked, served);
+    served.and(worked)
 }
 
 /// The API and a worker in one process, sharing the database pool and the shutdown signal.
@@ -161,15 +180,15 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         tracing::warn!(path = %args.worker.outbox_path.display(), "provider is the outbox: messages are written to a file, not delivered");
     }
     let store = start(&args.api.startup).await?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let (stop, stopped) = stop_on_signal();
     // One registry: the API's /metrics shows the worker's metrics too.
     let metrics = Arc::new(Metrics::new());
-    let worker = run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone(), Arc::clone(&metrics));
-    let (served, worked) = tokio::join!(serve_api(&args.api, store, stopped, metrics), worker);
+    let worker = then_stop(
+        &stop,
+        run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone(), Arc::clone(&metrics)),
+    );
+    let served = then_stop(&stop, serve_api(&args.api, store, stopped, metrics));
+    let (served, worked) = tokio::join!(served, worker);
     served.and(worked)
 }
 
@@ -188,11 +207,7 @@ async fn run_worker(
     stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let channels = tuning
-        .worker_channels
-        .iter()
-        .map(|name| name.trim().parse::<Channel>().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let channels = tuning.worker_channels.clone();
     let topology = startup.broker.topology();
     let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
     policy.max_attempts = tuning.max_attempts;
