@@ -318,3 +318,37 @@ async fn a_report_counts_what_a_worker_did_end_to_end_and_renders_as_a_page() {
     assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
     assert_eq!(linked.body["channels"][0]["sent"], 2, "the week includes today's sends");
 }
+
+#[tokio::test]
+async fn a_replayed_message_dead_lettered_again_counts_again_and_a_duplicate_copy_does_not() {
+    let app = TestApp::spawn().await;
+    let sms: Uuid = app.live_campaign(&otp_sms("otp")).await.parse().unwrap();
+    let store = &app.store;
+    let now = Utc::now();
+    let execution = accept(store, sms, 1, now).await;
+    let letter = NewDeadLetter {
+        message_id: format!("{execution}/0"),
+        sandbox: Some("a".into()),
+        campaign_id: Some(sms),
+        execution_id: Some(execution),
+        recipient_index: Some(0),
+        channel: "sms".into(),
+        reason: "max-attempts".into(),
+        last_error: None,
+        body: b"{}".to_vec(),
+    };
+    store.record_dead_letter(&letter, now).await.unwrap();
+    store.record_dead_letter(&letter, now + ms(10)).await.unwrap();
+    let dead_lettered = || async {
+        app.get(&format!("/campaigns/{sms}/report")).await.body["channels"][0]["deadLettered"]["total"].clone()
+    };
+    assert_eq!(dead_lettered().await, 1, "a duplicate copy counts once");
+    let id = store.list_dead_letters(Some("a"), None, None, 10).await.unwrap()[0].id;
+    store.begin_replay(Some("a"), id, now + ms(20)).await.unwrap().expect("replayable");
+    assert_eq!(dead_lettered().await, 1, "a replay is not a dead letter");
+    // The replayed message fails again and comes back.
+    store.record_dead_letter(&letter, now + ms(30)).await.unwrap();
+    assert_eq!(dead_lettered().await, 2);
+    store.record_dead_letter(&letter, now + ms(40)).await.unwrap();
+    assert_eq!(dead_lettered().await, 2, "and its duplicate copy counts nothing");
+}

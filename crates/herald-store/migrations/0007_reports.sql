@@ -139,17 +139,31 @@ END $$;
 CREATE TRIGGER executions_report_accepted AFTER UPDATE ON executions
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_executions();
 
+-- A dead letter counts when it is recorded, and again when a replayed message comes back to the
+-- dead-letter queue (record_dead_letter updates the replayed row); a duplicate copy of the same
+-- dead letter changes nothing and counts nothing.
 CREATE FUNCTION herald_report_dead_letters() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO report_pending (campaign_id, minute, channel, event, reason, count)
-    SELECT campaign_id, date_trunc('minute', dead_lettered_at), channel, 'dead_lettered', reason, count(*)
-      FROM new_rows WHERE campaign_id IS NOT NULL
-     GROUP BY 1, 2, 3, 5;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO report_pending (campaign_id, minute, channel, event, reason, count)
+        SELECT campaign_id, date_trunc('minute', dead_lettered_at), channel, 'dead_lettered', reason, count(*)
+          FROM new_rows WHERE campaign_id IS NOT NULL
+         GROUP BY 1, 2, 3, 5;
+    ELSE
+        INSERT INTO report_pending (campaign_id, minute, channel, event, reason, count)
+        SELECT n.campaign_id, date_trunc('minute', n.dead_lettered_at), n.channel, 'dead_lettered', n.reason, count(*)
+          FROM new_rows n JOIN old_rows o USING (id)
+         WHERE n.campaign_id IS NOT NULL AND o.replayed_at IS NOT NULL AND n.replayed_at IS NULL
+           AND n.dead_lettered_at IS DISTINCT FROM o.dead_lettered_at
+         GROUP BY 1, 2, 3, 5;
+    END IF;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER dead_letters_report_inserted AFTER INSERT ON dead_letters
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_dead_letters();
+CREATE TRIGGER dead_letters_report_dead_lettered_again AFTER UPDATE ON dead_letters
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_report_dead_letters();
 
 -- Folds up to `max_rows` pending rows into the rollups and returns how many it took. Concurrent
 -- callers take disjoint rows (SKIP LOCKED) and upsert in primary-key order, so they cannot deadlock.
