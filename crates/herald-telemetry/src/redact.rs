@@ -17,27 +17,52 @@ static EMAIL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").expect("valid"));
 /// E.164 numbers, as Herald stores and sends them, with or without an URL-encoded plus.
 static PHONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?:\+|%2B)\d{6,15}").expect("valid"));
-/// `"field": value` (JSON logs, debug output of maps) and `field=value` (text logs) of fields whose
-/// values are recipient data. The value is a string, a flat object, or a bare token.
+/// Field names whose values are recipient data, wherever they appear (log fields, span and event
+/// attributes, keys of logged maps); compared case-insensitively with the last dotted segment.
+pub const SENSITIVE_NAMES: [&str; 17] = [
+    "context",
+    "otp",
+    "password",
+    "secret",
+    "body",
+    "html",
+    "text",
+    "subject",
+    "address",
+    "email",
+    "phone",
+    "phone_number",
+    "token",
+    "api_key",
+    "authorization",
+    "profile",
+    "attributes",
+];
+
+/// `"field": value` (JSON logs, debug output of maps) and `field=value` (text logs) of sensitive
+/// fields. The value is a string, an object (nested one level deep), an array, or a bare token.
 static SENSITIVE_FIELD: LazyLock<Regex> = LazyLock::new(|| {
-    let names = r"context|otp|password|secret|body|html|text|subject|address|email|phone|phone_number|token|api_key|authorization|profile";
-    Regex::new(&format!(
-        r#"(?i)(?P<key>"(?:{names})"\s*:\s*|\b(?:{names})=)(?P<value>"(?:[^"\\]|\\.)*"|\{{[^{{}}]*\}}|[^\s,}}]+)"#
-    ))
-    .expect("valid")
+    let names = SENSITIVE_NAMES.join("|");
+    let value = r#""(?:[^"\\]|\\.)*"|\{(?:[^{}]|\{[^{}]*\})*\}|\[(?:[^\[\]]|\[[^\[\]]*\])*\]|[^\s,}\]]+"#;
+    Regex::new(&format!(r#"(?i)(?P<key>"(?:{names})"\s*:\s*|\b(?:{names})=)(?:{value})"#)).expect("valid")
 });
+
+/// What a sensitive field's value becomes.
+const MASKED_FIELD: &str = "${key}\"[redacted]\"";
+
+/// Whether values of the field `name` (e.g. `context`, `herald.otp`) are recipient data.
+pub fn is_sensitive_name(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    SENSITIVE_NAMES.iter().any(|sensitive| sensitive.eq_ignore_ascii_case(last))
+}
 
 /// `text` with addresses, phone numbers and sensitive field values masked.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
-    if SENSITIVE_FIELD.is_match(&out) {
-        out = Cow::Owned(SENSITIVE_FIELD.replace_all(&out, format!("${{key}}\"{MASK}\"")).into_owned());
-    }
-    if EMAIL.is_match(&out) {
-        out = Cow::Owned(EMAIL.replace_all(&out, MASK).into_owned());
-    }
-    if PHONE.is_match(&out) {
-        out = Cow::Owned(PHONE.replace_all(&out, MASK).into_owned());
+    for (pattern, replacement) in [(&*SENSITIVE_FIELD, MASKED_FIELD), (&*EMAIL, MASK), (&*PHONE, MASK)] {
+        if let Cow::Owned(replaced) = pattern.replace_all(&out, replacement) {
+            out = Cow::Owned(replaced);
+        }
     }
     out
 }
@@ -107,6 +132,21 @@ mod tests {
         let redacted = redact(text);
         assert!(!redacted.contains("771204"), "{redacted}");
         assert!(redacted.contains("campaign_id=c1"), "{redacted}");
+    }
+
+    #[test]
+    fn nested_objects_and_arrays_of_sensitive_fields_are_masked_whole() {
+        let json = r#"{"context":{"code":"1","user":{"resetUrl":"https://r.example/tok-5eCr3t"}},"profile":{"tags":["vip","x"]},"n":1}"#;
+        let redacted = redact(json);
+        assert_eq!(redacted, r#"{"context":"[redacted]","profile":"[redacted]","n":1}"#);
+        let text = r#"context=["482913", "771204"] execution_id=e1"#;
+        assert_eq!(redact(text), r#"context="[redacted]" execution_id=e1"#);
+    }
+
+    #[test]
+    fn sensitive_names_are_recognised_by_their_last_segment() {
+        assert!(is_sensitive_name("otp") && is_sensitive_name("herald.Context") && is_sensitive_name("profile"));
+        assert!(!is_sensitive_name("herald.execution_id") && !is_sensitive_name("error.type"));
     }
 
     #[test]

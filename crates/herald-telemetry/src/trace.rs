@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::redact::{RedactingMakeWriter, redact};
+use crate::redact::{RedactingMakeWriter, is_sensitive_name, redact};
 
 /// How a process logs and traces.
 #[derive(Debug, Clone)]
@@ -47,26 +47,29 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the process-wide subscriber. An unusable OTLP endpoint leaves traces off and is
-/// returned as a warning to report once logging works.
-pub fn init(settings: &TelemetrySettings) -> (TelemetryGuard, Option<String>) {
-    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the process-wide subscriber. An unusable OTLP endpoint leaves traces off, an invalid
+/// filter logs at info; each is returned as a warning to report once logging works.
+pub fn init(settings: &TelemetrySettings) -> (TelemetryGuard, Vec<String>) {
+    let mut warnings = Vec::new();
+    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|error| {
+        warnings.push(format!("HERALD_LOG `{}` is not a valid filter ({error}); logging at info", settings.log));
+        EnvFilter::new("info")
+    });
     let writer = RedactingMakeWriter(std::io::stderr);
     let (text, json) = if settings.json_logs {
         (None, Some(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(writer)))
     } else {
         (Some(tracing_subscriber::fmt::layer().with_writer(writer)), None)
     };
-    let (provider, warning) = match settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
-        Some(endpoint) => match tracer_provider(endpoint, settings) {
-            Ok(provider) => (Some(provider), None),
-            Err(error) => (None, Some(error)),
-        },
-        None => (None, None),
+    let provider = match settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(endpoint) => tracer_provider(endpoint, settings)
+            .map_err(|error| warnings.push(format!("traces are not exported: {error}")))
+            .ok(),
+        None => None,
     };
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("herald")));
     let _ = tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init();
-    (TelemetryGuard(provider), warning)
+    (TelemetryGuard(provider), warnings)
 }
 
 fn tracer_provider(endpoint: &str, settings: &TelemetrySettings) -> Result<SdkTracerProvider, String> {
@@ -84,7 +87,7 @@ fn tracer_provider(endpoint: &str, settings: &TelemetrySettings) -> Result<SdkTr
     let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(settings.sample_ratio)));
     Ok(SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_batch_exporter(RedactingExporter(exporter))
+        .with_batch_exporter(RedactingExporter { inner: exporter, failing: Default::default() })
         .with_resource(resource)
         .build())
 }
@@ -92,14 +95,34 @@ fn tracer_provider(endpoint: &str, settings: &TelemetrySettings) -> Result<SdkTr
 /// Masks addresses, phone numbers and sensitive values in span names, attributes and events
 /// before they leave the process.
 #[derive(Debug)]
-struct RedactingExporter<E>(E);
+struct RedactingExporter<E> {
+    inner: E,
+    /// Whether the last export failed.
+    failing: std::sync::atomic::AtomicBool,
+}
 
-fn redact_value(value: &mut opentelemetry::Value) {
-    if let opentelemetry::Value::String(text) = value {
-        let redacted = redact(text.as_str());
-        if let std::borrow::Cow::Owned(owned) = redacted {
-            *text = owned.into();
+/// A sensitive attribute's value is masked whole; any other string (or array of strings) has its
+/// addresses and phone numbers masked.
+fn redact_attribute(attribute: &mut opentelemetry::KeyValue) {
+    use opentelemetry::{Array, Value};
+    if is_sensitive_name(attribute.key.as_str()) {
+        attribute.value = Value::from(crate::redact::MASK);
+        return;
+    }
+    match &mut attribute.value {
+        Value::String(text) => {
+            if let std::borrow::Cow::Owned(owned) = redact(text.as_str()) {
+                *text = owned.into();
+            }
         }
+        Value::Array(Array::String(items)) => {
+            for item in items {
+                if let std::borrow::Cow::Owned(owned) = redact(item.as_str()) {
+                    *item = owned.into();
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -109,16 +132,12 @@ impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
             if let std::borrow::Cow::Owned(name) = redact(&span.name) {
                 span.name = name.into();
             }
-            for attribute in &mut span.attributes {
-                redact_value(&mut attribute.value);
-            }
+            span.attributes.iter_mut().for_each(redact_attribute);
             for event in &mut span.events.events {
                 if let std::borrow::Cow::Owned(name) = redact(&event.name) {
                     event.name = name.into();
                 }
-                for attribute in &mut event.attributes {
-                    redact_value(&mut attribute.value);
-                }
+                event.attributes.iter_mut().for_each(redact_attribute);
             }
             if let opentelemetry::trace::Status::Error { description } = &mut span.status
                 && let std::borrow::Cow::Owned(text) = redact(description)
@@ -126,19 +145,33 @@ impl<E: SpanExporter> SpanExporter for RedactingExporter<E> {
                 *description = text.into();
             }
         }
-        self.0.export(batch)
+        let exported = self.inner.export(batch);
+        let failing = &self.failing;
+        async move {
+            let outcome = exported.await;
+            // Reported once per change between working and failing, not per batch; this event
+            // is outside any span, so it is not exported itself.
+            let failed = outcome.is_err();
+            if failing.swap(failed, std::sync::atomic::Ordering::Relaxed) != failed {
+                match &outcome {
+                    Err(error) => tracing::warn!(%error, "trace export failing; spans are dropped"),
+                    Ok(()) => tracing::info!("trace export working again"),
+                }
+            }
+            outcome
+        }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        self.inner.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
+        self.inner.force_flush()
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.0.set_resource(resource);
+        self.inner.set_resource(resource);
     }
 }
 
@@ -159,5 +192,31 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     let context = TraceContextPropagator::new().extract(&carrier);
     if context.span().span_context().is_valid() {
         let _ = span.set_parent(context);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::{Array, KeyValue, Value};
+
+    use super::redact_attribute;
+
+    #[test]
+    fn span_attributes_are_masked_by_name_and_by_content() {
+        let mut attributes = [
+            KeyValue::new("otp", "771204"),
+            KeyValue::new("herald.context", "{\"resetUrl\": \"https://r.example/t\"}"),
+            KeyValue::new("exception.message", "rejected: ada@example.com, +33612345678"),
+            KeyValue::new("recipients", Value::Array(Array::String(vec!["grace@example.com".into(), "ok".into()]))),
+            KeyValue::new("herald.execution_id", "0192"),
+            KeyValue::new("http.response.status_code", 202),
+        ];
+        attributes.iter_mut().for_each(redact_attribute);
+        let shown: Vec<String> = attributes.iter().map(|kv| kv.value.to_string()).collect();
+        assert_eq!(shown[0], "[redacted]");
+        assert_eq!(shown[1], "[redacted]");
+        assert_eq!(shown[2], "rejected: [redacted], [redacted]");
+        assert!(!shown[3].contains("grace") && shown[3].contains("ok"), "{}", shown[3]);
+        assert_eq!((shown[4].as_str(), shown[5].as_str()), ("0192", "202"));
     }
 }

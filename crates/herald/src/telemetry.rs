@@ -22,9 +22,9 @@ pub fn init(cli: &Cli) -> TelemetryGuard {
         sample_ratio: cli.logging.otlp_sample_ratio,
         service_name: service.to_string(),
     };
-    let (guard, warning) = herald_telemetry::trace::init(&settings);
-    if let Some(warning) = warning {
-        tracing::warn!(%warning, "traces are not exported");
+    let (guard, warnings) = herald_telemetry::trace::init(&settings);
+    for warning in warnings {
+        tracing::warn!(%warning, "telemetry set-up");
     }
     guard
 }

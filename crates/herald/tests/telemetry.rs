@@ -75,13 +75,18 @@ fn herald_process(app: &TestApp, role: &str, otlp: &str, log: &std::path::Path, 
         .unwrap()
 }
 
-fn stop(mut child: Child) {
+/// SIGTERM, then a clean exit within 30 s.
+async fn stop(mut child: Child) {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         assert!(Instant::now() < deadline, "a herald process did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a herald process exited with {status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,8 +176,8 @@ async fn one_trace_crosses_the_broker_and_no_recipient_data_is_logged_or_exporte
         assert!(started.elapsed() < Duration::from_secs(60), "sent {sent}, {provider_spans} provider spans");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop(worker);
-    stop(api);
+    stop(worker).await;
+    stop(api).await;
 
     let spans = spans(&received.lock().unwrap());
     let find = |name: &str, trace: &str| {
@@ -227,4 +232,54 @@ fn a_sample_ratio_outside_zero_to_one_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`1.5` is not a ratio between 0 and 1"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_log_filter_is_reported_not_silently_replaced() {
+    let output = Command::new(HERALD)
+        .args(["probe", "--url", "http://127.0.0.1:1/"])
+        .env_clear()
+        .env("HERALD_LOG", "info,herald=[")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a valid filter"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_collector_is_reported_and_does_not_hold_the_api() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let logs = tempdir();
+    let api = herald_process(
+        &app,
+        "api",
+        &format!("http://127.0.0.1:{closed}"),
+        &logs.join("api.log"),
+        &[("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}")), ("HERALD_LOG", "info".into())],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the api did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Spans of this request cannot be delivered; the batch exporter reports that within seconds.
+    let reply = http.get(format!("{base}/campaigns")).bearer_auth(&app.key).send().await.unwrap();
+    assert_eq!(reply.status().as_u16(), 200);
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(logs.join("api.log")).unwrap();
+        if text.contains("trace export failing") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no warning about the collector: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopping = Instant::now();
+    stop(api).await;
+    assert!(stopping.elapsed() < Duration::from_secs(15), "shutdown waited {:?} for the collector", stopping.elapsed());
+    let _ = std::fs::remove_dir_all(&logs);
 }
