@@ -153,6 +153,31 @@ async fn an_account_wide_failure_pauses_the_channel_without_using_up_attempts() 
 }
 
 #[tokio::test]
+async fn failures_in_flight_together_make_one_pause_not_a_longer_one() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    // Slow calls, so that eight messages are at the provider when the account is paused.
+    let provider = Arc::new(ScriptedProvider::with_latency(Duration::from_millis(300)));
+    provider.script(
+        (0..8).map(|_| Err(ProviderError::new(ErrorClass::AccountWide, "AccountSendingPausedException", "paused"))),
+    );
+    let worker = TestWorker::start_with(&app, provider.clone(), fast_policy(), 16, 100).await;
+    let mut executions = Vec::new();
+    for i in 0..8 {
+        executions.push(execute(&app, &campaign, &format!("burst-{i}"), json!(i.to_string())).await);
+    }
+    for execution_id in &executions {
+        wait_for_status(&app, execution_id, "sent").await;
+    }
+    worker.stop().await;
+    let calls = provider.calls();
+    assert_eq!(calls.len(), 16, "eight refused, eight sent");
+    let gap = calls[8].at.duration_since(calls[0].at);
+    assert!(gap >= Duration::from_millis(4500), "the channel paused for {gap:?}");
+    assert!(gap < Duration::from_secs(12), "eight failures at once made a {gap:?} pause instead of 5 s");
+}
+
+#[tokio::test]
 async fn an_expired_message_is_excluded_without_a_call() {
     let (app, campaign, provider) = setup().await;
     let execution_id = execute(&app, &campaign, "late", json!("1")).await;
@@ -434,7 +459,10 @@ async fn with_the_database_gone_a_worker_pauses_without_calling_the_provider() {
         "context": {"otp": "1"}, "profile": {}, "acceptedAt": chrono::Utc::now()
     });
     let decision = pipeline.process(&serde_json::to_vec(&envelope).unwrap(), 0).await;
-    assert_eq!(decision, Decision::Pause { pause: Duration::from_millis(500), reason: "database-unavailable".into() });
+    assert_eq!(
+        decision,
+        Decision::Pause { pause: Some(Duration::from_millis(500)), reason: "database-unavailable".into() }
+    );
     assert_eq!(provider.call_count(), 0);
 
     // A message that is not an envelope is dead-lettered, database or not: it can never succeed.

@@ -31,8 +31,9 @@ pub enum Decision {
     /// Out of attempts or unreadable: publish to the dead-letter queue, then acknowledge.
     DeadLetter { reason: String, last_error: String },
     /// The channel cannot send (account-wide failure) or the database is away: put the message
-    /// back without counting an attempt, and stop consuming the channel for `pause`.
-    Pause { pause: Duration, reason: String },
+    /// back without counting an attempt, and stop consuming the channel for `pause` (none: the
+    /// account-wide back-off, 5 s doubling per consecutive pause).
+    Pause { pause: Option<Duration>, reason: String },
 }
 
 /// A campaign as the worker caches it: the record and the live version's compiled content.
@@ -144,7 +145,7 @@ impl Pipeline {
             StoreError::Unavailable(_) => tracing::warn!(%error, "database unavailable; pausing"),
             other => tracing::error!(error = ?other, "database error; pausing"),
         }
-        Decision::Pause { pause: self.settings.database_pause, reason: "database-unavailable".into() }
+        Decision::Pause { pause: Some(self.settings.database_pause), reason: "database-unavailable".into() }
     }
 
     /// Processes one message body that has been through `tiers_used` retry tiers.
@@ -357,7 +358,7 @@ impl Pipeline {
                     self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), 0, Some(self.first_tier())))
                         .await?;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
-                    return Ok(Decision::Pause { pause: Duration::ZERO, reason: error.code });
+                    return Ok(Decision::Pause { pause: None, reason: error.code });
                 }
                 ErrorClass::Transient if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts => {
                     observe::retry(self.metrics(), envelope.channel, None);
