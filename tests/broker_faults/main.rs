@@ -75,7 +75,9 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
         .collect();
 
     // Let part of the run through, then cut every connection the broker has.
+    let started = Instant::now();
     while outcomes.lock().await.accepted.len() < REQUESTS / 4 {
+        assert!(started.elapsed() < Duration::from_secs(120), "a quarter of the requests were never accepted");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let output = tokio::task::spawn_blocking(|| {
@@ -139,7 +141,9 @@ async fn a_worker_survives_losing_its_broker_connection_and_sends_everything_onc
         assert_eq!(app.post("/im/executions/unitary", &body).await.status, StatusCode::ACCEPTED);
     }
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let started = Instant::now();
     while provider.call_count() < (total / 4) as u64 {
+        assert!(started.elapsed() < Duration::from_secs(120), "the worker never sent a quarter of the messages");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let output = tokio::task::spawn_blocking(|| {

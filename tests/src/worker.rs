@@ -61,6 +61,7 @@ impl TestWorker {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(pipeline.campaigns().is_listening(), "the worker's campaign change listener did not start");
         let consumer = ConsumerSettings {
             amqp_url: crate::broker::amqp_url(),
             topology: app.topology().topology.clone(),
