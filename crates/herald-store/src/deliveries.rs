@@ -116,8 +116,8 @@ impl Store {
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
         let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();
-        let claimed: std::collections::HashMap<Uuid, i32> = client
-            .query(
+        let claim = client
+            .prepare_cached(
                 "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
                                          claim_token, claimed_at, created_at, updated_at, accepted_at)
                  SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n, a
@@ -128,8 +128,10 @@ impl Store {
                         campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
                   WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
                  RETURNING claim_token, attempts",
-                &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted],
             )
+            .await?;
+        let claimed: std::collections::HashMap<Uuid, i32> = client
+            .query(&claim, &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted])
             .await?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -186,10 +188,9 @@ impl Store {
         // A little less than the tier delay: the broker never delivers before the TTL expires.
         let not_before: Vec<Option<f64>> =
             finishes.iter().map(|f| f.retry_after.map(|d| d.as_secs_f64() * 0.9)).collect();
-        let written: std::collections::HashSet<Uuid> = self
-            .client()
-            .await?
-            .query(
+        let client = self.client().await?;
+        let finish = client
+            .prepare_cached(
                 "UPDATE deliveries AS d
                     SET status = u.s, reason = u.r, provider_message_id = u.p, attempts = d.attempts + u.c, last_error = u.l,
                         updated_at = u.n, not_before = CASE WHEN u.nb IS NULL THEN NULL ELSE now() + make_interval(secs => u.nb) END
@@ -197,7 +198,23 @@ impl Store {
                                $9::timestamptz[], $10::float8[]) AS u(e, i, t, s, r, p, c, l, n, nb)
                   WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t AND d.status = 'sending'
                  RETURNING d.claim_token",
-                &[&executions, &indexes, &tokens, &statuses, &reasons, &message_ids, &calls, &errors, &nows, &not_before],
+            )
+            .await?;
+        let written: std::collections::HashSet<Uuid> = client
+            .query(
+                &finish,
+                &[
+                    &executions,
+                    &indexes,
+                    &tokens,
+                    &statuses,
+                    &reasons,
+                    &message_ids,
+                    &calls,
+                    &errors,
+                    &nows,
+                    &not_before,
+                ],
             )
             .await?
             .iter()

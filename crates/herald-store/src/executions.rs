@@ -87,16 +87,19 @@ impl Store {
         let recipients = column(|c| c.recipients.clone());
         let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.now).collect();
         let leases: Vec<DateTime<Utc>> = claims.iter().map(|c| c.lease_until).collect();
-        let inserted: HashSet<Uuid> = client
-            .query(
+        // Prepared once per pooled connection: the hot statements skip a parse and plan per batch.
+        let insert = client
+            .prepare_cached(
                 "INSERT INTO executions (execution_id, sandbox, campaign_id, request_id, body_hash, state, recipients, created_at, lease_until)
                  SELECT e, s, c, r, h, 'accepting', rc, ca, lu
                    FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
                         AS t(e, s, c, r, h, rc, ca, lu)
                  ON CONFLICT (sandbox, campaign_id, request_id) DO NOTHING
                  RETURNING execution_id",
-                &[&ids, &sandboxes, &campaigns, &requests, &hashes, &recipients, &created, &leases],
             )
+            .await?;
+        let inserted: HashSet<Uuid> = client
+            .query(&insert, &[&ids, &sandboxes, &campaigns, &requests, &hashes, &recipients, &created, &leases])
             .await?
             .iter()
             .map(|row| row.get(0))
@@ -167,13 +170,13 @@ impl Store {
 
     /// Marks executions whose messages are all confirmed by the broker as accepted.
     pub async fn complete_executions(&self, execution_ids: &[Uuid], now: DateTime<Utc>) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
+        let client = self.client().await?;
+        let complete = client
+            .prepare_cached(
                 "UPDATE executions SET state = 'accepted', accepted_at = $2 WHERE execution_id = ANY($1) AND state = 'accepting'",
-                &[&execution_ids, &now],
             )
             .await?;
+        client.execute(&complete, &[&execution_ids, &now]).await?;
         Ok(())
     }
 
