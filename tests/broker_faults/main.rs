@@ -170,3 +170,46 @@ async fn a_worker_survives_losing_its_broker_connection_and_sends_everything_onc
     );
     worker.stop().await;
 }
+
+/// A queue deleted under a running worker (an operator's mistake, a broker policy): the broker
+/// cancels that consumer; the worker starts a new session, declares the topology again, and the
+/// channel works again.
+#[tokio::test]
+async fn a_worker_whose_queue_disappears_declares_it_again_and_goes_on() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let id = app.live_campaign(&otp_sms("otp")).await;
+    let provider = Arc::new(herald_worker::providers::fake::ScriptedProvider::new());
+    let worker =
+        herald_tests::worker::TestWorker::start(&app, provider.clone(), herald_tests::worker::fast_policy()).await;
+    let send = |n: usize| execution(&format!("gone-{n}"), &id, &[("+33612345678", json!({"otp": format!("{n}")}))]);
+    assert_eq!(app.post("/im/executions/unitary", &send(0)).await.status, StatusCode::ACCEPTED);
+
+    let connection = herald_tests::broker::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = app.topology().topology.channel_queue(Channel::Sms);
+    channel.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
+
+    // Until the worker has declared the queue again, executions are refused (503), never lost.
+    let started = Instant::now();
+    let mut n = 1;
+    loop {
+        let reply = app.post("/im/executions/unitary", &send(n)).await;
+        if reply.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+        assert!(started.elapsed() < Duration::from_secs(30), "the sms queue never came back");
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let started = Instant::now();
+    while !provider.calls().iter().any(|call| call.body.ends_with(&format!(" {n}"))) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the message accepted after the queue came back was not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await;
+    let _ = connection.close(200, "done".into()).await;
+}

@@ -110,9 +110,14 @@ fn tiers_used(delivery: &Delivery) -> u32 {
 pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
     let mut delays = RECONNECT_BACKOFF.build();
     while !*shutdown.borrow() {
+        let started = std::time::Instant::now();
         match session(&pipeline, &settings, shutdown.clone()).await {
             Ok(()) => return,
             Err(error) => {
+                // A session that worked for a while starts the back-off over.
+                if started.elapsed() > Duration::from_secs(30) {
+                    delays = RECONNECT_BACKOFF.build();
+                }
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(%error, retry_in = ?delay, "worker broker session ended");
                 tokio::select! {
@@ -124,7 +129,13 @@ pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, mut shutdo
     }
 }
 
-/// One connection's life: declare, consume every channel, settle, and on shutdown drain.
+fn connection_closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
+}
+
+/// One connection's life: declare, consume every channel, settle, and on shutdown drain. If any
+/// part ends early (a consumer cancelled, the publisher channel gone), the whole session ends so
+/// that the next one reconnects and declares the topology again.
 async fn session(
     pipeline: &Arc<Pipeline>,
     settings: &ConsumerSettings,
@@ -136,9 +147,20 @@ async fn session(
     settings.topology.declare(&setup).await?;
     let publisher = connection.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-    let settler = Arc::new(Settler { publisher, topology: settings.topology.clone() });
+    // Every loop of this session stops when the worker shuts down or when the session fails.
+    let (end_session, session_ended) = watch::channel(false);
+    let end_session = Arc::new(end_session);
+    let forward_shutdown = {
+        let (end, mut shutdown) = (Arc::clone(&end_session), shutdown.clone());
+        tokio::spawn(async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            end.send_replace(true);
+        })
+    };
+    let settler =
+        Arc::new(Settler { publisher, topology: settings.topology.clone(), end_session: Arc::clone(&end_session) });
     tracing::info!(channels = ?settings.channels, "worker consuming");
-    let mut loops = Vec::new();
+    let mut loops = tokio::task::JoinSet::new();
     for channel in &settings.channels {
         let amqp = connection.create_channel().await?;
         amqp.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
@@ -150,14 +172,14 @@ async fn session(
                 FieldTable::default(),
             )
             .await?;
-        loops.push(tokio::spawn(consume(
+        loops.spawn(consume(
             *channel,
             Arc::clone(pipeline),
             Arc::clone(&settler),
             consumer,
             settings.clone(),
-            shutdown.clone(),
-        )));
+            session_ended.clone(),
+        ));
     }
     let dead = connection.create_channel().await?;
     dead.basic_qos(50, BasicQosOptions::default()).await?;
@@ -169,13 +191,17 @@ async fn session(
             FieldTable::default(),
         )
         .await?;
-    loops.push(tokio::spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, shutdown.clone())));
+    loops.spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, session_ended));
     let mut result = Ok(());
-    for handle in loops {
-        if let Ok(Err(error)) = handle.await {
-            result = Err(error);
+    while let Some(ended) = loops.join_next().await {
+        match ended {
+            Ok(Err(error)) => result = Err(error),
+            _ if !*shutdown.borrow() && result.is_ok() => result = Err(connection_closed()),
+            _ => {}
         }
+        end_session.send_replace(true);
     }
+    forward_shutdown.abort();
     let _ = connection.close(200, "worker stopping".into()).await;
     result
 }
@@ -200,7 +226,7 @@ async fn consume(
             _ = shutdown.changed() => continue,
         };
         let Some(delivery) = delivery else {
-            return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)));
+            return Err(connection_closed());
         };
         let delivery = delivery?;
         crate::observe::consumed(pipeline.metrics(), channel);
@@ -353,6 +379,9 @@ async fn record_dead_letters(
 struct Settler {
     publisher: lapin::Channel,
     topology: Topology,
+    /// Ends the session when the publisher channel is gone: nacked messages would otherwise come
+    /// straight back and fail to republish again, in a loop.
+    end_session: Arc<watch::Sender<bool>>,
 }
 
 impl Settler {
@@ -368,6 +397,9 @@ impl Settler {
             Ok(()) => delivery.ack(BasicAckOptions::default()).await,
             Err(error) => {
                 tracing::warn!(%error, "republish failed; returning the message to its queue");
+                if matches!(error, RepublishError::Broker(_)) {
+                    self.end_session.send_replace(true);
+                }
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
             }
         };
