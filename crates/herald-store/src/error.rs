@@ -27,8 +27,11 @@ impl From<tokio_postgres::Error> for StoreError {
                 let constraint = error.as_db_error().and_then(|db| db.constraint()).unwrap_or("unique").to_string();
                 StoreError::Conflict(constraint)
             }
-            // No SQLSTATE means the failure is in the connection, not in the statement.
-            None => StoreError::Unavailable(error.to_string()),
+            // No SQLSTATE and an I/O cause or a closed connection: the database is out of reach.
+            // Without either (a row count or a type the code did not expect) it is a bug: 500,
+            // not a 503 inviting a retry that would fail the same way.
+            None if error.is_closed() || io_cause(&error) => StoreError::Unavailable(error.to_string()),
+            None => StoreError::Database(error),
             // Class 08 is connection exceptions, 57P0x is the server shutting down.
             Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
                 StoreError::Unavailable(error.to_string())
@@ -36,6 +39,17 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(_) => StoreError::Database(error),
         }
     }
+}
+
+fn io_cause(error: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if inner.is::<std::io::Error>() {
+            return true;
+        }
+        cause = inner.source();
+    }
+    false
 }
 
 impl From<PoolError> for StoreError {
