@@ -234,8 +234,10 @@ pub fn channel_reports(
                     _ => {}
                 }
             }
+            let width = window.bucket.num_seconds().max(1);
             for row in series.iter().filter(|row| row.channel == name) {
-                let Some(point) = report.series.iter_mut().find(|point| point.start == row.start) else { continue };
+                let index = usize::try_from((row.start - window.from).num_seconds() / width).ok();
+                let Some(point) = index.and_then(|index| report.series.get_mut(index)) else { continue };
                 let slot = match row.event.as_str() {
                     "targeted" => &mut point.targeted,
                     "sent" => &mut point.sent,

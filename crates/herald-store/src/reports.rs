@@ -92,12 +92,9 @@ impl Store {
         window: &ReportWindow,
     ) -> Result<ReportRows, StoreError> {
         let client = self.client().await?;
-        // $1 sandbox, $2 from, $3 to, and $4 the campaign when there is one.
-        let filter = if campaign_id.is_some() {
-            "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3 AND r.campaign_id = $4"
-        } else {
-            "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3"
-        };
+        // $1 sandbox, $2 from, $3 to, $4 the campaign or null for all, $5 the bucket width. Each
+        // query is planned with its parameter values, so a null $4 costs no index.
+        let filter = "c.sandbox = $1 AND r.minute >= $2 AND r.minute < $3 AND ($4::uuid IS NULL OR r.campaign_id = $4)";
         let (counts_from, latency_from) = sources(window);
         let counts_sql = format!(
             "SELECT r.channel, r.event, r.reason, sum(r.count)::bigint
@@ -115,17 +112,11 @@ impl Store {
         let (from, to) = (window.from, window.to);
         #[allow(clippy::cast_precision_loss)]
         let bucket = window.bucket.num_seconds() as f64;
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&sandbox, &from, &to];
-        if let Some(id) = &campaign_id {
-            params.push(id);
-        }
-        let mut series_params = params.clone();
-        series_params.push(&bucket);
-        let series_sql = series_sql.replace("$5", &format!("${}", series_params.len()));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [&sandbox, &from, &to, &campaign_id, &bucket];
         let (counts, series, latency) = tokio::try_join!(
-            client.query(&counts_sql, &params),
-            client.query(&series_sql, &series_params),
-            client.query(&latency_sql, &params),
+            client.query(&counts_sql, &params[..4]),
+            client.query(&series_sql, &params),
+            client.query(&latency_sql, &params[..4]),
         )?;
         Ok(ReportRows {
             counts: counts
