@@ -50,13 +50,8 @@ async fn wait_sent(app: &TestApp, execution_id: &str) -> Value {
 #[tokio::test]
 async fn a_password_reset_email_arrives_in_ses_with_the_url_and_the_first_name() {
     let moto = Moto::start().await;
+    moto.verify_email_identity("no-reply@example.com").await;
     let config = moto.sdk_config().await;
-    aws_sdk_sesv2::Client::new(&config)
-        .create_email_identity()
-        .email_identity("no-reply@example.com")
-        .send()
-        .await
-        .unwrap();
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let campaign = app.live_campaign(&password_reset_email("reset")).await;
     app.call(

@@ -48,6 +48,16 @@ impl Moto {
         load_config(&settings).await
     }
 
+    /// Lets SES send from `address` (real SES: a verified identity).
+    pub async fn verify_email_identity(&self, address: &str) {
+        aws_sdk_sesv2::Client::new(&self.sdk_config().await)
+            .create_email_identity()
+            .email_identity(address)
+            .send()
+            .await
+            .expect("moto creates the email identity");
+    }
+
     /// Everything moto recorded.
     pub async fn data(&self) -> Value {
         reqwest::get(format!("{}/moto-api/data.json", self.url)).await.unwrap().json().await.unwrap()

@@ -15,7 +15,7 @@ use crate::AppState;
 
 pub(crate) async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_string();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let span = tracing::info_span!(
         "request",
         otel.name = %format!("{method} {route}"),
@@ -38,12 +38,25 @@ pub(crate) async fn layer(State(state): State<AppState>, request: Request, next:
         span.record("otel.status_code", "ERROR");
     }
     let metrics = &state.metrics;
-    metrics
-        .http_duration
-        .get_or_create(&RouteLabels { route: route.clone(), method: method.clone() })
-        .observe(started.elapsed().as_secs_f64());
-    metrics.http_requests.get_or_create(&HttpLabels { route, method, status }).inc();
+    let labels = RouteLabels { route, method };
+    metrics.http_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.get_or_create(&HttpLabels { route: labels.route, method, status }).inc();
     response
+}
+
+/// The method as a label: the standard ones by name, anything else as `other` (a fixed set).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format, without authentication (scrapers do not carry

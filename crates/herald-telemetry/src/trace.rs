@@ -35,6 +35,9 @@ pub struct TelemetrySettings {
     pub service_name: String,
 }
 
+/// Whether spans are exported: without it, remote parents are not worth parsing.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Flushes and stops the span exporter when dropped (at the end of `main`).
 #[derive(Debug)]
 pub struct TelemetryGuard(Option<SdkTracerProvider>);
@@ -68,6 +71,7 @@ pub fn init(settings: &TelemetrySettings) -> (TelemetryGuard, Vec<String>) {
         None => None,
     };
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("herald")));
+    EXPORTING.store(otel.is_some(), std::sync::atomic::Ordering::Relaxed);
     let _ = tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init();
     (TelemetryGuard(provider), warnings)
 }
@@ -188,6 +192,9 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
 /// Makes `span` a child of the remote span named by a W3C `traceparent` (from an HTTP request
 /// or an AMQP message header). An invalid value is ignored: the span starts a new trace.
 pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
     let context = TraceContextPropagator::new().extract(&carrier);
     if context.span().span_context().is_valid() {

@@ -293,26 +293,13 @@ fn process_span(queue: &str, delivery: &Delivery) -> tracing::Span {
     span
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum RepublishError {
-    Broker(lapin::Error),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
     /// Nacked or returned by the broker.
+    #[error("the broker refused the republished message")]
     Refused,
-}
-
-impl std::fmt::Display for RepublishError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RepublishError::Broker(error) => write!(f, "broker error: {error}"),
-            RepublishError::Refused => f.write_str("the broker refused the republished message"),
-        }
-    }
-}
-
-impl From<lapin::Error> for RepublishError {
-    fn from(error: lapin::Error) -> Self {
-        RepublishError::Broker(error)
-    }
 }
 
 fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {

@@ -92,13 +92,7 @@ async fn stop(mut child: Child) {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_crosses_the_broker_and_no_recipient_data_is_logged_or_exported() {
     let moto = herald_tests::moto::Moto::start().await;
-    let config = moto.sdk_config().await;
-    aws_sdk_sesv2::Client::new(&config)
-        .create_email_identity()
-        .email_identity("no-reply@example.com")
-        .send()
-        .await
-        .unwrap();
+    moto.verify_email_identity("no-reply@example.com").await;
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let sms = app.live_campaign(&otp_sms("otp")).await;
     let email = app
