@@ -2,6 +2,8 @@
 //! writes after. The claim is what makes a redelivered message safe: a delivery whose row is
 //! final is acknowledged without a provider call.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 use herald_core::delivery::DeliveryStatus;
 use uuid::Uuid;
@@ -61,22 +63,41 @@ pub struct Finish {
 }
 
 impl Store {
+    /// The status and claim time of the deliveries whose claims did not take, in one query: after
+    /// a worker restart a whole batch of redelivered, already decided messages lands here.
+    async fn current_states(
+        client: &deadpool_postgres::Object,
+        missed: &[&ClaimRequest],
+    ) -> Result<HashMap<(Uuid, i32), (String, Option<DateTime<Utc>>)>, StoreError> {
+        if missed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let executions: Vec<Uuid> = missed.iter().map(|r| r.key.execution_id).collect();
+        let indexes: Vec<i32> = missed.iter().map(|r| r.key.recipient_index).collect();
+        let rows = client
+            .query(
+                "SELECT d.execution_id, d.recipient_index, d.status, d.claimed_at
+                   FROM deliveries d JOIN UNNEST($1::uuid[], $2::int[]) AS u(e, i)
+                     ON d.execution_id = u.e AND d.recipient_index = u.i",
+                &[&executions, &indexes],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3)))).collect())
+    }
+
     /// What a claim that did not take found: final, busy, or abandoned (then recorded `unknown`).
     async fn unclaimed(
         client: &deadpool_postgres::Object,
         key: &DeliveryKey,
+        state: Option<&(String, Option<DateTime<Utc>>)>,
         now: DateTime<Utc>,
         stale_after: Duration,
     ) -> Result<DeliveryClaim, StoreError> {
-        let row = client
-            .query_one(
-                "SELECT status, claimed_at FROM deliveries WHERE execution_id = $1 AND recipient_index = $2",
-                &[&key.execution_id, &key.recipient_index],
-            )
-            .await?;
-        let status: String = row.get(0);
-        let claimed_at: Option<DateTime<Utc>> = row.get(1);
-        let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Unknown);
+        // No row: it was claimed and released in between; look again later.
+        let Some((status, claimed_at)) = state else {
+            return Ok(DeliveryClaim::Busy);
+        };
+        let status = DeliveryStatus::parse(status).unwrap_or(DeliveryStatus::Unknown);
         if status == DeliveryStatus::Retrying {
             // Another copy is waiting in a retry tier and is not due yet: look again later.
             return Ok(DeliveryClaim::Busy);
@@ -136,6 +157,8 @@ impl Store {
             .iter()
             .map(|row| (row.get(0), row.get(1)))
             .collect();
+        let missed: Vec<&ClaimRequest> = first.iter().copied().filter(|r| !claimed.contains_key(&r.token)).collect();
+        let states = Self::current_states(&client, &missed).await?;
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut answered = std::collections::HashSet::new();
         for request in requests {
@@ -145,7 +168,8 @@ impl Store {
             } else if let Some(attempts) = claimed.get(&request.token) {
                 outcomes.push(DeliveryClaim::Claimed { token: request.token, attempts: *attempts });
             } else {
-                let outcome = Self::unclaimed(&client, &request.key, request.now, stale_after).await?;
+                let state = states.get(&identity);
+                let outcome = Self::unclaimed(&client, &request.key, state, request.now, stale_after).await?;
                 let outcome = match outcome {
                     DeliveryClaim::Abandoned if request.resend_abandoned => Self::take_over(&client, request).await?,
                     other => other,
