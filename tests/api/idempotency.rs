@@ -78,7 +78,8 @@ async fn a_request_id_still_being_accepted_is_409_in_progress() {
     app.store.claim_executions(&[claim]).await.unwrap();
     let reply = app.post("/im/executions/unitary", &body).await;
     reply.assert_problem(StatusCode::CONFLICT, "request-in-progress");
-    assert_eq!(reply.headers["retry-after"], "1");
+    // Retry-After tells the client when the lease ends, i.e. when a retry can take over.
+    assert_eq!(reply.headers["retry-after"], "30");
 
     // Once the lease has run out (the other instance died), a retry takes over.
     app.clock.advance(chrono::Duration::seconds(31));

@@ -2,6 +2,7 @@
 
 mod auth;
 mod campaign_tools;
+mod delivery_faults;
 mod errors;
 mod executions;
 mod idempotency;

@@ -133,7 +133,9 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     // One more recipient whose worker died during the call: unknown (maybe sent).
     let crashed = accept(store, sms, 1, base).await;
     let crashed = Seeder { store, campaign: sms, channel: "sms", execution: crashed, accepted: base };
-    crashed.claim(0, base).await;
+    let token = crashed.claim(0, base).await;
+    let started = herald_store::CallStart { key: crashed.key(0), token, now: base };
+    assert_eq!(store.mark_calls_started(&[started]).await.unwrap(), vec![true]);
     let late = base + chrono::Duration::minutes(5);
     let request = ClaimRequest {
         key: crashed.key(0),

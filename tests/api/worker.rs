@@ -15,7 +15,7 @@ use herald_worker::providers::fake::ScriptedProvider;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn transient() -> Result<(), ProviderError> {
+pub(crate) fn transient() -> Result<(), ProviderError> {
     Err(ProviderError::new(ErrorClass::Transient, "TooManyRequestsException", "throttled"))
 }
 
@@ -33,7 +33,7 @@ async fn eventually<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(
 }
 
 /// Executes the OTP campaign for one phone number and returns the execution id.
-async fn execute(app: &TestApp, campaign: &str, request: &str, otp: Value) -> String {
+pub(crate) async fn execute(app: &TestApp, campaign: &str, request: &str, otp: Value) -> String {
     let reply = app
         .post("/im/executions/unitary", &execution(request, campaign, &[("+33612345678", json!({"otp": otp}))]))
         .await;
@@ -41,11 +41,11 @@ async fn execute(app: &TestApp, campaign: &str, request: &str, otp: Value) -> St
     reply.body["executionId"].as_str().unwrap().to_string()
 }
 
-async fn recipient(app: &TestApp, execution_id: &str) -> Value {
+pub(crate) async fn recipient(app: &TestApp, execution_id: &str) -> Value {
     app.get(&format!("/im/executions/{execution_id}")).await.body["recipients"][0].clone()
 }
 
-async fn wait_for_status(app: &TestApp, execution_id: &str, status: &str) -> Value {
+pub(crate) async fn wait_for_status(app: &TestApp, execution_id: &str, status: &str) -> Value {
     let started = Instant::now();
     loop {
         let recipient = recipient(app, execution_id).await;
@@ -327,11 +327,9 @@ async fn a_campaign_throttle_holds_across_two_workers() {
     assert!(first.call_count() > 0 && second.call_count() > 0, "both workers sent");
 }
 
-#[tokio::test]
-async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resent() {
-    let (app, campaign, provider) = setup().await;
-    let execution_id = execute(&app, &campaign, "crashed", json!("1")).await;
-    // A worker claimed the delivery long ago, called the provider, and died before recording.
+/// A dead worker's claim on the delivery of `execution_id`, taken ten minutes ago; with
+/// `call_started`, the worker had also marked its provider call as started.
+async fn claim_as_a_dead_worker(app: &TestApp, campaign: &str, execution_id: &str, call_started: bool) {
     let key = herald_store::DeliveryKey {
         execution_id: execution_id.parse().unwrap(),
         recipient_index: 0,
@@ -339,13 +337,14 @@ async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resen
         channel: "sms".into(),
     };
     let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
+    let token = uuid::Uuid::now_v7();
     let claim = app
         .store
         .claim_deliveries(
             &[herald_store::ClaimRequest {
                 key: key.clone(),
                 version_id: None,
-                token: uuid::Uuid::now_v7(),
+                token,
                 now: long_ago,
                 accepted_at: long_ago,
                 resend_abandoned: false,
@@ -356,6 +355,17 @@ async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resen
         .unwrap()
         .remove(0);
     assert!(matches!(claim, herald_store::DeliveryClaim::Claimed { .. }));
+    if call_started {
+        let start = herald_store::CallStart { key, token, now: long_ago };
+        assert_eq!(app.store.mark_calls_started(&[start]).await.unwrap(), vec![true]);
+    }
+}
+
+#[tokio::test]
+async fn a_claim_left_sending_by_a_worker_that_died_during_the_call_is_recorded_unknown_and_not_resent() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "crashed", json!("1")).await;
+    claim_as_a_dead_worker(&app, &campaign, &execution_id, true).await;
 
     // Its message is redelivered to a live worker.
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
@@ -363,6 +373,20 @@ async fn a_claim_left_sending_by_a_dead_worker_is_recorded_unknown_and_not_resen
     assert_eq!(recipient["reason"], "worker-died-during-send");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(provider.call_count(), 0, "maybe sent is not sent again");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_worker_that_died_before_calling_is_sent_once() {
+    let (app, campaign, provider) = setup().await;
+    let execution_id = execute(&app, &campaign, "died-before-call", json!("1")).await;
+    claim_as_a_dead_worker(&app, &campaign, &execution_id, false).await;
+
+    let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let recipient = wait_for_status(&app, &execution_id, "sent").await;
+    assert_eq!(recipient["attempts"], 1, "{recipient}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(provider.call_count(), 1, "the provider never saw the dead worker's claim: sent exactly once");
     worker.stop().await;
 }
 

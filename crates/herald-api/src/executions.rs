@@ -52,10 +52,10 @@ fn problem_for(error: IngestError) -> Problem {
             "This requestId was used with a different body",
         )
         .detail("use a new requestId for a new execution"),
-        IngestError::InProgress => {
+        IngestError::InProgress(lease_left) => {
             Problem::new(StatusCode::CONFLICT, "request-in-progress", "This requestId is still being accepted")
-                .detail("retry shortly to get its outcome")
-                .retry_after(1)
+                .detail("retry with the same requestId after Retry-After seconds to get its outcome")
+                .retry_after(u32::try_from(lease_left.as_millis().div_ceil(1000)).unwrap_or(u32::MAX).max(1))
         }
         IngestError::Unavailable(reason) => {
             tracing::warn!(%reason, "execution not accepted: dependency unavailable");

@@ -56,6 +56,10 @@ pub enum ErrorClass {
     Permanent,
     /// The account or application cannot send at all: pause the channel, keep the message.
     AccountWide,
+    /// The request left the process but no answer came back (timeout, unreadable answer, a
+    /// connection lost after the request was written): the provider may have sent it. Recorded
+    /// `unknown` and not resent, unless the campaign opts into resending.
+    MaybeDelivered,
 }
 
 /// A classified provider failure. `code` is the provider's error code (e.g. `MessageRejected`);
@@ -93,6 +97,34 @@ pub mod reasons {
     pub const MAYBE_SENT: &str = "worker-died-during-send";
 }
 
+/// What happens to a delivery after a failed provider call: the one decision table of the
+/// worker, kept here without IO so it can be tested exhaustively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Call again within this delivery, after the in-process delay.
+    CallAgain { delay: Duration },
+    /// Record `retrying` (the calls counted) and republish to this retry tier.
+    Retry { tier: Duration },
+    /// Record `failed` with this reason; `dead_letter` when the message goes to the dead-letter
+    /// queue (out of attempts) rather than being acknowledged (refused by the provider).
+    Fail { reason: String, dead_letter: bool },
+    /// Record `unknown` (maybe sent) with the error code as reason, and acknowledge.
+    MaybeSent,
+    /// Account-wide: record `retrying` without counting the calls, and pause the channel.
+    PauseChannel,
+}
+
+/// The counters a retry decision depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Provider calls made for this delivery by earlier claims (the stored `attempts`).
+    pub earlier_calls: u32,
+    /// Calls made under the current claim, including the one that just failed.
+    pub calls: u32,
+    /// Retry tiers the message has been through.
+    pub tiers_used: u32,
+}
+
 /// Retry parameters. Named presets rather than numbers in code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -124,6 +156,34 @@ impl RetryPolicy {
         let exponent = attempt.saturating_sub(1).min(16);
         let capped = self.in_process_base_delay.saturating_mul(1 << exponent).min(self.in_process_max_delay);
         capped.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+
+    /// Decides what follows a failed call of class `class` (with provider code `code`). A
+    /// maybe-delivered failure is retried like a transient one only when `resend_maybe_sent`.
+    /// `jitter` in [0, 1) scales the in-process delay.
+    pub fn after_failure(
+        &self,
+        class: ErrorClass,
+        code: &str,
+        attempt: Attempt,
+        resend_maybe_sent: bool,
+        jitter: f64,
+    ) -> AfterFailure {
+        match class {
+            ErrorClass::Permanent => AfterFailure::Fail { reason: code.to_string(), dead_letter: false },
+            ErrorClass::AccountWide => AfterFailure::PauseChannel,
+            ErrorClass::MaybeDelivered if !resend_maybe_sent => AfterFailure::MaybeSent,
+            ErrorClass::Transient | ErrorClass::MaybeDelivered => {
+                let total = attempt.earlier_calls.saturating_add(attempt.calls);
+                if attempt.calls < self.in_process_attempts && total < self.max_attempts {
+                    return AfterFailure::CallAgain { delay: self.in_process_delay(attempt.calls, jitter) };
+                }
+                match self.next_tier(total, attempt.tiers_used) {
+                    Some(tier) => AfterFailure::Retry { tier },
+                    None => AfterFailure::Fail { reason: reasons::MAX_ATTEMPTS.to_string(), dead_letter: true },
+                }
+            }
+        }
     }
 
     /// After a transient failure, with `attempts` provider calls made in all and the message
@@ -167,6 +227,49 @@ mod tests {
         assert_eq!(policy.next_tier(9, 2), Some(Duration::from_secs(300)));
         assert_eq!(policy.next_tier(12, 3), None, "out of attempts");
         assert_eq!(policy.next_tier(10, 3), None, "out of tiers");
+    }
+
+    /// Every error class at the first, a middle and the last attempt, for a campaign that does
+    /// and one that does not resend maybe-delivered messages.
+    #[test]
+    fn the_decision_after_a_failure_covers_every_class_and_attempt() {
+        use AfterFailure::*;
+        let policy = policy();
+        let first = Attempt { earlier_calls: 0, calls: 1, tiers_used: 0 };
+        let end_of_burst = Attempt { earlier_calls: 3, calls: 3, tiers_used: 1 };
+        let last = Attempt { earlier_calls: 9, calls: 3, tiers_used: 3 };
+        let quick = CallAgain { delay: Duration::from_millis(50) };
+        let dead = Fail { reason: reasons::MAX_ATTEMPTS.into(), dead_letter: true };
+        let rejected = Fail { reason: "MessageRejected".into(), dead_letter: false };
+        let cases = [
+            (ErrorClass::Transient, first, false, quick.clone()),
+            (ErrorClass::Transient, end_of_burst, false, Retry { tier: Duration::from_secs(30) }),
+            (ErrorClass::Transient, last, false, dead.clone()),
+            (ErrorClass::Permanent, first, false, rejected.clone()),
+            (ErrorClass::Permanent, end_of_burst, true, rejected.clone()),
+            (ErrorClass::Permanent, last, false, rejected),
+            (ErrorClass::AccountWide, first, false, PauseChannel),
+            (ErrorClass::AccountWide, end_of_burst, true, PauseChannel),
+            (ErrorClass::AccountWide, last, false, PauseChannel),
+            (ErrorClass::MaybeDelivered, first, false, MaybeSent),
+            (ErrorClass::MaybeDelivered, end_of_burst, false, MaybeSent),
+            (ErrorClass::MaybeDelivered, last, false, MaybeSent),
+            (ErrorClass::MaybeDelivered, first, true, quick),
+            (ErrorClass::MaybeDelivered, end_of_burst, true, Retry { tier: Duration::from_secs(30) }),
+            (ErrorClass::MaybeDelivered, last, true, dead),
+        ];
+        for (class, attempt, resend, expected) in cases {
+            let code = if class == ErrorClass::Permanent { "MessageRejected" } else { "Timeout" };
+            assert_eq!(
+                policy.after_failure(class, code, attempt, resend, 0.5),
+                expected,
+                "{class:?} {attempt:?} {resend}"
+            );
+        }
+        // A delivery whose earlier claims used up the attempts is not called again in-process.
+        let spent = Attempt { earlier_calls: 11, calls: 1, tiers_used: 2 };
+        let out_of_attempts = Fail { reason: reasons::MAX_ATTEMPTS.into(), dead_letter: true };
+        assert_eq!(policy.after_failure(ErrorClass::Transient, "Throttling", spent, false, 0.5), out_of_attempts);
     }
 
     #[test]

@@ -36,6 +36,9 @@ use herald_store::CampaignCache;
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
     /// How long a request holds its idempotency key while publishing before a retry may take over.
+    /// Short, so that a client retrying after the API died mid-accept waits seconds, not half a
+    /// minute. A take-over while the first attempt is still publishing is safe: it publishes the
+    /// same message ids, and workers send each delivery once.
     pub lease: Duration,
     pub rate_limit_per_sec: u32,
     /// Rows per batched idempotency write.
@@ -50,7 +53,7 @@ pub struct IngestSettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         Self {
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(5),
             rate_limit_per_sec: 5_000,
             max_batch: 256,
             batch_workers: 2,
@@ -77,8 +80,9 @@ pub enum IngestError {
     ProfilesNotFound(Vec<String>),
     #[error("request id reused with another body")]
     KeyReused,
+    /// Another attempt holds the request id; its lease ends after the duration.
     #[error("request still being accepted")]
-    InProgress,
+    InProgress(Duration),
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
@@ -237,7 +241,7 @@ impl Ingest {
                         replayed: true,
                     });
                 }
-                ClaimOutcome::InProgress => return Err(IngestError::InProgress),
+                ClaimOutcome::InProgress { retry_after } => return Err(IngestError::InProgress(retry_after)),
                 ClaimOutcome::BodyMismatch => return Err(IngestError::KeyReused),
             };
 

@@ -6,8 +6,12 @@
 //!        │ TTL expired                         ▼
 //! PREFIX.retry.Ns (quorum, x-message-ttl)   PREFIX.dead (fanout) ──▶ PREFIX.dead (quorum)
 //!        ▲
-//! PREFIX.retry (headers: x-herald-retry-tier = Ns)
+//! PREFIX.retry (headers: herald-retry-tier = Ns)
 //! ```
+//!
+//! The retry exchange routes on a header **without** the `x-` prefix: RabbitMQ ignores binding
+//! keys that start with `x-` when matching (`x-match: all`), so a binding on such a header alone
+//! matches every message, and every retry would be copied into every tier.
 //!
 //! Every argument is set explicitly: RabbitMQ 4.x changed defaults (a quorum queue now has a
 //! delivery limit of 20 unless told otherwise) and the broker refuses a re-declaration whose
@@ -20,8 +24,13 @@ use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
-/// The header that selects a retry tier on the retry exchange.
-pub const RETRY_TIER_HEADER: &str = "x-herald-retry-tier";
+/// The header that selects a retry tier on the retry exchange. No `x-` prefix: see the module
+/// documentation.
+pub const RETRY_TIER_HEADER: &str = "herald-retry-tier";
+
+/// The tier header of releases before the fix. Its bindings matched every message (a copy per
+/// tier per retry); [`Topology::declare`] removes them from a running deployment's exchange.
+const LEGACY_RETRY_TIER_HEADER: &str = "x-herald-retry-tier";
 
 /// Names and limits of the topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +145,14 @@ impl Topology {
         args
     }
 
+    /// The arguments binding a tier's queue to the retry exchange on `header`.
+    fn tier_binding(header: &str, delay: Duration) -> FieldTable {
+        let mut binding = FieldTable::default();
+        binding.insert("x-match".into(), text("all"));
+        binding.insert(header.into(), text(&Self::tier_name(delay)));
+        binding
+    }
+
     /// Declares everything; safe to run any number of times, from any number of processes.
     pub async fn declare(&self, channel: &lapin::Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
@@ -163,11 +180,24 @@ impl Topology {
         for delay in &self.retry_tiers {
             let queue = self.retry_queue(*delay);
             channel.queue_declare(queue.clone().into(), queue_options, self.retry_queue_arguments(*delay)).await?;
-            let mut binding = FieldTable::default();
-            binding.insert("x-match".into(), text("all"));
-            binding.insert(RETRY_TIER_HEADER.into(), text(&Self::tier_name(*delay)));
+            // Unbinding a binding that does not exist is a no-op, so this migrates a deployment
+            // that still has the legacy binding and costs nothing on one that never had it.
             channel
-                .queue_bind(queue.into(), self.retry_exchange().into(), "".into(), QueueBindOptions::default(), binding)
+                .queue_unbind(
+                    queue.clone().into(),
+                    self.retry_exchange().into(),
+                    "".into(),
+                    Self::tier_binding(LEGACY_RETRY_TIER_HEADER, *delay),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    queue.into(),
+                    self.retry_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    Self::tier_binding(RETRY_TIER_HEADER, *delay),
+                )
                 .await?;
         }
         let dead = self.dead_letter_queue();
@@ -195,6 +225,15 @@ mod tests {
         assert_eq!(topology.channel_queue(Channel::Sms), "t1.sms");
         assert_eq!(topology.retry_queue(Duration::from_secs(30)), "t1.retry.30s");
         assert_eq!(topology.queues().len(), 3 + 3 + 1);
+    }
+
+    #[test]
+    fn the_tier_header_is_one_rabbitmq_matches_on() {
+        // RabbitMQ skips `x-` keys when matching headers bindings: such a binding matches all.
+        assert!(!RETRY_TIER_HEADER.starts_with("x-"));
+        let binding = Topology::tier_binding(RETRY_TIER_HEADER, Duration::from_secs(30));
+        let keys: Vec<String> = binding.inner().keys().map(|k| k.to_string()).collect();
+        assert_eq!(keys.iter().filter(|k| !k.starts_with("x-")).count(), 1, "{keys:?}");
     }
 
     #[test]

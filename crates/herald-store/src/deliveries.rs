@@ -1,13 +1,18 @@
-//! Delivery records: the claim a worker takes before calling a provider, and the outcome it
-//! writes after. The claim is what makes a redelivered message safe: a delivery whose row is
-//! final is acknowledged without a provider call.
+//! Delivery records: the claim a worker takes before calling a provider, the mark it sets just
+//! before the call, and the outcome it writes after. The claim is what makes a redelivered
+//! message safe: a delivery whose row is final is acknowledged without a provider call.
+//!
+//! Batched statements lock rows in key order (execution id, recipient index), so that concurrent
+//! batches of several workers cannot deadlock; a statement that loses a lock conflict anyway is
+//! run again ([`retry_contention`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
-use herald_core::delivery::DeliveryStatus;
+use herald_core::delivery::{DeliveryStatus, reasons};
 use uuid::Uuid;
 
+use crate::error::retry_contention;
 use crate::{Store, StoreError};
 
 /// Identifies one delivery and who is working on it.
@@ -28,8 +33,8 @@ pub enum DeliveryClaim {
     Final(DeliveryStatus),
     /// Another worker claimed it moments ago and may still be sending: look again later.
     Busy,
-    /// A claim older than the stale limit: its worker died during the call, so the message may
-    /// have been sent. Recorded `unknown`, not resent.
+    /// A claim older than the stale limit whose worker had started a provider call: it died
+    /// during the call, so the message may have been sent. Recorded `unknown`, not resent.
     Abandoned,
 }
 
@@ -62,13 +67,42 @@ pub struct Finish {
     pub now: DateTime<Utc>,
 }
 
+/// The mark that a claim's provider call is about to start.
+#[derive(Debug, Clone)]
+pub struct CallStart {
+    pub key: DeliveryKey,
+    pub token: Uuid,
+    pub now: DateTime<Utc>,
+}
+
+/// How old a claim without a call mark must be before another copy takes it over. Short: a
+/// takeover is safe at any time (the old holder's mark then fails and it never calls), so this
+/// only keeps two live workers from trading a claim back and forth.
+const UNSTARTED_CLAIM_STALE: Duration = Duration::seconds(5);
+
+/// The row of a delivery whose claim did not take.
+#[derive(Debug, Clone)]
+struct CurrentState {
+    status: String,
+    claim_token: Option<Uuid>,
+    claimed_at: Option<DateTime<Utc>>,
+    /// Set just before the provider call: the claim's worker may have sent the message.
+    call_started: bool,
+}
+
+type Identity = (Uuid, i32);
+
+fn identity(key: &DeliveryKey) -> Identity {
+    (key.execution_id, key.recipient_index)
+}
+
 impl Store {
-    /// The status and claim time of the deliveries whose claims did not take, in one query: after
-    /// a worker restart a whole batch of redelivered, already decided messages lands here.
+    /// The rows of the deliveries whose claims did not take, in one query: after a worker
+    /// restart a whole batch of redelivered, already decided messages lands here.
     async fn current_states(
         client: &deadpool_postgres::Object,
         missed: &[&ClaimRequest],
-    ) -> Result<HashMap<(Uuid, i32), (String, Option<DateTime<Utc>>)>, StoreError> {
+    ) -> Result<HashMap<Identity, CurrentState>, StoreError> {
         if missed.is_empty() {
             return Ok(HashMap::new());
         }
@@ -76,28 +110,40 @@ impl Store {
         let indexes: Vec<i32> = missed.iter().map(|r| r.key.recipient_index).collect();
         let rows = client
             .query(
-                "SELECT d.execution_id, d.recipient_index, d.status, d.claimed_at
+                "SELECT d.execution_id, d.recipient_index, d.status, d.claim_token, d.claimed_at, d.call_started_at IS NOT NULL
                    FROM deliveries d JOIN UNNEST($1::uuid[], $2::int[]) AS u(e, i)
                      ON d.execution_id = u.e AND d.recipient_index = u.i",
                 &[&executions, &indexes],
             )
             .await?;
-        Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3)))).collect())
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let state = CurrentState {
+                    status: row.get(2),
+                    claim_token: row.get(3),
+                    claimed_at: row.get(4),
+                    call_started: row.get(5),
+                };
+                ((row.get(0), row.get(1)), state)
+            })
+            .collect())
     }
 
-    /// What a claim that did not take found: final, busy, or abandoned (then recorded `unknown`).
+    /// What a claim that did not take found: final, busy, or a stale claim. A stale claim whose
+    /// worker never started a call is taken over (nothing can have been sent); one whose worker
+    /// did is recorded `unknown` (abandoned), and taken over only for campaigns that resend.
     async fn unclaimed(
         client: &deadpool_postgres::Object,
-        key: &DeliveryKey,
-        state: Option<&(String, Option<DateTime<Utc>>)>,
-        now: DateTime<Utc>,
+        request: &ClaimRequest,
+        state: Option<&CurrentState>,
         stale_after: Duration,
     ) -> Result<DeliveryClaim, StoreError> {
         // No row: it was claimed and released in between; look again later.
-        let Some((status, claimed_at)) = state else {
+        let Some(state) = state else {
             return Ok(DeliveryClaim::Busy);
         };
-        let status = DeliveryStatus::parse(status).unwrap_or(DeliveryStatus::Unknown);
+        let status = DeliveryStatus::parse(&state.status).unwrap_or(DeliveryStatus::Unknown);
         if status == DeliveryStatus::Retrying {
             // Another copy is waiting in a retry tier and is not due yet: look again later.
             return Ok(DeliveryClaim::Busy);
@@ -105,30 +151,53 @@ impl Store {
         if status != DeliveryStatus::Sending {
             return Ok(DeliveryClaim::Final(status));
         }
-        if claimed_at.is_some_and(|at| now - at < stale_after) {
+        // A claim that never reached its call can be taken over sooner: if its worker is alive
+        // after all, its mark fails on the changed token and it never calls.
+        let limit = if state.call_started { stale_after } else { stale_after.min(UNSTARTED_CLAIM_STALE) };
+        if state.claimed_at.is_some_and(|at| request.now - at < limit) {
             return Ok(DeliveryClaim::Busy);
+        }
+        let Some(stale_token) = state.claim_token else {
+            return Ok(DeliveryClaim::Busy);
+        };
+        if !state.call_started {
+            tracing::info!(execution_id = %request.key.execution_id, "a stale claim never reached the provider; sending");
+            return Self::take_over(client, request, "sending", stale_token).await;
         }
         let abandoned = client
             .execute(
-                "UPDATE deliveries SET status = 'unknown', reason = 'worker-died-during-send', updated_at = $3
-                  WHERE execution_id = $1 AND recipient_index = $2 AND status = 'sending'",
-                &[&key.execution_id, &key.recipient_index, &now],
+                "UPDATE deliveries SET status = 'unknown', reason = $4, updated_at = $3
+                  WHERE execution_id = $1 AND recipient_index = $2 AND status = 'sending' AND claim_token = $5",
+                &[
+                    &request.key.execution_id,
+                    &request.key.recipient_index,
+                    &request.now,
+                    &reasons::MAYBE_SENT,
+                    &stale_token,
+                ],
             )
             .await?;
-        Ok(if abandoned == 1 { DeliveryClaim::Abandoned } else { DeliveryClaim::Busy })
+        if abandoned != 1 {
+            return Ok(DeliveryClaim::Busy);
+        }
+        if request.resend_abandoned {
+            return Self::take_over(client, request, "unknown", stale_token).await;
+        }
+        Ok(DeliveryClaim::Abandoned)
     }
 
-    /// Claims many deliveries in one statement; outcomes are in request order. Requests for a
-    /// delivery already requested earlier in the batch are answered `Busy` (a duplicate copy).
+    /// Claims many deliveries in one statement; outcomes are in request order. A second copy of a
+    /// delivery in the same batch gets what the first one's row says: decided copies are final
+    /// (acknowledged, never retried), and a copy of one being sent is busy.
     pub async fn claim_deliveries(
         &self,
         requests: &[ClaimRequest],
         stale_after: Duration,
     ) -> Result<Vec<DeliveryClaim>, StoreError> {
         let client = self.client().await?;
-        let mut seen = std::collections::HashSet::new();
-        let first: Vec<&ClaimRequest> =
-            requests.iter().filter(|r| seen.insert((r.key.execution_id, r.key.recipient_index))).collect();
+        let mut seen = HashSet::new();
+        let mut first: Vec<&ClaimRequest> = requests.iter().filter(|r| seen.insert(identity(&r.key))).collect();
+        first.sort_by_key(|r| identity(&r.key));
         let executions: Vec<Uuid> = first.iter().map(|r| r.key.execution_id).collect();
         let indexes: Vec<i32> = first.iter().map(|r| r.key.recipient_index).collect();
         let versions: Vec<Option<Uuid>> = first.iter().map(|r| r.version_id).collect();
@@ -137,6 +206,7 @@ impl Store {
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
         let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();
+        // ORDER BY: rows are inserted (and conflicting rows locked) in key order.
         let claim = client
             .prepare_cached(
                 "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
@@ -144,15 +214,18 @@ impl Store {
                  SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n, a
                    FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::timestamptz[],
                                $8::timestamptz[]) AS u(e, i, v, c, ch, t, n, a)
+                  ORDER BY e, i
                  ON CONFLICT (execution_id, recipient_index) DO UPDATE
                     SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
-                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at
+                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at,
+                        call_started_at = NULL
                   WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
                  RETURNING claim_token, attempts",
             )
             .await?;
-        let claimed: std::collections::HashMap<Uuid, i32> = client
-            .query(&claim, &[&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted])
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+            [&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted];
+        let claimed: HashMap<Uuid, i32> = retry_contention("claiming deliveries", || client.query(&claim, &params))
             .await?
             .iter()
             .map(|row| (row.get(0), row.get(1)))
@@ -160,36 +233,46 @@ impl Store {
         let missed: Vec<&ClaimRequest> = first.iter().copied().filter(|r| !claimed.contains_key(&r.token)).collect();
         let states = Self::current_states(&client, &missed).await?;
         let mut outcomes = Vec::with_capacity(requests.len());
-        let mut answered = std::collections::HashSet::new();
+        let mut answered: HashMap<Identity, DeliveryClaim> = HashMap::new();
         for request in requests {
-            let identity = (request.key.execution_id, request.key.recipient_index);
-            if !answered.insert(identity) {
-                outcomes.push(DeliveryClaim::Busy);
+            let key = identity(&request.key);
+            let outcome = if let Some(earlier) = answered.get(&key) {
+                match earlier {
+                    DeliveryClaim::Final(status) => DeliveryClaim::Final(*status),
+                    DeliveryClaim::Abandoned => DeliveryClaim::Final(DeliveryStatus::Unknown),
+                    DeliveryClaim::Claimed { .. } | DeliveryClaim::Busy => DeliveryClaim::Busy,
+                }
             } else if let Some(attempts) = claimed.get(&request.token) {
-                outcomes.push(DeliveryClaim::Claimed { token: request.token, attempts: *attempts });
+                DeliveryClaim::Claimed { token: request.token, attempts: *attempts }
             } else {
-                let state = states.get(&identity);
-                let outcome = Self::unclaimed(&client, &request.key, state, request.now, stale_after).await?;
-                let outcome = match outcome {
-                    DeliveryClaim::Abandoned if request.resend_abandoned => Self::take_over(&client, request).await?,
-                    other => other,
-                };
-                outcomes.push(outcome);
-            }
+                Self::unclaimed(&client, request, states.get(&key), stale_after).await?
+            };
+            answered.entry(key).or_insert_with(|| outcome.clone());
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
 
-    /// Claims a delivery just recorded `unknown` (abandoned) for a campaign that resends.
+    /// Claims a delivery whose stale claim (`stale_token`, in status `from`) is taken over.
     async fn take_over(
         client: &deadpool_postgres::Object,
         request: &ClaimRequest,
+        from: &str,
+        stale_token: Uuid,
     ) -> Result<DeliveryClaim, StoreError> {
         let row = client
             .query_opt(
-                "UPDATE deliveries SET status = 'sending', reason = NULL, claim_token = $3, claimed_at = $4, updated_at = $4
-                  WHERE execution_id = $1 AND recipient_index = $2 AND status = 'unknown' RETURNING attempts",
-                &[&request.key.execution_id, &request.key.recipient_index, &request.token, &request.now],
+                "UPDATE deliveries SET status = 'sending', reason = NULL, claim_token = $3, claimed_at = $4, updated_at = $4,
+                                       call_started_at = NULL
+                  WHERE execution_id = $1 AND recipient_index = $2 AND status = $5 AND claim_token = $6 RETURNING attempts",
+                &[
+                    &request.key.execution_id,
+                    &request.key.recipient_index,
+                    &request.token,
+                    &request.now,
+                    &from,
+                    &stale_token,
+                ],
             )
             .await?;
         Ok(match row {
@@ -198,48 +281,80 @@ impl Store {
         })
     }
 
-    /// Writes many outcomes in one statement; `true` where the claim was still held.
+    /// Marks claims whose provider call is about to start; `true` where the claim is still held.
+    /// From this mark on, a worker that dies leaves the delivery `unknown` (maybe sent) rather
+    /// than resendable. Input order is kept in the answer.
+    pub async fn mark_calls_started(&self, calls: &[CallStart]) -> Result<Vec<bool>, StoreError> {
+        let mut sorted: Vec<&CallStart> = calls.iter().collect();
+        sorted.sort_by_key(|c| identity(&c.key));
+        let executions: Vec<Uuid> = sorted.iter().map(|c| c.key.execution_id).collect();
+        let indexes: Vec<i32> = sorted.iter().map(|c| c.key.recipient_index).collect();
+        let tokens: Vec<Uuid> = sorted.iter().map(|c| c.token).collect();
+        let nows: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.now).collect();
+        let client = self.client().await?;
+        let mark = client
+            .prepare_cached(
+                "UPDATE deliveries AS d SET call_started_at = u.n
+                   FROM (SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::timestamptz[]) AS u(e, i, t, n) ORDER BY e, i) AS u
+                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t AND d.status = 'sending'
+                 RETURNING d.claim_token",
+            )
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&executions, &indexes, &tokens, &nows];
+        let marked: HashSet<Uuid> = retry_contention("marking provider calls", || client.query(&mark, &params))
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Ok(calls.iter().map(|c| marked.contains(&c.token)).collect())
+    }
+
+    /// Writes many outcomes in one statement; `true` where the claim was still held. A claim
+    /// another worker declared abandoned meanwhile (its token unchanged) still takes the outcome:
+    /// a known answer beats "maybe sent".
     pub async fn finish_deliveries(&self, finishes: &[Finish]) -> Result<Vec<bool>, StoreError> {
-        let executions: Vec<Uuid> = finishes.iter().map(|f| f.key.execution_id).collect();
-        let indexes: Vec<i32> = finishes.iter().map(|f| f.key.recipient_index).collect();
-        let tokens: Vec<Uuid> = finishes.iter().map(|f| f.token).collect();
-        let statuses: Vec<&str> = finishes.iter().map(|f| f.status.as_str()).collect();
-        let reasons: Vec<Option<&str>> = finishes.iter().map(|f| f.reason.as_deref()).collect();
-        let message_ids: Vec<Option<&str>> = finishes.iter().map(|f| f.provider_message_id.as_deref()).collect();
-        let calls: Vec<i32> = finishes.iter().map(|f| f.calls).collect();
-        let errors: Vec<Option<&str>> = finishes.iter().map(|f| f.last_error.as_deref()).collect();
-        let nows: Vec<DateTime<Utc>> = finishes.iter().map(|f| f.now).collect();
+        let mut sorted: Vec<&Finish> = finishes.iter().collect();
+        sorted.sort_by_key(|f| identity(&f.key));
+        let executions: Vec<Uuid> = sorted.iter().map(|f| f.key.execution_id).collect();
+        let indexes: Vec<i32> = sorted.iter().map(|f| f.key.recipient_index).collect();
+        let tokens: Vec<Uuid> = sorted.iter().map(|f| f.token).collect();
+        let statuses: Vec<&str> = sorted.iter().map(|f| f.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = sorted.iter().map(|f| f.reason.as_deref()).collect();
+        let message_ids: Vec<Option<&str>> = sorted.iter().map(|f| f.provider_message_id.as_deref()).collect();
+        let calls: Vec<i32> = sorted.iter().map(|f| f.calls).collect();
+        let errors: Vec<Option<&str>> = sorted.iter().map(|f| f.last_error.as_deref()).collect();
+        let nows: Vec<DateTime<Utc>> = sorted.iter().map(|f| f.now).collect();
         // A little less than the tier delay: the broker never delivers before the TTL expires.
         let not_before: Vec<Option<f64>> =
-            finishes.iter().map(|f| f.retry_after.map(|d| d.as_secs_f64() * 0.9)).collect();
+            sorted.iter().map(|f| f.retry_after.map(|d| d.as_secs_f64() * 0.9)).collect();
         let client = self.client().await?;
         let finish = client
             .prepare_cached(
                 "UPDATE deliveries AS d
                     SET status = u.s, reason = u.r, provider_message_id = u.p, attempts = d.attempts + u.c, last_error = u.l,
                         updated_at = u.n, not_before = CASE WHEN u.nb IS NULL THEN NULL ELSE now() + make_interval(secs => u.nb) END
-                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
-                               $9::timestamptz[], $10::float8[]) AS u(e, i, t, s, r, p, c, l, n, nb)
-                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t AND d.status = 'sending'
+                   FROM (SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[],
+                                              $8::text[], $9::timestamptz[], $10::float8[]) AS u(e, i, t, s, r, p, c, l, n, nb)
+                          ORDER BY e, i) AS u
+                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t
+                    AND (d.status = 'sending' OR (d.status = 'unknown' AND d.reason = $11))
                  RETURNING d.claim_token",
             )
             .await?;
-        let written: std::collections::HashSet<Uuid> = client
-            .query(
-                &finish,
-                &[
-                    &executions,
-                    &indexes,
-                    &tokens,
-                    &statuses,
-                    &reasons,
-                    &message_ids,
-                    &calls,
-                    &errors,
-                    &nows,
-                    &not_before,
-                ],
-            )
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &executions,
+            &indexes,
+            &tokens,
+            &statuses,
+            &reasons,
+            &message_ids,
+            &calls,
+            &errors,
+            &nows,
+            &not_before,
+            &reasons::MAYBE_SENT,
+        ];
+        let written: HashSet<Uuid> = retry_contention("writing delivery outcomes", || client.query(&finish, &params))
             .await?
             .iter()
             .map(|row| row.get(0))
@@ -267,80 +382,6 @@ impl Store {
                     SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at
                   WHERE deliveries.status = 'retrying'",
                 &[&key.execution_id, &key.recipient_index, &status.as_str(), &reason, &version_id, &key.campaign_id, &key.channel, &now],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Creates a profile holding only its identity, unless one exists (`createNewProfiles`).
-    pub async fn ensure_identity_profile(
-        &self,
-        sandbox: &str,
-        namespace: &str,
-        user_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO profiles (sandbox, namespace, user_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)
-                 ON CONFLICT DO NOTHING",
-                &[&sandbox, &namespace, &user_id, &now],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// The SNS endpoint created earlier for (application, token): its ARN and whether it is dead.
-    pub async fn push_endpoint(
-        &self,
-        sandbox: &str,
-        application_arn: &str,
-        token: &str,
-    ) -> Result<Option<(String, bool)>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT endpoint_arn, disabled_at IS NOT NULL FROM push_endpoints WHERE sandbox = $1 AND application_arn = $2 AND token = $3",
-                &[&sandbox, &application_arn, &token],
-            )
-            .await?;
-        Ok(row.map(|row| (row.get(0), row.get(1))))
-    }
-
-    pub async fn remember_push_endpoint(
-        &self,
-        sandbox: &str,
-        application_arn: &str,
-        token: &str,
-        endpoint_arn: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO push_endpoints (sandbox, application_arn, token, endpoint_arn, created_at) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (sandbox, application_arn, token) DO UPDATE SET endpoint_arn = EXCLUDED.endpoint_arn, disabled_at = NULL",
-                &[&sandbox, &application_arn, &token, &endpoint_arn, &now],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Marks a token dead after its endpoint reported disabled.
-    pub async fn mark_push_token_dead(
-        &self,
-        sandbox: &str,
-        application_arn: &str,
-        token: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "UPDATE push_endpoints SET disabled_at = $4 WHERE sandbox = $1 AND application_arn = $2 AND token = $3",
-                &[&sandbox, &application_arn, &token, &now],
             )
             .await?;
         Ok(())

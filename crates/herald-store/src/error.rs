@@ -13,8 +13,59 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Database(tokio_postgres::Error),
+}
+
+/// The SQLSTATE, severity and message of a database error (tokio-postgres's own `Display` says
+/// only "db error"). The `detail` part is left out: it can quote row values, i.e. personal data.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.code().code(), db.severity(), db.message()),
+        None => error.to_string(),
+    }
+}
+
+/// SQLSTATEs of a statement PostgreSQL aborted to resolve a conflict with another transaction
+/// (deadlock victim, serialization failure): running it again is the documented remedy.
+const RETRYABLE_CONFLICTS: [&str; 2] = ["40P01", "40001"];
+
+impl StoreError {
+    /// Whether the statement lost a lock conflict and may simply be run again.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, StoreError::Database(error)
+            if error.code().is_some_and(|code| RETRYABLE_CONFLICTS.contains(&code.code())))
+    }
+}
+
+/// How many times a statement that lost a lock conflict is run before giving up.
+const CONTENTION_ATTEMPTS: u32 = 8;
+
+/// Runs `statement` until it does not lose a lock conflict (40P01, 40001), a few times at most;
+/// a statement still losing after that is reported unavailable (retry later), not as a bug.
+pub(crate) async fn retry_contention<T, E, F, Fut>(what: &str, mut statement: F) -> Result<T, StoreError>
+where
+    E: Into<StoreError>,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match statement().await.map_err(Into::into) {
+            Err(error) if error.is_contention() => {
+                if attempt >= CONTENTION_ATTEMPTS {
+                    return Err(StoreError::Unavailable(format!("{what}: {error} ({attempt} attempts)")));
+                }
+                tracing::debug!(%error, attempt, what, "statement lost a lock conflict; running it again");
+                let mut bytes = [0u8; 1];
+                let _ = getrandom::fill(&mut bytes);
+                let jitter = u64::from(bytes[0] % 10);
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5 + jitter)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// SQLSTATE for unique violations.

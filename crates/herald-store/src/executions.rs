@@ -36,8 +36,8 @@ pub enum ClaimOutcome {
     TakenOver { execution_id: Uuid, created_at: DateTime<Utc> },
     /// Already accepted: answer the original 202, publish nothing.
     AlreadyAccepted { execution_id: Uuid, created_at: DateTime<Utc> },
-    /// Another attempt is accepting it right now.
-    InProgress,
+    /// Another attempt is accepting it right now; its lease ends after `retry_after`.
+    InProgress { retry_after: std::time::Duration },
     /// The key was used with a different body.
     BodyMismatch,
 }
@@ -78,15 +78,21 @@ impl Store {
     /// Claims every key in `claims` (one round trip for the new ones); outcomes are in order.
     pub async fn claim_executions(&self, claims: &[ExecutionClaim]) -> Result<Vec<ClaimOutcome>, StoreError> {
         let client = self.client().await?;
-        let column = |f: fn(&ExecutionClaim) -> Value| claims.iter().map(f).collect::<Vec<Value>>();
-        let ids: Vec<Uuid> = claims.iter().map(|c| c.execution_id).collect();
-        let sandboxes: Vec<&str> = claims.iter().map(|c| c.sandbox.as_str()).collect();
-        let campaigns: Vec<Uuid> = claims.iter().map(|c| c.campaign_id).collect();
-        let requests: Vec<&str> = claims.iter().map(|c| c.request_id.as_str()).collect();
-        let hashes: Vec<&[u8]> = claims.iter().map(|c| c.body_hash.as_slice()).collect();
+        // Inserted in key order: concurrent batches then wait on each other's keys in the same
+        // order and cannot deadlock.
+        let mut sorted: Vec<&ExecutionClaim> = claims.iter().collect();
+        sorted.sort_by(|a, b| {
+            (&a.sandbox, a.campaign_id, &a.request_id).cmp(&(&b.sandbox, b.campaign_id, &b.request_id))
+        });
+        let column = |f: fn(&ExecutionClaim) -> Value| sorted.iter().map(|c| f(c)).collect::<Vec<Value>>();
+        let ids: Vec<Uuid> = sorted.iter().map(|c| c.execution_id).collect();
+        let sandboxes: Vec<&str> = sorted.iter().map(|c| c.sandbox.as_str()).collect();
+        let campaigns: Vec<Uuid> = sorted.iter().map(|c| c.campaign_id).collect();
+        let requests: Vec<&str> = sorted.iter().map(|c| c.request_id.as_str()).collect();
+        let hashes: Vec<&[u8]> = sorted.iter().map(|c| c.body_hash.as_slice()).collect();
         let recipients = column(|c| c.recipients.clone());
-        let created: Vec<DateTime<Utc>> = claims.iter().map(|c| c.now).collect();
-        let leases: Vec<DateTime<Utc>> = claims.iter().map(|c| c.lease_until).collect();
+        let created: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.now).collect();
+        let leases: Vec<DateTime<Utc>> = sorted.iter().map(|c| c.lease_until).collect();
         // Prepared once per pooled connection: the hot statements skip a parse and plan per batch.
         let insert = client
             .prepare_cached(
@@ -98,12 +104,14 @@ impl Store {
                  RETURNING execution_id",
             )
             .await?;
-        let inserted: HashSet<Uuid> = client
-            .query(&insert, &[&ids, &sandboxes, &campaigns, &requests, &hashes, &recipients, &created, &leases])
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+            [&ids, &sandboxes, &campaigns, &requests, &hashes, &recipients, &created, &leases];
+        let inserted: HashSet<Uuid> =
+            crate::error::retry_contention("claiming request ids", || client.query(&insert, &params))
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
         let conflicts: Vec<&ExecutionClaim> = claims.iter().filter(|c| !inserted.contains(&c.execution_id)).collect();
         let mut existing: HashMap<Key, Existing> = HashMap::new();
         if !conflicts.is_empty() {
@@ -141,7 +149,7 @@ impl Store {
             let Some(Existing { execution_id, body_hash: hash, state, created_at, lease_until }) = existing.get(&key)
             else {
                 // Deleted between the two statements (retention purge): the client retries.
-                outcomes.push(ClaimOutcome::InProgress);
+                outcomes.push(ClaimOutcome::InProgress { retry_after: std::time::Duration::from_secs(1) });
                 continue;
             };
             let outcome = if *hash != claim.body_hash {
@@ -149,7 +157,7 @@ impl Store {
             } else if state == "accepted" {
                 ClaimOutcome::AlreadyAccepted { execution_id: *execution_id, created_at: *created_at }
             } else if *lease_until > claim.now {
-                ClaimOutcome::InProgress
+                ClaimOutcome::InProgress { retry_after: (*lease_until - claim.now).to_std().unwrap_or_default() }
             } else {
                 let taken = client
                     .query_opt(
@@ -160,7 +168,7 @@ impl Store {
                     .await?;
                 match taken {
                     Some(_) => ClaimOutcome::TakenOver { execution_id: *execution_id, created_at: *created_at },
-                    None => ClaimOutcome::InProgress,
+                    None => ClaimOutcome::InProgress { retry_after: std::time::Duration::from_secs(1) },
                 }
             };
             outcomes.push(outcome);

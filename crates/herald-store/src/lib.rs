@@ -10,6 +10,7 @@ mod error;
 pub mod executions;
 pub mod migrate;
 pub mod profiles;
+mod push_endpoints;
 pub mod rate_limits;
 pub mod reports;
 
@@ -24,7 +25,7 @@ pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord,
 };
 pub use dead_letters::{DeadLetter, NewDeadLetter};
-pub use deliveries::{ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
+pub use deliveries::{CallStart, ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};

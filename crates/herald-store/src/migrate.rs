@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "dead_letters", include_str!("../migrations/0005_dead_letters.sql")),
     (6, "rate_limits", include_str!("../migrations/0006_rate_limits.sql")),
     (7, "reports", include_str!("../migrations/0007_reports.sql")),
+    (8, "call_started", include_str!("../migrations/0008_call_started.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_core::delivery::{DeliveryStatus, ErrorClass, ProviderError, RetryPolicy, reasons};
+use herald_core::delivery::{AfterFailure, Attempt, DeliveryStatus, ErrorClass, ProviderError, RetryPolicy, reasons};
 use herald_core::execution::{ENVELOPE_VERSION, Envelope, RecipientType};
 use herald_core::template::{CompiledContent, Rendered};
 use herald_core::{CampaignStatus, Channel, Clock};
 use herald_ingest::batch::Batcher;
 use herald_store::{
-    CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
+    CallStart, CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -51,6 +51,15 @@ impl WorkerCampaign {
     }
 }
 
+/// One claimed delivery on its way to the provider.
+struct Job<'a> {
+    envelope: &'a Envelope,
+    campaign: &'a CampaignRecord,
+    resolved: &'a Resolved,
+    rendered: &'a Rendered,
+    key: &'a DeliveryKey,
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub policy: RetryPolicy,
@@ -74,6 +83,7 @@ pub struct Pipeline {
     /// Claims and outcomes are written in micro-batches: two single-row commits per message
     /// would cap a worker at a few thousand messages a second.
     claims: Batcher<ClaimRequest, DeliveryClaim>,
+    starts: Batcher<CallStart, bool>,
     finishes: Batcher<Finish, bool>,
     /// Messages this process handed to a provider successfully (logged at shutdown).
     sent: std::sync::atomic::AtomicU64,
@@ -107,12 +117,17 @@ impl Pipeline {
             let store = claim_store.clone();
             async move { store.claim_deliveries(&requests, stale).await }
         });
+        let start_store = store.clone();
+        let starts = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Vec<CallStart>| {
+            let store = start_store.clone();
+            async move { store.mark_calls_started(&starts).await }
+        });
         let finish_store = store.clone();
         let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Vec<Finish>| {
             let store = finish_store.clone();
             async move { store.finish_deliveries(&finishes).await }
         });
-        Self { store, provider, campaigns, clock, settings, claims, finishes, sent: Default::default() }
+        Self { store, provider, campaigns, clock, settings, claims, starts, finishes, sent: Default::default() }
     }
 
     pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {
@@ -242,18 +257,48 @@ impl Pipeline {
                 return Ok(Decision::Retry { tier: self.first_tier(), tiers_used });
             }
         };
-        self.send_and_record(&envelope, &campaign.record, &resolved, &rendered, &key, token, attempts, tiers_used).await
+        let job = Job {
+            envelope: &envelope,
+            campaign: &campaign.record,
+            resolved: &resolved,
+            rendered: &rendered,
+            key: &key,
+        };
+        let resend_maybe_sent = live.definition.resend_maybe_sent;
+        self.send_and_record(&job, token, attempts, tiers_used, resend_maybe_sent).await
     }
 
-    async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
+    /// Writes an outcome known after a provider call, retrying until the database takes it: a
+    /// send that succeeded must never be re-queued because the database blinked. The message
+    /// stays unacknowledged meanwhile, and the claim cannot be lost to staleness (a claim
+    /// declared abandoned meanwhile still takes its holder's outcome).
+    async fn finish(&self, finish: Finish) {
         let outcome = observe::outcome_labels(&finish.key.channel, finish.status, finish.reason.as_deref());
-        let written = self.finishes.submit(finish).await.map_err(unbatched)?;
+        let mut delay = Duration::from_millis(50);
+        let mut failures = 0u32;
+        let written = loop {
+            match self.finishes.submit(finish.clone()).await {
+                Ok(written) => break written,
+                Err(error) => {
+                    failures += 1;
+                    // Every failure is logged at first, then one in ten: an outage lasts.
+                    if failures <= 3 || failures % 10 == 0 {
+                        tracing::warn!(%error, execution_id = %finish.key.execution_id, status = finish.status.as_str(),
+                            failures, "could not record a delivery outcome; holding it and trying again");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        if failures > 0 {
+            tracing::info!(execution_id = %finish.key.execution_id, failures, "delivery outcome recorded after the database came back");
+        }
         self.metrics().outcomes.get_or_create(&outcome).inc();
         if !written {
-            // Another worker declared this claim abandoned (recorded unknown) meanwhile.
-            tracing::warn!("a delivery outcome arrived after its claim was declared abandoned");
+            // Another worker took the claim over meanwhile (a campaign that resends maybe-sent).
+            tracing::warn!(execution_id = %finish.key.execution_id, "a delivery outcome arrived after its claim was taken over");
         }
-        Ok(())
     }
 
     async fn exclude(
@@ -269,23 +314,30 @@ impl Pipeline {
         Ok(Decision::Ack)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Calls the provider for a claimed delivery (with quick in-process retries) and records the
+    /// outcome. The call mark is written first: from then on a worker that dies leaves the
+    /// delivery `unknown` rather than resendable.
     async fn send_and_record(
         &self,
-        envelope: &Envelope,
-        campaign: &CampaignRecord,
-        resolved: &Resolved,
-        rendered: &Rendered,
-        key: &DeliveryKey,
+        job: &Job<'_>,
         token: Uuid,
-        attempts: i32,
+        earlier_calls: i32,
         tiers_used: u32,
+        resend_maybe_sent: bool,
     ) -> Result<Decision, StoreError> {
-        let policy = &self.settings.policy;
-        let mut calls: i32 = 0;
+        let (envelope, key) = (job.envelope, job.key);
+        let mut calls: u32 = 0;
         loop {
+            self.throttle(envelope.channel, job.campaign).await?;
+            if calls == 0 {
+                let start = CallStart { key: key.clone(), token, now: self.clock.now() };
+                if !self.starts.submit(start).await.map_err(unbatched)? {
+                    // A stale claim taken over by a redelivered copy: that copy sends.
+                    tracing::info!(execution_id = %key.execution_id, "claim taken over before the call; not calling");
+                    return Ok(Decision::Ack);
+                }
+            }
             calls += 1;
-            self.throttle(envelope.channel, campaign).await?;
             let (service, method) = observe::provider_operation(envelope.channel);
             let call = tracing::info_span!(
                 "provider call",
@@ -299,27 +351,30 @@ impl Pipeline {
                 otel.status_code = tracing::field::Empty,
             );
             let started = std::time::Instant::now();
-            let result = self.send_once(envelope, campaign, resolved, rendered).instrument(call.clone()).await;
+            let result = self.send_once(job).instrument(call.clone()).await;
             observe::provider_call(self.metrics(), envelope.channel, result.is_ok(), started.elapsed().as_secs_f64());
             let now = self.clock.now();
+            let calls_i32 = i32::try_from(calls).unwrap_or(i32::MAX);
+            let outcome = |status, reason: Option<String>, calls, last_error: Option<String>, retry_after| Finish {
+                key: key.clone(),
+                token,
+                status,
+                reason,
+                provider_message_id: None,
+                calls,
+                last_error,
+                retry_after,
+                now,
+            };
             let error = match result {
                 Ok(receipt) => {
                     self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let latency = (now - envelope.accepted_at).num_milliseconds();
                     #[allow(clippy::cast_precision_loss)]
                     observe::accepted_to_sent(self.metrics(), envelope.channel, latency as f64 / 1000.0);
-                    self.finish(Finish {
-                        key: key.clone(),
-                        token,
-                        status: DeliveryStatus::Sent,
-                        reason: None,
-                        provider_message_id: Some(receipt.provider_message_id.clone()),
-                        calls,
-                        last_error: None,
-                        retry_after: None,
-                        now,
-                    })
-                    .await?;
+                    let mut sent = outcome(DeliveryStatus::Sent, None, calls_i32, None, None);
+                    sent.provider_message_id = Some(receipt.provider_message_id);
+                    self.finish(sent).await;
                     return Ok(Decision::Ack);
                 }
                 Err(error) => error,
@@ -328,62 +383,44 @@ impl Pipeline {
             call.record("otel.status_code", "ERROR");
             // Stored and shown to operators (dead letters): provider messages can quote the recipient.
             let last_error = herald_telemetry::redact::redact(&error.to_string()).into_owned();
-            // Every failure outcome carries the error; they differ in status, reason, counted
-            // calls and when a retry may claim the delivery again.
-            let failure = |status, reason: String, calls, retry_after| Finish {
-                key: key.clone(),
-                token,
-                status,
-                reason: Some(reason),
-                provider_message_id: None,
-                calls,
-                last_error: Some(last_error.clone()),
-                retry_after,
-                now,
+            let attempt = Attempt { earlier_calls: u32::try_from(earlier_calls).unwrap_or(0), calls, tiers_used };
+            let failed = |status, reason, calls, retry_after| {
+                outcome(status, Some(reason), calls, Some(last_error.clone()), retry_after)
             };
-            match error.class {
-                ErrorClass::Permanent => {
+            match self.settings.policy.after_failure(error.class, &error.code, attempt, resend_maybe_sent, jitter()) {
+                AfterFailure::CallAgain { delay } => {
+                    observe::retry(self.metrics(), envelope.channel, None);
+                    tokio::time::sleep(delay).await;
+                }
+                AfterFailure::Retry { tier } => {
+                    self.finish(failed(DeliveryStatus::Retrying, error.code.clone(), calls_i32, Some(tier))).await;
+                    observe::retry(self.metrics(), envelope.channel, Some(tiers_used + 1));
+                    return Ok(Decision::Retry { tier, tiers_used: tiers_used + 1 });
+                }
+                AfterFailure::Fail { reason, dead_letter } => {
                     if error.token_dead
-                        && let Some(push) = &resolved.push
-                    {
-                        self.store
+                        && let Some(push) = &job.resolved.push
+                        && let Err(store_error) = self
+                            .store
                             .mark_push_token_dead(&envelope.sandbox, &push.application_arn, &push.token, now)
-                            .await?;
+                            .await
+                    {
+                        tracing::warn!(error = %store_error, "could not mark a push token dead");
                     }
-                    self.finish(failure(DeliveryStatus::Failed, error.code.clone(), calls, None)).await?;
+                    self.finish(failed(DeliveryStatus::Failed, reason.clone(), calls_i32, None)).await;
+                    return Ok(if dead_letter { Decision::DeadLetter { reason, last_error } } else { Decision::Ack });
+                }
+                AfterFailure::MaybeSent => {
+                    tracing::warn!(execution_id = %key.execution_id, code = %error.code, channel = %envelope.channel,
+                        "the provider may have delivered this message (no usable answer); recorded unknown, not resent");
+                    self.finish(failed(DeliveryStatus::Unknown, error.code.clone(), calls_i32, None)).await;
                     return Ok(Decision::Ack);
                 }
-                ErrorClass::AccountWide => {
+                AfterFailure::PauseChannel => {
                     // Not the message's fault: the calls are not counted against it.
-                    self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), 0, Some(self.first_tier())))
-                        .await?;
+                    self.finish(failed(DeliveryStatus::Retrying, error.code.clone(), 0, Some(self.first_tier()))).await;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
                     return Ok(Decision::Pause { pause: None, reason: error.code });
-                }
-                ErrorClass::Transient if u32::try_from(calls).unwrap_or(u32::MAX) < policy.in_process_attempts => {
-                    observe::retry(self.metrics(), envelope.channel, None);
-                    tokio::time::sleep(policy.in_process_delay(u32::try_from(calls).unwrap_or(1), jitter())).await;
-                }
-                ErrorClass::Transient => {
-                    let total = u32::try_from(attempts + calls).unwrap_or(u32::MAX);
-                    return Ok(match policy.next_tier(total, tiers_used) {
-                        Some(tier) => {
-                            self.finish(failure(DeliveryStatus::Retrying, error.code.clone(), calls, Some(tier)))
-                                .await?;
-                            observe::retry(self.metrics(), envelope.channel, Some(tiers_used + 1));
-                            Decision::Retry { tier, tiers_used: tiers_used + 1 }
-                        }
-                        None => {
-                            self.finish(failure(
-                                DeliveryStatus::Failed,
-                                reasons::MAX_ATTEMPTS.to_string(),
-                                calls,
-                                None,
-                            ))
-                            .await?;
-                            Decision::DeadLetter { reason: reasons::MAX_ATTEMPTS.into(), last_error }
-                        }
-                    });
                 }
             }
         }
@@ -405,14 +442,9 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn send_once(
-        &self,
-        envelope: &Envelope,
-        campaign: &CampaignRecord,
-        resolved: &Resolved,
-        rendered: &Rendered,
-    ) -> ProviderResult<Receipt> {
-        let Some(live) = campaign.live.as_ref() else {
+    async fn send_once(&self, job: &Job<'_>) -> ProviderResult<Receipt> {
+        let (envelope, resolved, rendered) = (job.envelope, job.resolved, job.rendered);
+        let Some(live) = job.campaign.live.as_ref() else {
             return Err(ProviderError::new(ErrorClass::Permanent, "NoLiveVersion", "the campaign has no live version"));
         };
         let definition = &live.definition;

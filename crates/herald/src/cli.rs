@@ -199,6 +199,10 @@ pub struct ApiArgs {
     /// Confirm-mode channels executions are published on.
     #[arg(long, env = "HERALD_PUBLISH_CHANNELS", default_value_t = 4)]
     pub publish_channels: usize,
+    /// How long a request being accepted holds its requestId; a retry meanwhile gets 409 with
+    /// Retry-After, and takes over after it (when the first attempt died mid-accept).
+    #[arg(long, env = "HERALD_INGEST_LEASE_SECONDS", default_value_t = 5)]
+    pub ingest_lease_seconds: u64,
     /// A publish not confirmed by the broker within this many milliseconds fails (503).
     #[arg(long, env = "HERALD_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
     pub confirm_timeout_ms: u64,
@@ -235,10 +239,15 @@ pub struct WorkerTuning {
     /// Provider calls in all (across retry tiers) before a message is dead-lettered.
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 12)]
     pub max_attempts: u32,
-    /// A delivery claimed longer ago than this by a worker that never finished is recorded
-    /// `unknown` (maybe sent) instead of being sent again.
+    /// A delivery whose worker started a provider call longer ago than this and never finished is
+    /// recorded `unknown` (maybe sent) instead of being sent again. (A claim whose call never
+    /// started is taken over after 5 s and sent.)
     #[arg(long, env = "HERALD_STALE_CLAIM_SECONDS", default_value_t = 120)]
     pub stale_claim_seconds: u64,
+    /// How long a provider call may take before it counts as maybe delivered (recorded `unknown`,
+    /// not resent unless the campaign sets resendMaybeSent).
+    #[arg(long, env = "HERALD_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub provider_timeout_ms: u64,
     /// Email sends per second across all workers (the SES account's maximum send rate); 0: no limit.
     #[arg(long, env = "HERALD_EMAIL_RATE_PER_SEC", default_value_t = 0.0)]
     pub email_rate_per_sec: f64,

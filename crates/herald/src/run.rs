@@ -137,6 +137,7 @@ async fn serve_api(
         broker,
         IngestSettings {
             rate_limit_per_sec: args.rate_limit_per_sec,
+            lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
             metrics: Arc::clone(&metrics),
             ..IngestSettings::default()
         },
@@ -194,7 +195,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
     match tuning.provider {
-        ProviderKind::Aws => Arc::new(AwsProvider::new(&load_config(&AwsSettings::default()).await)),
+        ProviderKind::Aws => {
+            let settings = AwsSettings {
+                call_timeout: Duration::from_millis(tuning.provider_timeout_ms.max(1)),
+                ..AwsSettings::default()
+            };
+            Arc::new(AwsProvider::new(&load_config(&settings).await))
+        }
         ProviderKind::Outbox => Arc::new(OutboxProvider::new(&tuning.outbox_path)),
     }
 }

@@ -75,21 +75,54 @@ pub fn sns_client(config: &SdkConfig) -> aws_sdk_sns::Client {
     aws_sdk_sns::Client::new(config)
 }
 
-/// What the classifiers need of an SDK error.
-fn failure_of<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> Failure<'_> {
+/// What the classifiers need of an SDK error. The SDK reports every transport failure as a
+/// dispatch failure, "the request MAY have been sent"; only the causes that prove it was not
+/// (DNS, refused or timed-out connection) are told apart, by walking the error's sources.
+fn failure_of<E>(error: &SdkError<E, HttpResponse>) -> Failure<'_>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     match error {
         SdkError::ServiceError(context) => Failure::Service {
             code: context.err().code(),
             status: Some(context.raw().status().as_u16()),
             message: context.err().message(),
         },
+        SdkError::DispatchFailure(_) if never_left(error) => Failure::Dispatch,
         SdkError::TimeoutError(_) => Failure::Timeout,
         SdkError::DispatchFailure(failure) if failure.is_timeout() => Failure::Timeout,
-        SdkError::DispatchFailure(_) => Failure::Dispatch,
+        SdkError::DispatchFailure(_) => Failure::Lost,
         SdkError::ResponseError(_) => Failure::Response,
         SdkError::ConstructionFailure(_) => Failure::Construction,
         _ => Failure::Response,
     }
+}
+
+/// Whether an error's causes show the request never left this process: the name did not resolve,
+/// or the connection was refused or not established in time.
+fn never_left(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            )
+        {
+            return true;
+        }
+        // hyper-util's connect errors and the smithy connect timeout name themselves so.
+        let text = current.to_string();
+        if text.contains("client error (Connect)") || text.contains("connect timeout") || text.contains("dns error") {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 fn built<T, E: std::fmt::Display>(result: Result<T, E>) -> ProviderResult<T> {
@@ -233,6 +266,74 @@ impl Provider for AwsProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(endpoint: String) -> AwsSettings {
+        AwsSettings {
+            endpoint_url: Some(endpoint),
+            region: Some("us-east-1".into()),
+            connect_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_millis(500),
+            static_credentials: Some(("test".into(), "test".into())),
+        }
+    }
+
+    fn email() -> EmailMessage {
+        EmailMessage {
+            from: "no-reply@example.com".into(),
+            reply_to: None,
+            to: "jane@example.com".into(),
+            subject: "s".into(),
+            html: None,
+            text: Some("t".into()),
+            tags: Vec::new(),
+        }
+    }
+
+    async fn send_to(endpoint: String) -> ProviderError {
+        let provider = AwsProvider::new(&load_config(&settings(endpoint)).await);
+        provider.send_email(&email()).await.expect_err("the call must fail")
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient_because_nothing_was_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let error = send_to(format!("http://127.0.0.1:{port}")).await;
+        assert_eq!((error.class, error.code.as_str()), (ErrorClass::Transient, "Dispatch"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_never_answers_may_have_delivered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        // Accepts, reads the request, never answers.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let error = send_to(endpoint).await;
+        held.abort();
+        assert_eq!(error.class, ErrorClass::MaybeDelivered, "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_reset_after_the_request_may_have_delivered() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        // Reads the whole request, then closes the connection without a word.
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buffer)).await;
+                drop(socket);
+            }
+        });
+        let error = send_to(endpoint).await;
+        server.abort();
+        assert_eq!(error.class, ErrorClass::MaybeDelivered, "{error}");
+    }
 
     #[tokio::test]
     async fn clients_are_built_without_sdk_retries_and_with_the_endpoint_override() {

@@ -1,5 +1,7 @@
 //! One classifier per provider: AWS error codes (as the SDK reports them, with or without the
-//! `Exception` suffix) and transport failures mapped to transient, permanent or account-wide.
+//! `Exception` suffix) and transport failures mapped to transient, permanent, account-wide or
+//! maybe-delivered. Only a failure before the request left the process is transient: after that,
+//! neither SES nor SNS deduplicates, so a resend could deliver the message twice.
 //! Messages are built from codes only, never from the provider's text, which can echo addresses.
 
 use herald_core::delivery::{ErrorClass, ProviderError};
@@ -9,11 +11,13 @@ use herald_core::delivery::{ErrorClass, ProviderError};
 pub enum Failure<'a> {
     /// The service answered with an error code (and an HTTP status when known).
     Service { code: Option<&'a str>, status: Option<u16>, message: Option<&'a str> },
-    /// No answer in time.
+    /// No answer in time: the request may have been delivered.
     Timeout,
-    /// The request never reached the service (DNS, connect, TLS).
+    /// The request never reached the service (DNS, connection refused, connect timeout).
     Dispatch,
-    /// An answer that could not be read.
+    /// The connection failed after the request may have been written (reset, closed early).
+    Lost,
+    /// An answer that could not be read: the request was delivered, its outcome is unknown.
     Response,
     /// The SDK refused to build the request: a bug or bad input, not worth retrying.
     Construction,
@@ -25,11 +29,16 @@ fn strip(code: &str) -> &str {
 
 fn transport(failure: &Failure<'_>) -> Option<ProviderError> {
     Some(match failure {
-        Failure::Timeout => ProviderError::new(ErrorClass::Transient, "Timeout", "no answer in time"),
+        Failure::Timeout => ProviderError::new(ErrorClass::MaybeDelivered, "Timeout", "no answer in time"),
         Failure::Dispatch => {
             ProviderError::new(ErrorClass::Transient, "Dispatch", "the request did not reach the provider")
         }
-        Failure::Response => ProviderError::new(ErrorClass::Transient, "Response", "unreadable answer"),
+        Failure::Lost => ProviderError::new(
+            ErrorClass::MaybeDelivered,
+            "ConnectionLost",
+            "the connection failed after the request was sent",
+        ),
+        Failure::Response => ProviderError::new(ErrorClass::MaybeDelivered, "Response", "unreadable answer"),
         Failure::Construction => {
             ProviderError::new(ErrorClass::Permanent, "Construction", "the request could not be built")
         }
@@ -179,10 +188,12 @@ mod tests {
     }
 
     #[test]
-    fn transport_failures_are_transient_and_bad_requests_permanent() {
-        for failure in [Failure::Timeout, Failure::Dispatch, Failure::Response] {
-            assert_eq!(ses(&failure).class, ErrorClass::Transient);
-            assert_eq!(sns(&failure).class, ErrorClass::Transient);
+    fn only_failures_before_the_request_left_are_transient() {
+        assert_eq!(ses(&Failure::Dispatch).class, ErrorClass::Transient);
+        assert_eq!(sns(&Failure::Dispatch).class, ErrorClass::Transient);
+        for failure in [Failure::Timeout, Failure::Lost, Failure::Response] {
+            assert_eq!(ses(&failure).class, ErrorClass::MaybeDelivered, "{failure:?}");
+            assert_eq!(sns(&failure).class, ErrorClass::MaybeDelivered, "{failure:?}");
         }
         assert_eq!(ses(&Failure::Construction).class, ErrorClass::Permanent);
     }
