@@ -1,6 +1,8 @@
-//! Broker faults, in a test binary of their own: `rabbitmqctl close_all_connections` closes every
-//! connection on the broker, which would disturb tests running beside it (and the tests here take
-//! turns for the same reason).
+//! Broker faults on the shared broker, in a test binary of their own: each test connects as a
+//! RabbitMQ user of its own and cuts only that user's connections
+//! (`rabbitmqctl close_all_user_connections`), so nothing else on the broker is disturbed. The
+//! tests here take turns so that each cut lands on one test's traffic only. Restarts of a whole
+//! broker run against a private node in the fault suite (`tests/faults`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use tokio::sync::Mutex;
 
 const REQUESTS: usize = 3_000;
 
-/// Each test here cuts every broker connection, so they must not overlap.
+/// Each test here cuts its connections mid-run; one at a time keeps the timings readable.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CONCURRENCY: usize = 8;
 
@@ -30,9 +32,11 @@ struct Outcomes {
 }
 
 #[tokio::test]
-async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_nothing() {
+async fn closing_the_apis_broker_connections_mid_run_loses_nothing_and_duplicates_nothing() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let app = Arc::new(TestApp::spawn_with(TestOptions::with_broker()).await);
+    let user = herald_tests::broker::DedicatedUser::create();
+    let app =
+        Arc::new(TestApp::spawn_with(TestOptions { amqp_url: Some(user.url()), ..TestOptions::with_broker() }).await);
     let id = app.live_campaign(&otp_sms("otp")).await;
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -74,19 +78,13 @@ async fn closing_every_broker_connection_mid_run_loses_nothing_and_duplicates_no
         })
         .collect();
 
-    // Let part of the run through, then cut every connection the broker has.
+    // Let part of the run through, then cut every connection of the api.
     let started = Instant::now();
     while outcomes.lock().await.accepted.len() < REQUESTS / 4 {
         assert!(started.elapsed() < Duration::from_secs(120), "a quarter of the requests were never accepted");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald fault test"]).output()
-    })
-    .await
-    .unwrap()
-    .expect("rabbitmqctl must be installed for this test");
-    assert!(output.status.success(), "rabbitmqctl failed: {}", String::from_utf8_lossy(&output.stderr));
+    user.close_connections().await;
     // The command returns once the connections are closed.
     let cut_at = Instant::now();
     let broker = app.ingest.as_ref().unwrap().broker().clone();
@@ -131,10 +129,17 @@ async fn a_worker_survives_losing_its_broker_connection_and_sends_everything_onc
     use herald_worker::providers::fake::ScriptedProvider;
     let _alone = ONE_AT_A_TIME.lock().await;
 
-    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let user = herald_tests::broker::DedicatedUser::create();
+    let app = TestApp::spawn_with(TestOptions { amqp_url: Some(user.url()), ..TestOptions::with_broker() }).await;
     let id = app.live_campaign(&otp_sms("otp")).await;
     // Slow sends, so that the cut lands while deliveries are in flight.
     let provider = Arc::new(ScriptedProvider::with_latency(Duration::from_millis(20)));
+    let broker = app.ingest.as_ref().unwrap().broker().clone();
+    let started = Instant::now();
+    while broker.sessions_established() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the api never connected to RabbitMQ");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let total = 600;
     for n in 0..total {
         let body = execution(&format!("w-{n}"), &id, &[("+33612345678", json!({"otp": format!("{n:06}")}))]);
@@ -146,13 +151,7 @@ async fn a_worker_survives_losing_its_broker_connection_and_sends_everything_onc
         assert!(started.elapsed() < Duration::from_secs(120), "the worker never sent a quarter of the messages");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let output = tokio::task::spawn_blocking(|| {
-        std::process::Command::new("rabbitmqctl").args(["close_all_connections", "herald worker fault test"]).output()
-    })
-    .await
-    .unwrap()
-    .expect("rabbitmqctl must be installed for this test");
-    assert!(output.status.success());
+    user.close_connections().await;
 
     let started = Instant::now();
     while provider.call_count() < total as u64 {

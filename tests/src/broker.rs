@@ -26,6 +26,55 @@ pub async fn connect() -> Connection {
     })
 }
 
+/// A RabbitMQ user of one test's own, so that the test can cut its own connections
+/// (`rabbitmqctl close_all_user_connections`) without touching anyone else's on the shared
+/// broker. Deleted (with its connections) on drop.
+#[derive(Debug)]
+pub struct DedicatedUser {
+    pub name: String,
+    password: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("rabbitmqctl must be installed for this test ({error})"));
+    assert!(output.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+impl DedicatedUser {
+    /// Creates the user with every permission on the default vhost.
+    pub fn create() -> Self {
+        let name = format!("herald-test-{}", Uuid::new_v4().simple());
+        let password = Uuid::new_v4().simple().to_string();
+        rabbitmqctl(&["add_user", &name, &password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        Self { name, password }
+    }
+
+    /// The broker URL with this user's credentials.
+    pub fn url(&self) -> String {
+        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+    }
+
+    /// Closes every connection this user has, and only those.
+    pub async fn close_connections(&self) {
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&["close_all_user_connections", &name, "herald fault test"]);
+        })
+        .await
+        .unwrap();
+    }
+}
+
+impl Drop for DedicatedUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl").args(["delete_user", &self.name]).output();
+    }
+}
+
 /// A message read back from a queue.
 #[derive(Debug, Clone)]
 pub struct Published {

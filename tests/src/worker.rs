@@ -63,7 +63,7 @@ impl TestWorker {
         }
         assert!(pipeline.campaigns().is_listening(), "the worker's campaign change listener did not start");
         let consumer = ConsumerSettings {
-            amqp_url: crate::broker::amqp_url(),
+            amqp_url: app.options.amqp_url.clone().unwrap_or_else(crate::broker::amqp_url),
             topology: app.topology().topology.clone(),
             channels: Channel::ALL.to_vec(),
             prefetch,
