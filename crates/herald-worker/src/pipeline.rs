@@ -252,7 +252,13 @@ impl Pipeline {
         };
         let (token, attempts) = match self.claims.submit(request).await.map_err(unbatched)? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
-            DeliveryClaim::Final(_) | DeliveryClaim::Abandoned => return Ok(Decision::Ack),
+            DeliveryClaim::Final(_) => return Ok(Decision::Ack),
+            DeliveryClaim::Abandoned => {
+                // This copy found a dead worker's claim with its call started: maybe sent.
+                tracing::warn!(execution_id = %key.execution_id, "a worker died during the provider call; recorded unknown, not resent");
+                observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Unknown, Some(reasons::MAYBE_SENT));
+                return Ok(Decision::Ack);
+            }
             DeliveryClaim::Busy => {
                 return Ok(Decision::Retry { tier: self.first_tier(), tiers_used });
             }
