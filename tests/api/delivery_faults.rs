@@ -249,3 +249,27 @@ async fn a_campaign_that_resends_maybe_sent_messages_calls_again_after_a_timeout
     assert_eq!(provider.call_count(), 2);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn an_outcome_whose_provider_texts_hold_a_nul_byte_is_still_written() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    let key = accepted_execution(&app, &campaign, "nul").await;
+    let request = claim_request(&key);
+    let token = request.token;
+    let claimed = app.store.claim_deliveries(&[request], chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(claimed[0], DeliveryClaim::Claimed { .. }), "{claimed:?}");
+    // A provider (or a man in the middle) answers with a NUL in its message id and error text.
+    let finish = Finish {
+        key,
+        token,
+        status: DeliveryStatus::Sent,
+        reason: Some("ok\0".into()),
+        provider_message_id: Some("m-\0-1".into()),
+        calls: 1,
+        last_error: Some("\0".into()),
+        retry_after: None,
+        now: chrono::Utc::now(),
+    };
+    assert_eq!(app.store.finish_deliveries(&[finish]).await.unwrap(), vec![true]);
+}

@@ -319,10 +319,13 @@ impl Store {
         let indexes: Vec<i32> = sorted.iter().map(|f| f.key.recipient_index).collect();
         let tokens: Vec<Uuid> = sorted.iter().map(|f| f.token).collect();
         let statuses: Vec<&str> = sorted.iter().map(|f| f.status.as_str()).collect();
-        let reasons: Vec<Option<&str>> = sorted.iter().map(|f| f.reason.as_deref()).collect();
-        let message_ids: Vec<Option<&str>> = sorted.iter().map(|f| f.provider_message_id.as_deref()).collect();
+        // Texts from a provider answer: a NUL byte (PostgreSQL cannot store it) must not make an
+        // outcome unwritable, since the worker holds it until it is written.
+        let storable = |text: &Option<String>| text.as_deref().map(|t| t.replace('\0', ""));
+        let reasons: Vec<Option<String>> = sorted.iter().map(|f| storable(&f.reason)).collect();
+        let message_ids: Vec<Option<String>> = sorted.iter().map(|f| storable(&f.provider_message_id)).collect();
         let calls: Vec<i32> = sorted.iter().map(|f| f.calls).collect();
-        let errors: Vec<Option<&str>> = sorted.iter().map(|f| f.last_error.as_deref()).collect();
+        let errors: Vec<Option<String>> = sorted.iter().map(|f| storable(&f.last_error)).collect();
         let nows: Vec<DateTime<Utc>> = sorted.iter().map(|f| f.now).collect();
         // A little less than the tier delay: the broker never delivers before the TTL expires.
         let not_before: Vec<Option<f64>> =
