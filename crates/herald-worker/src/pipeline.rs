@@ -288,7 +288,7 @@ impl Pipeline {
                 Err(error) => {
                     failures += 1;
                     // Every failure is logged at first, then one in ten: an outage lasts.
-                    if failures <= 3 || failures % 10 == 0 {
+                    if failures <= 3 || failures.is_multiple_of(10) {
                         tracing::warn!(%error, execution_id = %finish.key.execution_id, status = finish.status.as_str(),
                             failures, "could not record a delivery outcome; holding it and trying again");
                     }
