@@ -273,3 +273,21 @@ async fn an_outcome_whose_provider_texts_hold_a_nul_byte_is_still_written() {
     };
     assert_eq!(app.store.finish_deliveries(&[finish]).await.unwrap(), vec![true]);
 }
+
+#[tokio::test]
+async fn an_exclusion_settles_a_dead_workers_claim_that_never_reached_its_call() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    let key = accepted_execution(&app, &campaign, "orphan").await;
+    let mut request = claim_request(&key);
+    request.now -= chrono::Duration::minutes(10);
+    let claimed = app.store.claim_deliveries(&[request], chrono::Duration::seconds(60)).await.unwrap();
+    assert!(matches!(claimed[0], DeliveryClaim::Claimed { .. }), "{claimed:?}");
+    // The campaign was stopped meanwhile: the redelivered copy is excluded, and the row with it.
+    app.store
+        .record_delivery(&key, None, DeliveryStatus::Excluded, "campaign-not-live", chrono::Utc::now())
+        .await
+        .unwrap();
+    let execution_id = key.execution_id.to_string();
+    assert_eq!(status_of(&app, &execution_id).await["status"], "excluded");
+}

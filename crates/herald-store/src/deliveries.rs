@@ -366,7 +366,8 @@ impl Store {
     }
 
     /// Records a delivery decided without a provider call (excluded, or failed before sending).
-    /// A delivery that already has a row keeps it.
+    /// A delivery that already has a row keeps it, unless it waits for a retry or is a dead
+    /// worker's claim that never reached its call (else it would stay `sending` for ever).
     pub async fn record_delivery(
         &self,
         key: &DeliveryKey,
@@ -383,8 +384,20 @@ impl Store {
                  VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $8)
                  ON CONFLICT (execution_id, recipient_index) DO UPDATE
                     SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at
-                  WHERE deliveries.status = 'retrying'",
-                &[&key.execution_id, &key.recipient_index, &status.as_str(), &reason, &version_id, &key.campaign_id, &key.channel, &now],
+                  WHERE deliveries.status = 'retrying'
+                     OR (deliveries.status = 'sending' AND deliveries.call_started_at IS NULL
+                         AND deliveries.claimed_at < EXCLUDED.updated_at - make_interval(secs => $9))",
+                &[
+                    &key.execution_id,
+                    &key.recipient_index,
+                    &status.as_str(),
+                    &reason,
+                    &version_id,
+                    &key.campaign_id,
+                    &key.channel,
+                    &now,
+                    &(UNSTARTED_CLAIM_STALE.num_milliseconds() as f64 / 1000.0),
+                ],
             )
             .await?;
         Ok(())
