@@ -64,7 +64,7 @@ pub async fn load_config(settings: &AwsSettings) -> SdkConfig {
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    loader.load().await
+    loader.http_client(super::transmit::gated_https_client()).load().await
 }
 
 pub fn ses_client(config: &SdkConfig) -> aws_sdk_sesv2::Client {
@@ -238,6 +238,10 @@ pub fn push_payload(message: &PushMessage) -> String {
 }
 
 impl Provider for AwsProvider {
+    fn gates_transmission(&self) -> bool {
+        true
+    }
+
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
         Box::pin(self.email(message))
     }
@@ -265,6 +269,8 @@ impl Provider for AwsProvider {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn settings(endpoint: String) -> AwsSettings {
@@ -292,6 +298,59 @@ mod tests {
     async fn send_to(endpoint: String) -> ProviderError {
         let provider = AwsProvider::new(&load_config(&settings(endpoint)).await);
         provider.send_email(&email()).await.expect_err("the call must fail")
+    }
+
+    /// A listener that counts the connections made to it and answers none.
+    async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&count);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        (endpoint, count, task)
+    }
+
+    fn gate(answer: super::super::transmit::GateAnswer) -> super::super::transmit::TransmitGate {
+        super::super::transmit::TransmitGate::new(Arc::new(move || {
+            let answer = answer.clone();
+            Box::pin(async move { answer })
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_does_not_open_keeps_the_request_in_the_process() {
+        use super::super::transmit;
+        let (endpoint, connections, server) = counting_listener().await;
+        let provider = AwsProvider::new(&load_config(&settings(endpoint)).await);
+        for answer in [Ok(false), Err("database unavailable".to_string())] {
+            let gate = gate(answer.clone());
+            let result = transmit::through(gate.clone(), provider.send_email(&email())).await;
+            assert!(result.is_err());
+            assert_eq!(gate.answer(), Some(answer), "the request reached the gate");
+        }
+        // The signed request got as far as the gate and no further.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_opens_lets_the_request_out_once_written() {
+        use super::super::transmit;
+        let (endpoint, connections, server) = counting_listener().await;
+        let provider = AwsProvider::new(&load_config(&settings(endpoint)).await);
+        let gate = gate(Ok(true));
+        let error = transmit::through(gate.clone(), provider.send_email(&email())).await.unwrap_err();
+        assert_eq!(gate.answer(), Some(Ok(true)));
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(error.class, ErrorClass::MaybeDelivered, "sent, then no answer: {error}");
+        server.abort();
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod classify;
 pub mod fake;
 pub mod outbox;
+pub mod transmit;
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,13 @@ pub type ProviderResult<T> = Result<T, ProviderError>;
 
 /// Sends rendered messages. Implementations classify every failure.
 pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Whether the provider opens the current task's [`transmit::TransmitGate`] itself, just
+    /// before a request leaves the process. Providers that do not are gated by the worker just
+    /// before the call.
+    fn gates_transmission(&self) -> bool {
+        false
+    }
+
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
     fn send_sms<'a>(&'a self, message: &'a SmsMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;
     /// Registers `token` with the platform application; returns the endpoint to publish to.
