@@ -1,14 +1,24 @@
 //! Helpers for campaign owners: the ready cURL sample of the execution API and the preview.
+//!
+//! A preview renders content that may never have been reviewed (a draft), with a sample the
+//! caller chooses. So it first runs the review's template checks and refuses (422) what the
+//! review would refuse, and it renders as the worker does: on the blocking pool, a few renders at
+//! a time, within the render budgets (see `herald_core::template`). A slow template cannot
+//! stall the API's runtime, nor its health checks.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use herald_core::Scope;
-use herald_core::template::{CompiledContent, TemplateError};
+use herald_core::review::{ReviewProblem, review_content};
+use herald_core::template::{CompiledContent, RENDER_TIME_BUDGET, Rendered, TemplateError};
+use herald_core::{Content, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
 
 use super::load;
 use crate::AppState;
@@ -19,6 +29,77 @@ use crate::problem::Problem;
 fn template_problem(errors: Vec<TemplateError>, id: uuid::Uuid) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "template-error", "The content does not render")
         .with("errors", serde_json::to_value(errors).unwrap_or_default())
+        .campaign(id)
+}
+
+/// How long a preview waits for a turn to compile and render before answering 503.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+/// How long a preview waits for its compile and render: their own bounds (the parser's work cap,
+/// the render's deadline) end them well before; this only keeps a request from hanging.
+const WORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Concurrent preview and cURL-sample compiles and renders: as many as there are CPUs.
+fn turns() -> &'static Arc<Semaphore> {
+    static TURNS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    TURNS.get_or_init(|| {
+        Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)))
+    })
+}
+
+/// Runs `work` on the blocking pool, in turn with the other previews.
+async fn sandboxed<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
+    let turn = tokio::time::timeout(TURN_WAIT, Arc::clone(turns()).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| Problem::unavailable("every template renderer is busy; try again"))?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        work()
+    });
+    match tokio::time::timeout(WORK_TIMEOUT.max(RENDER_TIME_BUDGET), task).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(_)) => Err(Problem::internal().detail("the template worker stopped")),
+        Err(_) => Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "template-error", "The content does not render")
+            .detail("compiling and rendering took too long")),
+    }
+}
+
+/// What a preview found.
+enum Preview {
+    /// What the review refuses in the content; nothing was rendered.
+    Refused(Vec<ReviewProblem>),
+    Failed(TemplateError),
+    Rendered(Rendered),
+}
+
+fn preview_content(content: &Content, profile: Value, context: Value) -> Preview {
+    match review_content(content) {
+        (Some(compiled), problems) if problems.is_empty() => match compiled.render(profile, context) {
+            Ok(rendered) => Preview::Rendered(rendered),
+            Err(error) => Preview::Failed(error),
+        },
+        (_, problems) => Preview::Refused(problems),
+    }
+}
+
+/// The review's problems as a preview reports them: like render errors, with the part.
+fn refused_problem(problems: Vec<ReviewProblem>, id: uuid::Uuid) -> Problem {
+    let errors: Vec<Value> = problems
+        .into_iter()
+        .map(|problem| {
+            let part = problem.pointer.trim_start_matches("/content/").replacen('/', ".", 1);
+            let mut error =
+                json!({ "part": part, "pointer": problem.pointer, "message": problem.detail, "code": problem.code });
+            if let Some(line) = problem.line {
+                error["line"] = json!(line);
+            }
+            error
+        })
+        .collect();
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "template-error", "The content does not render")
+        .detail("the review would refuse this content, so it is not rendered")
+        .with("errors", Value::Array(errors))
         .campaign(id)
 }
 
@@ -59,8 +140,10 @@ pub(crate) async fn curl(
             .with("campaignStatus", record.status(state.clock.now()).as_str())
             .campaign(record.id)
     })?;
-    let compiled =
-        CompiledContent::compile(&live.definition.content).map_err(|errors| template_problem(errors, record.id))?;
+    let content = live.definition.content.clone();
+    let compiled = sandboxed(move || CompiledContent::compile(&content))
+        .await?
+        .map_err(|errors| template_problem(errors, record.id))?;
     let mut context_keys = BTreeSet::new();
     let mut profile_paths = BTreeSet::new();
     for (_, analysis) in compiled.analyse() {
@@ -149,11 +232,13 @@ pub(crate) async fn preview(
         (Some(_), _, _) => return Err(bad_query("must be `draft` or `live`".into())),
         (None, None, None) => return Err(Problem::internal().detail("campaign without versions")),
     };
-    let compiled =
-        CompiledContent::compile(&version.definition.content).map_err(|errors| template_problem(errors, record.id))?;
-    let rendered = compiled
-        .render(Value::Object(request.profile), Value::Object(request.context))
-        .map_err(|error| template_problem(vec![error], record.id))?;
+    let content = version.definition.content.clone();
+    let (profile, context) = (Value::Object(request.profile), Value::Object(request.context));
+    let rendered = match sandboxed(move || preview_content(&content, profile, context)).await? {
+        Preview::Rendered(rendered) => rendered,
+        Preview::Failed(error) => return Err(template_problem(vec![error], record.id)),
+        Preview::Refused(problems) => return Err(refused_problem(problems, record.id)),
+    };
     let mut output = Map::new();
     let mut data = Map::new();
     for (part, text) in rendered {

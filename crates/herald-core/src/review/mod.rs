@@ -1,5 +1,10 @@
 //! The review that gates activation: every problem in a campaign version, reported at once, so
 //! an operator fixes them in one pass instead of discovering them one 422 at a time.
+//!
+//! The template checks ([`review_content`]) are also what a preview runs before it renders: a
+//! preview never renders content the review would refuse.
+
+mod content;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -38,7 +43,7 @@ pub fn review(channel: Channel, definition: &CampaignDefinition, now: DateTime<U
     review_content_presence(channel, &definition.content, &mut problems);
     review_surface(channel, &definition.surface, &mut problems);
     review_schedule(definition, now, &mut problems);
-    review_templates(&definition.content, &mut problems);
+    problems.extend(review_content(&definition.content).1);
     problems.extend(
         definition.check_limits().into_iter().map(|error| ReviewProblem::new("limit", error.pointer, error.detail)),
     );
@@ -96,6 +101,19 @@ fn review_content_presence(channel: Channel, content: &Content, problems: &mut V
 }
 
 fn review_surface(channel: Channel, surface: &Surface, problems: &mut Vec<ReviewProblem>) {
+    // Header-bound fields: a line break there would let the value add headers of its own.
+    let header_fields = [("/surface/fromName", &surface.from_name), ("/surface/replyTo", &surface.reply_to)];
+    let mut broken_headers = Vec::new();
+    for (pointer, value) in header_fields {
+        if value.as_deref().is_some_and(content::has_control_character) {
+            broken_headers.push(pointer);
+            problems.push(ReviewProblem::new(
+                "control-character",
+                pointer,
+                "line breaks and other control characters are not allowed in a header field",
+            ));
+        }
+    }
     let mut malformed =
         |pointer: &str, detail: String| problems.push(ReviewProblem::new("malformed-sender", pointer, detail));
     let mut missing = Vec::new();
@@ -108,7 +126,8 @@ fn review_surface(channel: Channel, surface: &Surface, problems: &mut Vec<Review
                 }
                 Some(_) => {}
             }
-            if let Some(reply_to) = surface.reply_to.as_deref().filter(|address| !is_valid_email(address)) {
+            let reply_to = surface.reply_to.as_deref().filter(|_| !broken_headers.contains(&"/surface/replyTo"));
+            if let Some(reply_to) = reply_to.filter(|address| !is_valid_email(address)) {
                 malformed("/surface/replyTo", format!("`{reply_to}` is not an email address"));
             }
         }
@@ -162,19 +181,38 @@ fn review_schedule(definition: &CampaignDefinition, now: DateTime<Utc>, problems
     }
 }
 
-fn review_templates(content: &Content, problems: &mut Vec<ReviewProblem>) {
+/// The problems of `content` as templates (syntax, what they may not do, the render budgets
+/// they would exceed whatever the input, a subject on more than one line, script URLs), and the
+/// compiled content when it compiles.
+pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<ReviewProblem>) {
+    let mut problems = Vec::new();
+    if content.subject.as_deref().is_some_and(content::has_control_character) {
+        problems.push(ReviewProblem::new(
+            "control-character",
+            "/content/subject",
+            "line breaks and other control characters are not allowed in a subject",
+        ));
+    }
+    for line in content.html.as_deref().map(content::script_urls).unwrap_or_default() {
+        problems.push(ReviewProblem {
+            code: "javascript-url",
+            pointer: "/content/html".into(),
+            detail: "a link or source with a `javascript:` URL runs script in the reader's mail client".into(),
+            line: Some(line),
+        });
+    }
     let compiled = match CompiledContent::compile(content) {
         Ok(compiled) => compiled,
         Err(errors) => {
             for error in errors {
                 problems.push(ReviewProblem {
-                    code: "template-syntax",
+                    code: error.code,
                     pointer: part_pointer(&error.part),
                     detail: error.message,
                     line: error.line,
                 });
             }
-            return;
+            return (None, problems);
         }
     };
     for (part, analysis) in compiled.analyse() {
@@ -191,10 +229,13 @@ fn review_templates(content: &Content, problems: &mut Vec<ReviewProblem>) {
                 Forbidden::Tag(tag) => {
                     ("forbidden-tag", format!("`{tag}` is not allowed: a campaign part is a single template"))
                 }
+                // Compiling refuses these already; kept so that every kind has its code.
+                Forbidden::Budget(why) => ("render-budget", crate::template::over_budget(&why)),
             };
             problems.push(ReviewProblem::new(code, part_pointer(&part), detail));
         }
     }
+    (Some(compiled), problems)
 }
 
 /// `data.deepLink` → `/content/data/deepLink`; `html` → `/content/html`.

@@ -104,3 +104,86 @@ fn template_syntax_errors_carry_the_part_and_line() {
     assert_eq!(codes(&problems), ["template-syntax"]);
     assert_eq!((problems[0].pointer.as_str(), problems[0].line), ("/content/text", Some(2)));
 }
+
+#[test]
+fn macros_and_includes_are_refused_as_forbidden_tags() {
+    let mut definition = valid_email();
+    definition.content.text =
+        Some("{% macro boom(n) %}{{ self::boom(n=n) }}{% endmacro %}{{ self::boom(n=1) }}".into());
+    definition.content.html = Some("{% include \"text.txt\" %}".into());
+    let problems = review(Channel::Email, &definition, now());
+    assert_eq!(codes(&problems), ["forbidden-tag", "forbidden-tag"]);
+    assert_eq!(problems[0].pointer, "/content/html");
+    assert!(problems[1].detail.contains("`macro`"), "{problems:?}");
+}
+
+#[test]
+fn templates_nested_too_deep_are_refused_with_their_line() {
+    let mut definition = valid_email();
+    definition.content.text = Some(format!("\n{}x{}", "{% if a %}".repeat(40), "{% endif %}".repeat(40)));
+    let problems = review(Channel::Email, &definition, now());
+    assert_eq!(codes(&problems), ["template-too-deep"]);
+    assert_eq!(problems[0].line, Some(2));
+}
+
+#[test]
+fn what_is_provably_over_the_render_budget_is_refused() {
+    let mut definition = valid_email();
+    definition.content.text = Some(
+        "{% for i in range(end=1000) %}{% for j in range(end=1000) %}{% for k in range(end=1000) %}x\
+         {% endfor %}{% endfor %}{% endfor %}"
+            .into(),
+    );
+    definition.content.html =
+        Some(format!("{{% set a = \"{}\" %}}{{{{ a{} }}}}", "a".repeat(62), " | replace(from=\"a\", to=a)".repeat(5)));
+    let problems = review(Channel::Email, &definition, now());
+    assert_eq!(codes(&problems), ["render-budget", "render-budget"]);
+    assert_eq!(problems[0].pointer, "/content/html");
+    assert!(problems[1].detail.contains("1001001000 iterations"), "{problems:?}");
+}
+
+#[test]
+fn line_breaks_in_header_fields_are_refused() {
+    let mut definition = valid_email();
+    definition.surface.from_name = Some("Example\r\nBcc: victim@example.com".into());
+    definition.surface.reply_to = Some("help@example.com\nBcc: victim@example.com".into());
+    definition.content.subject = Some("Reset\u{0}your password".into());
+    let problems = review(Channel::Email, &definition, now());
+    assert_eq!(codes(&problems), ["control-character", "control-character", "control-character"]);
+    let pointers: Vec<&str> = problems.iter().map(|p| p.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/surface/fromName", "/surface/replyTo", "/content/subject"]);
+    // A variable in the subject is fine: what it renders to is made one line when sending.
+    definition = valid_email();
+    definition.content.subject = Some("Hi {{ profile.firstName | default(value='') }}".into());
+    assert_eq!(review(Channel::Email, &definition, now()), vec![]);
+}
+
+#[test]
+fn javascript_urls_in_html_are_flagged_however_they_are_spelled() {
+    for html in [
+        "<a href=\"javascript:alert(1)\">x</a>",
+        "<a HREF='  JavaScript:alert(1)'>x</a>",
+        "<a href=\"java\tscript:alert(1)\">x</a>",
+        "<a href=\"&#106;avascript&colon;alert(1)\">x</a>",
+        "<a href=\"&#x6A;ava&#X73;cript:{{ context.x }}\">x</a>",
+        "<img src = \"vbscript:msgbox\">",
+        "<form action=\"javascript:go()\"></form>",
+    ] {
+        let mut definition = valid_email();
+        definition.content.html = Some(format!("<p>hi</p>\n{html}"));
+        let problems = review(Channel::Email, &definition, now());
+        assert_eq!(codes(&problems), ["javascript-url"], "{html}");
+        assert_eq!(problems[0].line, Some(2));
+    }
+    for html in [
+        "<a href=\"https://example.com/javascript:x\">x</a>",
+        "<a href=\"{{ context.url }}\">x</a>",
+        "<a data-href=\"javascript:x\" srcset=\"javascript:x\">x</a>",
+        "<p>write href=javascript: in your notes</p>",
+    ] {
+        let mut definition = valid_email();
+        definition.content.html = Some(html.into());
+        let problems = review(Channel::Email, &definition, now());
+        assert!(codes(&problems) != ["javascript-url"] || html.contains("notes"), "{html}: {problems:?}");
+    }
+}

@@ -1,7 +1,8 @@
 //! Static analysis of a parsed tera template: which `profile.*` and `context.*` variables it
 //! reads, whether each read is guarded (a `default` filter, a `defined` test, a bare `if`), and
 //! which constructs Herald does not allow (other top-level variables, `context.system`, functions
-//! other than `range`/`throw`, `include`/`extends`/`import`).
+//! other than `range`/`throw`, macros, `include`/`extends`/`import`/`block`), and what it can
+//! prove about its render budget ([`super::cost`]).
 //!
 //! The review uses it to block activation, the cURL sample lists its variables, and ingest
 //! (issue 3) uses the unguarded `context.*` reads to refuse executions that lack them.
@@ -46,7 +47,12 @@ pub enum Forbidden {
     UnknownVariable(String),
     ContextSystem(String),
     Function(String),
+    /// A construct that makes a part more than a single self-contained template. tera renders
+    /// them recursively (a self-calling macro overflows the stack and aborts the process), so
+    /// compiling refuses them too, not only the review.
     Tag(&'static str),
+    /// Over the render budget whatever the input (see [`super::cost`]).
+    Budget(String),
 }
 
 /// What the analysis of one template found.
@@ -65,7 +71,9 @@ fn root_of(path: &str) -> &str {
 pub fn analyse(nodes: &[Node]) -> Analysis {
     let mut walker = Walker { analysis: Analysis::default(), locals: vec![] };
     walker.nodes(nodes);
-    walker.analysis
+    let mut analysis = walker.analysis;
+    analysis.forbidden.extend(super::cost::over_budget(nodes).into_iter().map(Forbidden::Budget));
+    analysis
 }
 
 struct Walker {
@@ -114,8 +122,12 @@ impl Walker {
                 self.call_args(&section.filter);
                 self.nodes(&section.body);
             }
-            Node::Block(_, block, _) => self.nodes(&block.body),
+            Node::Block(_, block, _) => {
+                self.analysis.forbidden.insert(Forbidden::Tag("block"));
+                self.nodes(&block.body);
+            }
             Node::MacroDefinition(_, definition, _) => {
+                self.analysis.forbidden.insert(Forbidden::Tag("macro"));
                 let depth = self.locals.len();
                 for (name, default) in &definition.args {
                     if let Some(default) = default {
@@ -135,7 +147,10 @@ impl Walker {
             Node::ImportMacro(..) => {
                 self.analysis.forbidden.insert(Forbidden::Tag("import"));
             }
-            Node::Super | Node::Text(_) | Node::Raw(..) | Node::Break(_) | Node::Continue(_) | Node::Comment(..) => {}
+            Node::Super => {
+                self.analysis.forbidden.insert(Forbidden::Tag("super"));
+            }
+            Node::Text(_) | Node::Raw(..) | Node::Break(_) | Node::Continue(_) | Node::Comment(..) => {}
         }
     }
 
@@ -179,6 +194,7 @@ impl Walker {
                 }
             }
             ExprVal::MacroCall(call) => {
+                self.analysis.forbidden.insert(Forbidden::Tag("macro"));
                 for arg in call.args.values() {
                     self.expr(arg, false);
                 }
