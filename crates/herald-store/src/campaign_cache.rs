@@ -111,6 +111,7 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
         let mut delay = Duration::from_millis(100);
         loop {
             if let Err(error) = self.listen_once().await {
+                let error = crate::error::describe(&error);
                 tracing::warn!(%error, "campaign change listener lost; the cache is bypassed until it is back");
             }
             self.listening.store(false, Ordering::SeqCst);
@@ -134,6 +135,7 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        let error = crate::error::describe(&error);
                         tracing::warn!(%error, "campaign change listener connection failed");
                         return;
                     }

@@ -182,7 +182,9 @@ impl Store {
     }
 
     /// Campaigns of `sandbox` in creation order, optionally only those with `status` at `now`,
-    /// starting after the campaign `after` (a cursor from the previous page).
+    /// starting after the campaign `after` (a cursor from the previous page). A cursor that names
+    /// no campaign of the sandbox (deleted, made up, or another sandbox's) gives an empty page, so
+    /// a cursor cannot tell whether another sandbox's id exists.
     pub async fn list_campaigns(
         &self,
         sandbox: &str,
@@ -193,7 +195,7 @@ impl Store {
     ) -> Result<Vec<CampaignRecord>, StoreError> {
         let sql = format!(
             "{SELECT_CAMPAIGN} WHERE c.sandbox = $1 AND ($2::text IS NULL OR {STATUS_SQL} = $2)
-               AND ($4::uuid IS NULL OR (c.created_at, c.id) > (SELECT created_at, id FROM campaigns WHERE id = $4))
+               AND ($4::uuid IS NULL OR (c.created_at, c.id) > (SELECT created_at, id FROM campaigns WHERE id = $4 AND sandbox = $1))
              ORDER BY c.created_at, c.id LIMIT $5"
         );
         let status = status.map(CampaignStatus::as_str);

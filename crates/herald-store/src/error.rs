@@ -19,11 +19,19 @@ pub enum StoreError {
 
 /// The SQLSTATE, severity and message of a database error (tokio-postgres's own `Display` says
 /// only "db error"). The `detail` part is left out: it can quote row values, i.e. personal data.
-fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.code().code(), db.severity(), db.message()),
-        None => error.to_string(),
+/// Any other error is shown with its causes (its `Display` alone omits them, e.g. the I/O error
+/// behind "error communicating with the server").
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.code().code(), db.severity(), db.message());
     }
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        text.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    text
 }
 
 /// SQLSTATEs of a statement PostgreSQL aborted to resolve a conflict with another transaction
@@ -81,11 +89,11 @@ impl From<tokio_postgres::Error> for StoreError {
             // No SQLSTATE and an I/O cause or a closed connection: the database is out of reach.
             // Without either (a row count or a type the code did not expect) it is a bug: 500,
             // not a 503 inviting a retry that would fail the same way.
-            None if error.is_closed() || io_cause(&error) => StoreError::Unavailable(error.to_string()),
+            None if error.is_closed() || io_cause(&error) => StoreError::Unavailable(describe(&error)),
             None => StoreError::Database(error),
             // Class 08 is connection exceptions, 57P0x is the server shutting down.
             Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
-                StoreError::Unavailable(error.to_string())
+                StoreError::Unavailable(describe(&error))
             }
             Some(_) => StoreError::Database(error),
         }

@@ -1,7 +1,6 @@
 //! Lifecycle actions: activate (the review), stop, archive, duplicate.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::lifecycle::{self, Action};
@@ -13,7 +12,7 @@ use serde_json::Value;
 use super::{Refusal, campaign_not_found, campaign_view, change, load, name_taken, parse_id};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::json::parse;
+use crate::json::{RawBody, parse};
 use crate::problem::Problem;
 
 /// How many `"NAME copy N"` names a duplicate tries before giving up.
@@ -94,7 +93,7 @@ pub(crate) async fn duplicate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     caller.require(Scope::CampaignsWrite)?;
     // No body (or `null`) means "pick a name for me".

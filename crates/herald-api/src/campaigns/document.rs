@@ -85,6 +85,18 @@ impl CampaignDocument {
         if self.description.as_ref().is_some_and(|description| description.len() > 2_000) {
             errors.push(FieldError { pointer: "/description".into(), detail: "at most 2000 bytes".into() });
         }
+        // PostgreSQL's timestamps end at 4713 BC (chrono's reach further): activation copies the
+        // schedule into timestamp columns, where such a date would fail the statement.
+        for (pointer, at) in
+            [("/schedule/startDate", self.schedule.start_date), ("/schedule/endDate", self.schedule.end_date)]
+        {
+            if at.is_some_and(|at| !(1..=9999).contains(&chrono::Datelike::year(&at))) {
+                errors.push(FieldError {
+                    pointer: pointer.into(),
+                    detail: "must be between the years 1 and 9999".into(),
+                });
+            }
+        }
         errors.extend(self.definition().check_limits());
         errors
     }

@@ -31,8 +31,22 @@ pub(crate) struct ReportQuery {
     bucket_seconds: Option<i64>,
 }
 
+/// Report bounds are kept to years 1 to 9999: PostgreSQL's timestamps end at 4713 BC, and
+/// window arithmetic near chrono's own limits would overflow.
+fn within_years(at: Option<DateTime<Utc>>) -> bool {
+    at.is_none_or(|at| (1..=9999).contains(&chrono::Datelike::year(&at)))
+}
+
 impl ReportQuery {
     fn window(&self, now: DateTime<Utc>) -> Result<ReportWindow, Problem> {
+        for (pointer, at) in [("/from", self.from), ("/to", self.to)] {
+            if !within_years(at) {
+                return Err(Problem::validation(
+                    "Invalid report window",
+                    vec![Problem::field_error(pointer, "must be between the years 1 and 9999")],
+                ));
+            }
+        }
         ReportWindow::new(self.from, self.to, self.bucket_seconds, now).map_err(|error| {
             let pointer = match error {
                 WindowError::Empty | WindowError::TooLong => "/from",
