@@ -1,5 +1,6 @@
 //! API key scopes: what a key may do inside its sandbox. Managing campaigns and executing them
-//! are separate so that the key a client system embeds cannot change what gets sent.
+//! are separate so that the key a client system embeds cannot change what gets sent; managing
+//! keys is separate again, and a key can only hand out (or rotate) scopes it holds itself.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,16 +13,19 @@ pub enum Scope {
     ProfilesWrite,
     ExecutionsWrite,
     ExecutionsRead,
+    /// List, create, revoke and rotate the sandbox's keys (`/api-keys`).
+    KeysAdmin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::CampaignsRead,
         Scope::CampaignsWrite,
         Scope::ProfilesRead,
         Scope::ProfilesWrite,
         Scope::ExecutionsWrite,
         Scope::ExecutionsRead,
+        Scope::KeysAdmin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,7 +36,16 @@ impl Scope {
             Scope::ProfilesWrite => "profiles:write",
             Scope::ExecutionsWrite => "executions:write",
             Scope::ExecutionsRead => "executions:read",
+            Scope::KeysAdmin => "keys:admin",
         }
+    }
+
+    /// The scopes of `wanted` that `held` lacks, in order: what a key would gain by granting them.
+    pub fn missing_from(wanted: &[Scope], held: &[Scope]) -> Vec<Scope> {
+        let mut missing: Vec<Scope> = wanted.iter().copied().filter(|scope| !held.contains(scope)).collect();
+        missing.sort();
+        missing.dedup();
+        missing
     }
 
     /// Parses a comma-separated list; `all` stands for every scope.
@@ -80,5 +93,18 @@ mod tests {
         assert_eq!(Scope::parse_list("all,campaigns:read").unwrap(), Scope::ALL);
         assert!(Scope::parse_list("campaigns:delete").unwrap_err().contains("unknown scope"));
         assert!(Scope::parse_list(" , ").is_err());
+        assert!(Scope::parse_list("all").unwrap().contains(&Scope::KeysAdmin));
+        assert_eq!(Scope::parse_list("keys:admin").unwrap(), [Scope::KeysAdmin]);
+    }
+
+    #[test]
+    fn missing_scopes_are_those_wanted_but_not_held() {
+        let held = [Scope::CampaignsRead, Scope::KeysAdmin];
+        assert_eq!(Scope::missing_from(&[Scope::CampaignsRead], &held), []);
+        assert_eq!(
+            Scope::missing_from(&[Scope::ExecutionsWrite, Scope::CampaignsRead, Scope::ExecutionsWrite], &held),
+            [Scope::ExecutionsWrite]
+        );
+        assert_eq!(Scope::missing_from(&Scope::ALL, &Scope::ALL), []);
     }
 }
