@@ -2,11 +2,13 @@
 //! reset, once per time it was dead-lettered, whoever asks and however often.
 
 use chrono::{DateTime, Utc};
+use herald_core::Channel;
 use herald_store::{DeadLetter, Store, StoreError};
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
 use crate::broker::{Broker, OutgoingMessage, PublishError};
+use crate::topology::Topology;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayOutcome {
@@ -39,7 +41,7 @@ pub async fn replay_dead_letter(
             None => ReplayOutcome::NotFound,
         });
     };
-    if let Err(error) = broker.publish_all(&[message_of(&letter, now)]).await {
+    if let Err(error) = broker.publish_all(&[message_of(broker.topology(), &letter, now)]).await {
         store.abort_replay(id).await?;
         return Err(error.into());
     }
@@ -47,10 +49,16 @@ pub async fn replay_dead_letter(
     Ok(ReplayOutcome::Replayed)
 }
 
-/// The original body and id, without the retry and dead-letter headers of its previous life.
-fn message_of(letter: &DeadLetter, now: DateTime<Utc>) -> OutgoingMessage {
+/// The original body and id, without the retry and dead-letter headers of its previous life,
+/// to its sandbox's shard (a letter without a known channel and sandbox goes where it came from).
+fn message_of(topology: &Topology, letter: &DeadLetter, now: DateTime<Utc>) -> OutgoingMessage {
+    let channel = Topology::channel_of_routing_key(&letter.channel).parse::<Channel>().ok();
+    let routing_key = match (channel, letter.sandbox.as_deref()) {
+        (Some(channel), Some(sandbox)) => topology.routing_key_for(channel, sandbox),
+        _ => letter.channel.clone(),
+    };
     OutgoingMessage {
-        routing_key: letter.channel.clone(),
+        routing_key,
         message_id: letter.message_id.clone(),
         payload: letter.body.clone(),
         headers: FieldTable::default(),

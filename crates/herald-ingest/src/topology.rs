@@ -1,13 +1,20 @@
 //! The broker topology, declared idempotently by every API and worker process at start-up.
 //!
 //! ```text
-//! PREFIX.work (direct) ──email/sms/push──▶ PREFIX.email | PREFIX.sms | PREFIX.push   (quorum)
-//!        ▲                                     │ delivery limit reached
-//!        │ TTL expired                         ▼
+//! PREFIX.work (direct) ──sms | sms.1 … sms.N-1──▶ PREFIX.sms | PREFIX.sms.1 … PREFIX.sms.N-1  (quorum)
+//!        ▲              (the same for email, push)    │ delivery limit reached
+//!        │ TTL expired                                 ▼
 //! PREFIX.retry.Ns (quorum, x-message-ttl)   PREFIX.dead (fanout) ──▶ PREFIX.dead (quorum)
 //!        ▲
 //! PREFIX.retry (headers: herald-retry-tier = Ns)
 //! ```
+//!
+//! Each channel has `shards` queues, and a sandbox's messages all go to one of them, chosen by a
+//! hash of its name, so that workers, which consume every shard with the same prefetch and hand
+//! out their concurrency first come first served, serve the shards in turn: one sandbox's burst
+//! waits in its own shard instead of in front of everyone's OTPs. Shard 0 is the channel queue of
+//! releases before sharding (`PREFIX.sms`, routing key `sms`), so a running deployment keeps its
+//! queued messages, old publishers keep working, and `shards = 1` is the unsharded topology.
 //!
 //! The retry exchange routes on a header **without** the `x-` prefix: RabbitMQ ignores binding
 //! keys that start with `x-` when matching (`x-match: all`), so a binding on such a header alone
@@ -41,8 +48,10 @@ pub struct Topology {
     pub retry_tiers: Vec<Duration>,
     /// Deliveries of one message before the broker dead-letters it (poison messages).
     pub delivery_limit: u32,
-    /// Bound on each channel queue; publishes beyond it are refused (and answered 503).
+    /// Bound on each channel queue (each shard); publishes beyond it are refused (and answered 503).
     pub max_queue_length: Option<u32>,
+    /// Queues per channel; a sandbox's messages all go to one, by a hash of its name.
+    pub shards: u16,
 }
 
 impl Default for Topology {
@@ -52,6 +61,7 @@ impl Default for Topology {
             retry_tiers: vec![Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(300)],
             delivery_limit: 10,
             max_queue_length: None,
+            shards: 8,
         }
     }
 }
@@ -77,8 +87,52 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// The channel's first shard, which is also its queue from before sharding.
     pub fn channel_queue(&self, channel: Channel) -> String {
         format!("{}.{}", self.prefix, channel.as_str())
+    }
+
+    /// The shard of `sandbox`: FNV-1a of its name (stable across processes, versions and
+    /// platforms, unlike std's hasher), modulo the number of shards.
+    pub fn shard_of(&self, sandbox: &str) -> u16 {
+        let hash = sandbox
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+        u16::try_from(hash % u64::from(self.shards.max(1))).unwrap_or(0)
+    }
+
+    pub fn shard_queue(&self, channel: Channel, shard: u16) -> String {
+        match shard {
+            0 => self.channel_queue(channel),
+            shard => format!("{}.{}.{shard}", self.prefix, channel.as_str()),
+        }
+    }
+
+    pub fn shard_routing_key(channel: Channel, shard: u16) -> String {
+        match shard {
+            0 => channel.as_str().to_string(),
+            shard => format!("{}.{shard}", channel.as_str()),
+        }
+    }
+
+    /// Where ingest publishes `sandbox`'s messages for `channel`.
+    pub fn routing_key_for(&self, channel: Channel, sandbox: &str) -> String {
+        Self::shard_routing_key(channel, self.shard_of(sandbox))
+    }
+
+    /// The queue holding `sandbox`'s messages for `channel`.
+    pub fn queue_for(&self, channel: Channel, sandbox: &str) -> String {
+        self.shard_queue(channel, self.shard_of(sandbox))
+    }
+
+    /// Every shard queue of `channel`, the ones a worker consumes.
+    pub fn channel_queues(&self, channel: Channel) -> Vec<String> {
+        (0..self.shards.max(1)).map(|shard| self.shard_queue(channel, shard)).collect()
+    }
+
+    /// The channel part of a routing key (`sms.3` → `sms`).
+    pub fn channel_of_routing_key(routing_key: &str) -> &str {
+        routing_key.split('.').next().unwrap_or(routing_key)
     }
 
     pub fn dead_letter_queue(&self) -> String {
@@ -96,7 +150,7 @@ impl Topology {
 
     /// Every queue of the topology (for purging or deleting in tests and tools).
     pub fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = Channel::ALL.iter().map(|c| self.channel_queue(*c)).collect();
+        let mut queues: Vec<String> = Channel::ALL.iter().flat_map(|c| self.channel_queues(*c)).collect();
         queues.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
         queues.push(self.dead_letter_queue());
         queues
@@ -165,17 +219,19 @@ impl Topology {
             channel.exchange_declare(name.into(), kind, durable, FieldTable::default()).await?;
         }
         for queue_channel in Channel::ALL {
-            let queue = self.channel_queue(queue_channel);
-            channel.queue_declare(queue.clone().into(), queue_options, self.channel_queue_arguments()).await?;
-            channel
-                .queue_bind(
-                    queue.into(),
-                    self.work_exchange().into(),
-                    queue_channel.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            for shard in 0..self.shards.max(1) {
+                let queue = self.shard_queue(queue_channel, shard);
+                channel.queue_declare(queue.clone().into(), queue_options, self.channel_queue_arguments()).await?;
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        self.work_exchange().into(),
+                        Self::shard_routing_key(queue_channel, shard).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
         }
         for delay in &self.retry_tiers {
             let queue = self.retry_queue(*delay);
@@ -224,7 +280,31 @@ mod tests {
         let topology = Topology { prefix: "t1".into(), ..Topology::default() };
         assert_eq!(topology.channel_queue(Channel::Sms), "t1.sms");
         assert_eq!(topology.retry_queue(Duration::from_secs(30)), "t1.retry.30s");
-        assert_eq!(topology.queues().len(), 3 + 3 + 1);
+        assert_eq!(topology.queues().len(), 3 * 8 + 3 + 1);
+    }
+
+    #[test]
+    fn shard_zero_is_the_queue_of_releases_before_sharding() {
+        let topology = Topology { prefix: "t1".into(), ..Topology::default() };
+        assert_eq!(topology.shard_queue(Channel::Sms, 0), "t1.sms");
+        assert_eq!(Topology::shard_routing_key(Channel::Sms, 0), "sms");
+        assert_eq!(topology.shard_queue(Channel::Sms, 5), "t1.sms.5");
+        assert_eq!(Topology::shard_routing_key(Channel::Sms, 5), "sms.5");
+        assert_eq!(Topology::channel_of_routing_key("sms.5"), "sms");
+        assert_eq!(Topology::channel_of_routing_key("email"), "email");
+        let unsharded = Topology { shards: 1, ..topology };
+        assert_eq!(unsharded.channel_queues(Channel::Push), vec!["t1.push".to_string()]);
+        assert_eq!(unsharded.routing_key_for(Channel::Push, "anything"), "push");
+    }
+
+    #[test]
+    fn a_sandbox_always_maps_to_the_same_shard_and_sandboxes_spread() {
+        let topology = Topology::default();
+        // Pinned, so that a change is deliberate: API processes of two releases running side by
+        // side should send a sandbox's messages to the same shard.
+        assert_eq!((topology.shard_of("a"), topology.shard_of("b"), topology.shard_of("default")), (4, 5, 6));
+        let used: std::collections::HashSet<u16> = (0..64).map(|n| topology.shard_of(&format!("tenant-{n}"))).collect();
+        assert_eq!(used.len(), 8, "64 sandboxes use every one of 8 shards");
     }
 
     #[test]

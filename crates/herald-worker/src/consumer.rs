@@ -1,5 +1,6 @@
-//! The delivery loop: one consumer per channel queue (manual acks, bounded prefetch), a bounded
-//! number of messages in the pipeline at once, and the only place where messages are settled —
+//! The delivery loop: one consumer per shard queue of each channel (manual acks, bounded
+//! prefetch), a bounded number of a channel's messages in the pipeline at once, shared by its
+//! shards in turn, and the only place where messages are settled —
 //! acknowledged, republished to a retry tier or to the dead-letter exchange (with a confirm
 //! before the ack, so a message is never dropped between two queues).
 
@@ -9,7 +10,6 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use herald_core::Channel;
-use herald_core::delivery::channel_pause;
 use herald_ingest::topology::{RETRY_TIER_HEADER, Topology};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -20,6 +20,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
+use crate::pause::PauseState;
 use crate::pipeline::{Decision, Pipeline};
 
 /// The header counting the retry tiers a message has been through.
@@ -38,60 +39,12 @@ pub struct ConsumerSettings {
     pub amqp_url: String,
     pub topology: Topology,
     pub channels: Vec<Channel>,
-    /// Unacknowledged messages the broker may push to one channel consumer.
+    /// Unacknowledged messages the broker may push to one shard queue's consumer.
     pub prefetch: u16,
     /// Messages of one channel in the pipeline at once.
     pub concurrency: usize,
     /// How long a shutdown waits for in-flight messages.
     pub grace: Duration,
-}
-
-/// Per-channel pause after account-wide failures or a database outage. Many in-flight messages
-/// fail together when the account is paused: they join the running pause instead of each
-/// starting (and lengthening) one of their own.
-#[derive(Debug, Default)]
-struct PauseState(std::sync::Mutex<Pauses>);
-
-#[derive(Debug, Default)]
-struct Pauses {
-    until: Option<tokio::time::Instant>,
-    /// Pauses in a row, without a normally handled message after the last one ended.
-    consecutive: u32,
-}
-
-impl PauseState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pauses> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// When the running pause ends, if one is running.
-    fn until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
-        self.lock().until.filter(|until| *until > now)
-    }
-
-    /// Starts a pause of `wait` (none: the growing account-wide back-off) unless one is running;
-    /// returns its length when it started one.
-    fn start(&self, wait: Option<Duration>, now: tokio::time::Instant) -> Option<Duration> {
-        let mut pauses = self.lock();
-        if pauses.until.is_some_and(|until| until > now) {
-            return None;
-        }
-        let wait = wait.unwrap_or_else(|| channel_pause(pauses.consecutive));
-        pauses.consecutive += 1;
-        pauses.until = Some(now + wait);
-        Some(wait)
-    }
-
-    /// A message was handled normally: once no pause is running, the run of pauses is over.
-    /// Returns whether this ended a run.
-    fn resume(&self, now: tokio::time::Instant) -> bool {
-        let mut pauses = self.lock();
-        if pauses.until.is_some_and(|until| until > now) || pauses.consecutive == 0 {
-            return false;
-        }
-        pauses.consecutive = 0;
-        true
-    }
 }
 
 fn text(value: &str) -> AMQPValue {
@@ -163,20 +116,26 @@ async fn session(
     let mut loops = tokio::task::JoinSet::new();
     for channel in &settings.channels {
         let amqp = connection.create_channel().await?;
+        // Not global: every consumer of this AMQP channel (one per shard) gets its own prefetch,
+        // so a full shard cannot use up the window of an empty one.
         amqp.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
-        let consumer = amqp
-            .basic_consume(
-                settings.topology.channel_queue(*channel).into(),
-                format!("herald-worker-{channel}").into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        loops.spawn(consume(
+        let mut consumers = Vec::new();
+        for queue in settings.topology.channel_queues(*channel) {
+            let consumer = amqp
+                .basic_consume(
+                    queue.clone().into(),
+                    format!("herald-worker-{queue}").into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push((queue, consumer));
+        }
+        loops.spawn(consume_channel(
             *channel,
             Arc::clone(pipeline),
             Arc::clone(&settler),
-            consumer,
+            consumers,
             settings.clone(),
             session_ended.clone(),
         ));
@@ -206,17 +165,65 @@ async fn session(
     result
 }
 
-async fn consume(
+/// Consumes every shard queue of `channel`. They share the channel's concurrency and pause. The
+/// semaphore is fair (first come, first served) and each shard's loop waits for one permit at a
+/// time, so permits go to the shards that have messages in turn: a message in a quiet shard
+/// waits for at most one permit per busy shard, however deep their queues.
+async fn consume_channel(
     channel: Channel,
     pipeline: Arc<Pipeline>,
     settler: Arc<Settler>,
-    mut consumer: lapin::Consumer,
+    consumers: Vec<(String, lapin::Consumer)>,
     settings: ConsumerSettings,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), lapin::Error> {
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let queue = settings.topology.channel_queue(channel);
     let pause = Arc::new(PauseState::default());
+    let mut loops = tokio::task::JoinSet::new();
+    for (queue, consumer) in consumers {
+        let shared = Shared {
+            channel,
+            queue,
+            pipeline: Arc::clone(&pipeline),
+            settler: Arc::clone(&settler),
+            permits: Arc::clone(&permits),
+            pause: Arc::clone(&pause),
+        };
+        loops.spawn(consume(shared, consumer, shutdown.clone()));
+    }
+    while let Some(ended) = loops.join_next().await {
+        match ended {
+            Ok(Ok(())) => {}
+            // One shard's consumer gone ends the session (dropping the others), which reconnects.
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(connection_closed()),
+        }
+    }
+    // Shutdown: stop taking messages, let the in-flight ones finish within the grace period.
+    // Anything prefetched but not started is returned to the queue when the channel closes.
+    let all = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
+    if tokio::time::timeout(settings.grace, permits.acquire_many(all)).await.is_err() {
+        tracing::warn!("shutdown grace elapsed with messages in flight; they will be redelivered");
+    }
+    Ok(())
+}
+
+/// What the loops of one channel's shards share.
+struct Shared {
+    channel: Channel,
+    queue: String,
+    pipeline: Arc<Pipeline>,
+    settler: Arc<Settler>,
+    permits: Arc<Semaphore>,
+    pause: Arc<PauseState>,
+}
+
+async fn consume(
+    shared: Shared,
+    mut consumer: lapin::Consumer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    let Shared { channel, queue, pipeline, settler, permits, pause } = shared;
     loop {
         if *shutdown.borrow() {
             break;
@@ -246,7 +253,8 @@ async fn consume(
         let span = process_span(&queue, &delivery);
         tokio::spawn(
             async move {
-                let decision = pipeline.process(&delivery.data, tiers_used(&delivery)).await;
+                let decision =
+                    pipeline.process_delivery(&delivery.data, tiers_used(&delivery), delivery.redelivered).await;
                 let now = tokio::time::Instant::now();
                 if let Decision::Pause { pause: wait, reason } = &decision {
                     if let Some(wait) = pause.start(*wait, now) {
@@ -261,12 +269,6 @@ async fn consume(
             }
             .instrument(span),
         );
-    }
-    // Shutdown: stop taking messages, let the in-flight ones finish within the grace period.
-    // Anything prefetched but not started is returned to the queue when the channel closes.
-    let all = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
-    if tokio::time::timeout(settings.grace, permits.acquire_many(all)).await.is_err() {
-        tracing::warn!("shutdown grace elapsed with messages in flight; they will be redelivered");
     }
     Ok(())
 }
@@ -345,7 +347,8 @@ async fn record_dead_letters(
         let facts = crate::dead_letters::DeadLetterFacts {
             body: &delivery.data,
             message_id: message_id.as_deref(),
-            routing_key: delivery.routing_key.as_str(),
+            // The channel, not the shard: dead letters are listed and counted by channel.
+            routing_key: Topology::channel_of_routing_key(delivery.routing_key.as_str()),
             reason,
             last_error: header_text(headers, LAST_ERROR_HEADER),
         };
@@ -446,36 +449,5 @@ impl Settler {
         headers.insert(DEAD_REASON_HEADER.into(), text(reason));
         headers.insert(LAST_ERROR_HEADER.into(), text(last_error));
         self.publish(self.topology.dead_letter_exchange(), delivery.routing_key.to_string(), delivery, headers).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_during_a_pause_join_it_and_the_back_off_grows_only_between_pauses() {
-        let pause = PauseState::default();
-        let start = tokio::time::Instant::now();
-        assert_eq!(pause.start(None, start), Some(Duration::from_secs(5)));
-        // 63 more in-flight messages fail account-wide at once: same pause, same length.
-        for _ in 0..63 {
-            assert_eq!(pause.start(None, start + Duration::from_millis(10)), None);
-        }
-        assert_eq!(pause.until(start + Duration::from_secs(1)), Some(start + Duration::from_secs(5)));
-        // A message handled normally while paused (say, excluded) does not end the run.
-        assert!(!pause.resume(start + Duration::from_secs(2)));
-        // Failing again right after the pause: the next one is twice as long.
-        let later = start + Duration::from_secs(6);
-        assert_eq!(pause.until(later), None);
-        assert_eq!(pause.start(None, later), Some(Duration::from_secs(10)));
-        // A message sent after that pause ends the run: back to 5 s.
-        let after = later + Duration::from_secs(11);
-        assert!(pause.resume(after));
-        assert!(!pause.resume(after), "already over");
-        assert_eq!(pause.start(None, after), Some(Duration::from_secs(5)));
-        // A database pause has its own length.
-        let much_later = after + Duration::from_secs(6);
-        assert_eq!(pause.start(Some(Duration::from_secs(2)), much_later), Some(Duration::from_secs(2)));
     }
 }

@@ -78,13 +78,18 @@ fn workers_scale_on_the_queues_the_topology_declares() {
     let scaled =
         documents("worker-scaledobject.yaml").into_iter().find(|d| d["kind"].as_str() == Some("ScaledObject")).unwrap();
     assert_eq!(scaled["spec"]["scaleTargetRef"]["name"].as_str(), Some("herald-worker"));
-    let queues: Vec<&str> = scaled["spec"]["triggers"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(|t| t["metadata"]["queueName"].as_str().unwrap())
-        .collect();
-    assert_eq!(queues, [format!("{prefix}.email"), format!("{prefix}.sms"), format!("{prefix}.push")]);
+    let triggers = scaled["spec"]["triggers"].as_vec().unwrap();
+    let queues: Vec<&str> = triggers.iter().map(|t| t["metadata"]["queueName"].as_str().unwrap()).collect();
+    // Every shard queue of each channel (`herald.sms`, `herald.sms.1`, ...), summed.
+    let pattern = |channel: &str| format!("^{}\\.{channel}(\\.[0-9]+)?$", prefix.replace('.', "\\."));
+    assert_eq!(queues, [pattern("email"), pattern("sms"), pattern("push")]);
+    for trigger in triggers {
+        let metadata = &trigger["metadata"];
+        assert_eq!(metadata["protocol"].as_str(), Some("http"), "queue name patterns need the management API");
+        assert_eq!((metadata["useRegex"].as_str(), metadata["operation"].as_str()), (Some("true"), Some("sum")));
+    }
+    let topology = herald_ingest::topology::Topology { prefix: prefix.clone(), ..Default::default() };
+    assert_eq!(topology.shard_queue(herald_core::Channel::Sms, 3), format!("{prefix}.sms.3"), "the pattern's shape");
     assert_eq!(one("rabbitmq-cluster.yaml")["spec"]["replicas"].as_i64(), Some(3));
 }
 
