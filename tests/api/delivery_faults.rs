@@ -54,7 +54,7 @@ async fn a_retried_message_is_in_exactly_one_tier_queue() {
         held.push(app.topology().count(&topology.retry_queue(tier)).await);
     }
     assert_eq!(held, vec![1, 0, 0], "one copy, in the first tier only (60 s, 120 s, 240 s)");
-    assert_eq!(app.topology().count(&topology.channel_queue(Channel::Sms)).await, 0);
+    assert_eq!(app.topology().count(&app.topology().queue(Channel::Sms)).await, 0);
 }
 
 fn text(value: &str) -> AMQPValue {

@@ -204,27 +204,6 @@ async fn an_oversize_body_is_413() {
 }
 
 #[tokio::test]
-async fn a_sandbox_over_its_rate_gets_429_with_retry_after() {
-    let app = TestApp::spawn_with(TestOptions { rate_limit_per_sec: 3, ..TestOptions::with_broker() }).await;
-    let id = live_otp(&app).await;
-    let mut statuses = Vec::new();
-    for i in 0..5 {
-        let reply = app
-            .post(
-                "/im/executions/unitary",
-                &execution(&format!("rl-{i}"), &id, &[("+33612345678", json!({"otp": "1"}))]),
-            )
-            .await;
-        statuses.push(reply.status.as_u16());
-        if reply.status == StatusCode::TOO_MANY_REQUESTS {
-            reply.assert_problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited");
-            assert!(reply.headers.contains_key("retry-after"));
-        }
-    }
-    assert_eq!(statuses, [202, 202, 202, 429, 429]);
-}
-
-#[tokio::test]
 async fn without_a_broker_executions_are_503_with_retry_after_and_nothing_is_accepted() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let options = TestOptions {

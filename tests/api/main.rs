@@ -1,12 +1,17 @@
 //! Integration tests of the HTTP API against a real PostgreSQL, one database per test.
 
 mod auth;
+mod batch_isolation;
 mod campaign_tools;
 mod delivery_faults;
 mod errors;
 mod executions;
+mod fuzz;
+mod hostile_input;
 mod idempotency;
+mod keys;
 mod lifecycle;
+mod limits;
 mod metrics;
 mod migrations;
 mod moto;
@@ -15,5 +20,6 @@ mod report_page;
 mod reports;
 mod review;
 mod schedule;
+mod template_sandbox;
 mod templates;
 mod worker;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use herald_core::Channel;
+use herald_ingest::ratelimit::Limits;
 use herald_tests::fixtures::otp_sms;
 use herald_tests::{TestApp, TestOptions, broker};
 use lapin::BasicProperties;
@@ -62,12 +63,10 @@ async fn purge(queue: &str) {
 #[tokio::main]
 async fn main() {
     let duration = seconds();
-    let app = Arc::new(
-        TestApp::spawn_with(TestOptions { rate_limit_per_sec: 1_000_000, ..TestOptions::with_broker() }).await,
-    );
+    let app = Arc::new(TestApp::spawn_with(TestOptions { limits: Limits::none(), ..TestOptions::with_broker() }).await);
     let campaign = app.live_campaign(&otp_sms("bench")).await;
     let topology = app.topology().topology.clone();
-    let queue = topology.channel_queue(Channel::Sms);
+    let queue = topology.queue_for(Channel::Sms, "a");
 
     // Baseline: the same kind of message, published straight to the same quorum queue.
     let connection = broker::connect().await;
@@ -82,13 +81,15 @@ async fn main() {
     let mut raw = Vec::new();
     for concurrency in [1, 64] {
         let (channel, exchange, payload) = (channel.clone(), topology.work_exchange(), Arc::clone(&payload));
+        let routing_key = topology.routing_key_for(Channel::Sms, "a");
         let rate = measure(concurrency, duration, move |n| {
             let (channel, exchange, payload) = (channel.clone(), exchange.clone(), Arc::clone(&payload));
+            let routing_key = routing_key.clone();
             async move {
                 let properties =
                     BasicProperties::default().with_delivery_mode(2).with_message_id(format!("raw/{n}").into());
                 let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-                match channel.basic_publish(exchange.into(), "sms".into(), options, &payload, properties).await {
+                match channel.basic_publish(exchange.into(), routing_key.into(), options, &payload, properties).await {
                     Ok(confirm) => confirm.await.is_ok_and(|c| c.is_ack() && c.take_message().is_none()),
                     Err(_) => false,
                 }

@@ -185,7 +185,7 @@ async fn a_worker_whose_queue_disappears_declares_it_again_and_goes_on() {
 
     let connection = herald_tests::broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    let queue = app.topology().topology.channel_queue(Channel::Sms);
+    let queue = app.topology().queue(Channel::Sms);
     channel.queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default()).await.unwrap();
 
     // Until the worker has declared the queue again, executions are refused (503), never lost.

@@ -96,8 +96,9 @@ impl TestTopology {
         Self { topology: Topology { prefix, max_queue_length, ..Topology::default() } }
     }
 
+    /// The queue of sandbox `a` (the test app's key) on `channel`.
     pub fn queue(&self, channel: Channel) -> String {
-        self.topology.channel_queue(channel)
+        self.topology.queue_for(channel, "a")
     }
 
     /// Takes every message currently in `queue` (acknowledged, so they are gone).
@@ -118,7 +119,8 @@ impl TestTopology {
         messages
     }
 
-    /// Publishes `message` again on the work exchange (same body, id and headers).
+    /// Publishes `message` again on the work exchange (same body, id and headers), to the shard of
+    /// its sandbox, as ingest did.
     pub async fn publish_copy(&self, message: &Published, channel: Channel) {
         let connection = connect().await;
         let publisher = connection.create_channel().await.unwrap();
@@ -131,7 +133,7 @@ impl TestTopology {
         let confirm = publisher
             .basic_publish(
                 self.topology.work_exchange().into(),
-                channel.as_str().into(),
+                self.topology.routing_key_for(channel, message.body["sandbox"].as_str().unwrap_or("a")).into(),
                 lapin::options::BasicPublishOptions::default(),
                 &body,
                 properties,
@@ -152,6 +154,16 @@ impl TestTopology {
         let exists = channel.queue_declare(queue.into(), options, FieldTable::default()).await.is_ok();
         let _ = connection.close(200, "done".into()).await;
         exists
+    }
+
+    /// How many consumers `queue` has.
+    pub async fn consumers(&self, queue: &str) -> u32 {
+        let connection = connect().await;
+        let channel = connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await;
+        let _ = connection.close(200, "done".into()).await;
+        declared.map(|queue| queue.consumer_count()).unwrap_or(0)
     }
 
     /// How many messages `queue` holds, waiting briefly for quorum-queue counters to settle.

@@ -79,7 +79,8 @@ pub struct TestOptions {
     /// Override the broker URL (e.g. a closed port, to test outages).
     pub amqp_url: Option<String>,
     pub max_queue_length: Option<u32>,
-    pub rate_limit_per_sec: u32,
+    /// Recipient rates and daily quotas (generous by default: tests of other things never meet them).
+    pub limits: herald_ingest::ratelimit::Limits,
     pub max_body_bytes: usize,
     pub lease: Duration,
     /// Retry tier delays of the topology (tests use short ones).
@@ -92,7 +93,11 @@ impl Default for TestOptions {
             broker: false,
             amqp_url: None,
             max_queue_length: None,
-            rate_limit_per_sec: 100_000,
+            limits: herald_ingest::ratelimit::Limits {
+                sandbox_per_sec: 100_000,
+                key_per_sec: 100_000,
+                ..herald_ingest::ratelimit::Limits::none()
+            },
             max_body_bytes: 64 * 1024,
             lease: Duration::from_secs(30),
             retry_tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
@@ -195,7 +200,7 @@ impl TestApp {
                 )
             };
             let settings = herald_ingest::IngestSettings {
-                rate_limit_per_sec: options.rate_limit_per_sec,
+                limits: options.limits.clone(),
                 lease: options.lease,
                 metrics: Arc::clone(&metrics),
                 ..herald_ingest::IngestSettings::default()

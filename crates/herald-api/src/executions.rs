@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::Scope;
 use herald_core::execution::ExecutionRequest;
+use herald_ingest::ratelimit::{Limit, LimitExceeded};
 use herald_ingest::{IngestError, valid_traceparent};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -18,10 +19,7 @@ use crate::problem::Problem;
 
 fn problem_for(error: IngestError) -> Problem {
     match error {
-        IngestError::RateLimited(wait) => {
-            Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests for this sandbox")
-                .retry_after(u32::try_from(wait.as_secs().max(1)).unwrap_or(u32::MAX))
-        }
+        IngestError::RateLimited(exceeded) => limited(&exceeded),
         IngestError::CampaignNotFound => Problem::not_found("campaign-not-found", "No such campaign"),
         IngestError::NotLive(status) => {
             Problem::new(StatusCode::CONFLICT, "campaign-not-live", "The campaign is not live")
@@ -68,6 +66,26 @@ fn problem_for(error: IngestError) -> Problem {
     }
 }
 
+/// A 429 that names the limit, its value and when to come back.
+fn limited(exceeded: &LimitExceeded) -> Problem {
+    let allowed = exceeded.allowed;
+    let problem = match exceeded.limit {
+        Limit::SandboxRate => Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Over the sandbox's rate")
+            .detail(format!("this sandbox may send to {allowed} recipients a second, all its API keys together")),
+        Limit::KeyRate => Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Over the API key's rate")
+            .detail(format!("an API key may send to {allowed} recipients a second")),
+        Limit::DailyQuota(channel) => {
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", "The sandbox's daily quota is used up")
+                .detail(format!(
+                    "this sandbox may send to {allowed} {channel} recipients a day; it resets at 00:00 UTC"
+                ))
+                .with("channel", channel.as_str())
+        }
+    };
+    let seconds = u32::try_from(exceeded.retry_after.as_millis().div_ceil(1000)).unwrap_or(u32::MAX).max(1);
+    problem.with("limit", exceeded.limit.name()).with("limitValue", allowed).retry_after(seconds)
+}
+
 /// Adds the body's ids to a problem, as AJO's `report.additionalContext` does.
 fn with_ids(mut problem: Problem, body: &Value) -> Problem {
     for key in ["requestId", "campaignId"] {
@@ -92,7 +110,7 @@ pub(crate) async fn execute(
         .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
     let accepted = ingest
-        .execute(&caller.sandbox, &body, &request, state.clock.now(), traceparent)
+        .execute(&caller.sandbox, &caller.key_id.to_string(), &body, &request, state.clock.now(), traceparent)
         .await
         .map_err(|error| with_ids(problem_for(error), &body))?;
     let mut response = (

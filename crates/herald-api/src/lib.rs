@@ -4,9 +4,11 @@
 mod auth;
 mod campaigns;
 pub mod dead_letters;
+pub mod edge;
 mod executions;
 mod health;
 pub mod json;
+pub mod keys;
 mod observe;
 pub mod problem;
 mod profiles;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware::from_fn;
 use axum::routing::{get, post};
 use herald_core::Clock;
 use herald_store::Store;
@@ -62,7 +65,9 @@ impl AppState {
     }
 
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
-        Self { store, clock, config: Arc::new(config), keys: Arc::default(), ingest: None, metrics: Arc::default() }
+        // Its listener task stops when the last clone of the state is dropped.
+        let keys = Arc::new(auth::KeyCache::start(store.clone()));
+        Self { store, clock, config: Arc::new(config), keys, ingest: None, metrics: Arc::default() }
     }
 
     pub fn with_metrics(mut self, metrics: Arc<herald_telemetry::Metrics>) -> Self {
@@ -94,6 +99,11 @@ pub fn router(state: AppState) -> Router {
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
+        .route("/api-keys", get(keys::list).post(keys::create))
+        .route("/api-keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/api-keys/{id}/rotate", post(keys::rotate))
+        // Inside the telemetry layer, so refused requests are counted under their route.
+        .route_layer(from_fn(edge::path_and_query))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), observe::layer))
         .route("/metrics", get(observe::metrics))
         .fallback(|| async { Problem::not_found("not-found", "No such resource") })
@@ -101,7 +111,12 @@ pub fn router(state: AppState) -> Router {
             Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed on this resource")
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(request_id::layer))
+        // Inside the request id layer, so the problems they build carry the id.
+        .layer(from_fn(edge::problems_only))
+        .layer(from_fn(edge::uri))
+        .layer(from_fn(request_id::layer))
+        // Outermost: also the answer to a contained panic gets the headers.
+        .layer(from_fn(edge::headers))
         .with_state(state)
 }
 

@@ -1,9 +1,10 @@
 //! Herald's thin ingest: turns `POST /im/executions/unitary` calls into RabbitMQ messages, and
 //! answers 202 only once the broker has confirmed every one of them.
 //!
-//! The path of one call: rate limit → campaign from the cache (live and inside its schedule?) →
-//! validation against the live version → idempotency claim (batched) → one persistent,
-//! mandatory message per recipient on a confirm channel → all confirms → completion (batched).
+//! The path of one call: recipient rates of the key and the sandbox → campaign from the cache
+//! (live and inside its schedule?) → validation against the live version → idempotency claim
+//! (batched) → the daily quota of the sandbox and channel → one persistent, mandatory message per
+//! recipient, on the sandbox's shard, on a confirm channel → all confirms → completion (batched).
 
 pub mod batch;
 pub mod broker;
@@ -13,7 +14,7 @@ pub mod replay;
 pub mod topology;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_core::address::mask;
@@ -30,7 +31,7 @@ use uuid::Uuid;
 use crate::batch::Batcher;
 use crate::broker::{Broker, OutgoingMessage};
 use crate::campaigns::CachedCampaign;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{LimitError, LimitExceeded, Limiter, Limits};
 use herald_store::CampaignCache;
 
 #[derive(Debug, Clone)]
@@ -40,7 +41,8 @@ pub struct IngestSettings {
     /// minute. A take-over while the first attempt is still publishing is safe: it publishes the
     /// same message ids, and workers send each delivery once.
     pub lease: Duration,
-    pub rate_limit_per_sec: u32,
+    /// Recipient rates and daily quotas, shared by every API process.
+    pub limits: Limits,
     /// Rows per batched idempotency write.
     pub max_batch: usize,
     /// Concurrent batched writers.
@@ -54,7 +56,7 @@ impl Default for IngestSettings {
     fn default() -> Self {
         Self {
             lease: Duration::from_secs(5),
-            rate_limit_per_sec: 5_000,
+            limits: Limits::default(),
             max_batch: 256,
             batch_workers: 2,
             idempotency_retention: Duration::from_secs(48 * 3600),
@@ -67,7 +69,7 @@ impl Default for IngestSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("rate limited")]
-    RateLimited(Duration),
+    RateLimited(LimitExceeded),
     #[error("unknown campaign")]
     CampaignNotFound,
     #[error("campaign is {0}")]
@@ -87,6 +89,15 @@ pub enum IngestError {
     Unavailable(String),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+impl From<LimitError> for IngestError {
+    fn from(error: LimitError) -> Self {
+        match error {
+            LimitError::Exceeded(exceeded) => IngestError::RateLimited(exceeded),
+            LimitError::Store(error) => IngestError::from(&error),
+        }
+    }
 }
 
 impl From<&StoreError> for IngestError {
@@ -113,7 +124,7 @@ pub struct Ingest {
     store: Store,
     broker: Broker,
     campaigns: Arc<CampaignCache<CachedCampaign>>,
-    limiter: RateLimiter,
+    limiter: Limiter,
     claims: Batcher<ExecutionClaim, ClaimOutcome>,
     completions: Batcher<(Uuid, DateTime<Utc>), ()>,
     settings: IngestSettings,
@@ -138,12 +149,13 @@ impl Ingest {
             });
         tokio::spawn(purge_expired_executions(store.clone(), settings.idempotency_retention));
         tokio::spawn(store.clone().roll_up_reports_forever(Duration::from_secs(1)));
+        tokio::spawn(Limiter::purge_forever(store.clone()));
         let campaigns = CampaignCache::start(store.clone(), CachedCampaign::from_record);
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("ingest", hit));
         Self {
             campaigns,
-            limiter: RateLimiter::new(settings.rate_limit_per_sec),
+            limiter: Limiter::new(store.clone(), settings.limits.clone()),
             store,
             broker,
             claims,
@@ -160,16 +172,18 @@ impl Ingest {
         &self.campaigns
     }
 
-    /// Accepts `request` (whose raw JSON is `body`) for `sandbox` at `now`.
+    /// Accepts `request` (whose raw JSON is `body`) for `sandbox`, sent with the API key `key`
+    /// (its id: the key's own rate limit), at `now`.
     pub async fn execute(
         &self,
         sandbox: &str,
+        key: &str,
         body: &Value,
         request: &ExecutionRequest,
         now: DateTime<Utc>,
         traceparent: Option<&str>,
     ) -> Result<Accepted, IngestError> {
-        self.limiter.check(sandbox, Instant::now()).map_err(IngestError::RateLimited)?;
+        self.limiter.admit(sandbox, key, request.recipients.len()).await?;
         let campaign_id = Uuid::parse_str(&request.campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
         let campaign = self
             .campaigns
@@ -244,6 +258,18 @@ impl Ingest {
                 ClaimOutcome::InProgress { retry_after } => return Err(IngestError::InProgress(retry_after)),
                 ClaimOutcome::BodyMismatch => return Err(IngestError::KeyReused),
             };
+        // After the claim, so that a replay answers its 202 even once the quota is used up. The
+        // hold gives the recipients back on every way out below but a 202: a failed request
+        // costs no quota.
+        let quota = match self.limiter.take_quota(sandbox, campaign.channel, now, recipients.len()).await {
+            Ok(hold) => hold,
+            Err(refused) => {
+                if let Err(release) = self.store.release_execution(execution_id, now).await {
+                    tracing::warn!(error = %release, %execution_id, "could not release the execution; a retry waits for its lease");
+                }
+                return Err(refused.into());
+            }
+        };
 
         let expires_at = live.message_ttl_seconds.map(|ttl| created_at + chrono::Duration::seconds(i64::from(ttl)));
         let exchange = self.broker.topology().work_exchange();
@@ -263,6 +289,8 @@ impl Ingest {
         let traceparent = herald_telemetry::trace::traceparent_of(&publish)
             .or_else(|| traceparent.map(str::to_string))
             .unwrap_or_else(new_traceparent);
+        // Every message of a sandbox goes to its shard queue (see topology.rs: fairness).
+        let routing_key = self.broker.topology().routing_key_for(campaign.channel, sandbox);
         let mut messages = Vec::with_capacity(recipients.len());
         for (index, prepared) in recipients.into_iter().enumerate() {
             let envelope = Envelope {
@@ -279,7 +307,7 @@ impl Ingest {
                 accepted_at: created_at,
                 expires_at,
             };
-            messages.push(outgoing(&envelope, &traceparent)?);
+            messages.push(outgoing(&envelope, routing_key.clone(), &traceparent)?);
         }
         let publishing = std::time::Instant::now();
         let published = self.broker.publish_all(&messages).instrument(publish).await;
@@ -293,6 +321,7 @@ impl Ingest {
         }
         // Every message is in the broker now: the 202 stands even if recording that fails (a
         // retry would republish the same message ids, which workers deduplicate).
+        quota.commit();
         if let Err(error) = self.completions.submit((execution_id, now)).await {
             tracing::warn!(%error, %execution_id, "could not mark the execution accepted");
         }
@@ -340,7 +369,7 @@ fn header_text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.to_string()))
 }
 
-fn outgoing(envelope: &Envelope, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
+fn outgoing(envelope: &Envelope, routing_key: String, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
     let payload = serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
     let mut headers = FieldTable::default();
     headers.insert("traceparent".into(), header_text(traceparent));
@@ -351,7 +380,7 @@ fn outgoing(envelope: &Envelope, traceparent: &str) -> Result<OutgoingMessage, I
     headers.insert("x-herald-execution-id".into(), header_text(&envelope.execution_id.to_string()));
     headers.insert("x-herald-campaign-id".into(), header_text(&envelope.campaign_id.to_string()));
     Ok(OutgoingMessage {
-        routing_key: envelope.channel.as_str().to_string(),
+        routing_key,
         message_id: envelope.message_id(),
         payload,
         headers,

@@ -78,7 +78,7 @@ pub struct CallStart {
 /// How old a claim without a call mark must be before another copy takes it over. Short: a
 /// takeover is safe at any time (the old holder's mark then fails and it never calls), so this
 /// only keeps two live workers from trading a claim back and forth.
-const UNSTARTED_CLAIM_STALE: Duration = Duration::seconds(5);
+pub(crate) const UNSTARTED_CLAIM_STALE: Duration = Duration::seconds(5);
 
 /// The row of a delivery whose claim did not take.
 #[derive(Debug, Clone)]

@@ -11,7 +11,9 @@ pub mod executions;
 pub mod migrate;
 pub mod profiles;
 mod push_endpoints;
+pub mod quotas;
 pub mod rate_limits;
+mod render_attempts;
 pub mod reports;
 
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub use deliveries::{CallStart, ClaimRequest, DeliveryClaim, DeliveryKey, Finish
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
 pub use profiles::{Profile, PushToken};
+pub use quotas::QuotaLease;
+pub use rate_limits::TokenLease;
 pub use reports::{CampaignCount, ReportRows};
 
 /// How long a request waits for a pooled connection before the store reports itself unavailable.

@@ -15,6 +15,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (6, "rate_limits", include_str!("../migrations/0006_rate_limits.sql")),
     (7, "reports", include_str!("../migrations/0007_reports.sql")),
     (8, "call_started", include_str!("../migrations/0008_call_started.sql")),
+    (9, "render_attempts", include_str!("../migrations/0009_render_attempts.sql")),
+    (10, "api_key_lifecycle", include_str!("../migrations/0010_api_key_lifecycle.sql")),
+    (11, "ingest_limits", include_str!("../migrations/0011_ingest_limits.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

@@ -8,6 +8,8 @@
 pub mod consumer;
 pub mod dead_letters;
 mod observe;
+mod pause;
 pub mod pipeline;
 pub mod providers;
+pub mod render;
 pub mod resolve;

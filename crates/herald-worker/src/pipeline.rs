@@ -18,6 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::observe;
+use crate::providers::transmit::{self, TransmitGate};
 use crate::providers::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 use crate::resolve::{Resolved, resolve};
 
@@ -41,13 +42,25 @@ pub enum Decision {
 pub struct WorkerCampaign {
     pub record: CampaignRecord,
     pub compiled: Option<Arc<CompiledContent>>,
+    /// Why the live content does not compile, when it does not (content that bypassed the
+    /// review, or reviewed before a rule it breaks): each delivery fails with this reason.
+    pub compile_error: Option<String>,
 }
 
 impl WorkerCampaign {
+    /// Compiles the live content. Compiling is bounded (see `herald_core::template`), so it may
+    /// run where the cache loads, on the runtime.
     pub fn from_record(record: &CampaignRecord) -> Self {
-        let compiled =
-            record.live.as_ref().and_then(|live| CompiledContent::compile(&live.definition.content).ok()).map(Arc::new);
-        Self { record: record.clone(), compiled }
+        let compiled = record.live.as_ref().map(|live| CompiledContent::compile(&live.definition.content));
+        let (compiled, compile_error) = match compiled {
+            Some(Ok(compiled)) => (Some(Arc::new(compiled)), None),
+            Some(Err(errors)) => {
+                let why = errors.iter().map(|e| format!("{}: {}", e.part, e.message)).collect::<Vec<_>>().join("; ");
+                (None, Some(why))
+            }
+            None => (None, None),
+        };
+        Self { record: record.clone(), compiled, compile_error }
     }
 }
 
@@ -83,7 +96,7 @@ pub struct Pipeline {
     /// Claims and outcomes are written in micro-batches: two single-row commits per message
     /// would cap a worker at a few thousand messages a second.
     claims: Batcher<ClaimRequest, DeliveryClaim>,
-    starts: Batcher<CallStart, bool>,
+    starts: Arc<Batcher<CallStart, bool>>,
     finishes: Batcher<Finish, bool>,
     /// Messages this process handed to a provider successfully (logged at shutdown).
     sent: std::sync::atomic::AtomicU64,
@@ -118,10 +131,10 @@ impl Pipeline {
             async move { store.claim_deliveries(&requests, stale).await }
         });
         let start_store = store.clone();
-        let starts = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Vec<CallStart>| {
+        let starts = Arc::new(Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Vec<CallStart>| {
             let store = start_store.clone();
             async move { store.mark_calls_started(&starts).await }
-        });
+        }));
         let finish_store = store.clone();
         let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Vec<Finish>| {
             let store = finish_store.clone();
@@ -165,6 +178,12 @@ impl Pipeline {
 
     /// Processes one message body that has been through `tiers_used` retry tiers.
     pub async fn process(&self, body: &[u8], tiers_used: u32) -> Decision {
+        self.process_delivery(body, tiers_used, false).await
+    }
+
+    /// As [`Pipeline::process`], for a message the broker marked `redelivered` (it was held by a
+    /// consumer that went away, maybe by dying while rendering it).
+    pub async fn process_delivery(&self, body: &[u8], tiers_used: u32, redelivered: bool) -> Decision {
         let envelope: Envelope = match serde_json::from_slice(body) {
             Ok(envelope) if envelope_version_ok(&envelope) => envelope,
             Ok(_) => {
@@ -180,13 +199,18 @@ impl Pipeline {
                 };
             }
         };
-        match self.deliver(envelope, tiers_used).await {
+        match self.deliver(envelope, tiers_used, redelivered).await {
             Ok(decision) => decision,
             Err(error) => self.database_down(&error),
         }
     }
 
-    async fn deliver(&self, mut envelope: Envelope, tiers_used: u32) -> Result<Decision, StoreError> {
+    async fn deliver(
+        &self,
+        mut envelope: Envelope,
+        tiers_used: u32,
+        redelivered: bool,
+    ) -> Result<Decision, StoreError> {
         let now = self.clock.now();
         let key = DeliveryKey {
             execution_id: envelope.execution_id,
@@ -227,19 +251,13 @@ impl Pipeline {
         // Profile and context are not needed after rendering: they move into the template scope.
         let profile = serde_json::Value::Object(std::mem::take(&mut resolved.profile));
         let context = serde_json::Value::Object(std::mem::take(&mut envelope.context));
-        let rendered = {
-            let _render = tracing::info_span!("render").entered();
-            campaign.compiled.as_ref().map(|compiled| compiled.render(profile, context))
-        };
-        let rendered = match rendered {
-            Some(Ok(rendered)) => rendered,
-            _ => {
-                self.store
-                    .record_delivery(&key, version, DeliveryStatus::Failed, reasons::RENDERING_ERROR, now)
-                    .await?;
-                observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Failed, Some(reasons::RENDERING_ERROR));
-                return Ok(Decision::Ack);
-            }
+        // Off the runtime, within the render budgets (see `render.rs`).
+        let rendered = match self
+            .render_step(&envelope.sandbox, &key, version, campaign, (profile, context), redelivered)
+            .await?
+        {
+            Ok(rendered) => rendered,
+            Err(decision) => return Ok(decision),
         };
         let resend_abandoned = live.definition.resend_maybe_sent;
         let request = ClaimRequest {
@@ -320,8 +338,19 @@ impl Pipeline {
         Ok(Decision::Ack)
     }
 
+    /// The gate that writes a claim's call mark, once, when its first request is about to leave.
+    fn transmit_gate(&self, key: &DeliveryKey, token: Uuid) -> TransmitGate {
+        let (starts, clock, key) = (Arc::clone(&self.starts), Arc::clone(&self.clock), key.clone());
+        TransmitGate::new(Arc::new(move || {
+            let start = CallStart { key: key.clone(), token, now: clock.now() };
+            let starts = Arc::clone(&starts);
+            Box::pin(async move { starts.submit(start).await.map_err(|error| error.to_string()) })
+        }))
+    }
+
     /// Calls the provider for a claimed delivery (with quick in-process retries) and records the
-    /// outcome. The call mark is written first: from then on a worker that dies leaves the
+    /// outcome. The call mark is written just before the first request leaves (by the provider's
+    /// connector, or here for providers that cannot): from then on a worker that dies leaves the
     /// delivery `unknown` rather than resendable.
     async fn send_and_record(
         &self,
@@ -332,15 +361,15 @@ impl Pipeline {
         resend_maybe_sent: bool,
     ) -> Result<Decision, StoreError> {
         let (envelope, key) = (job.envelope, job.key);
+        let gate = self.transmit_gate(key, token);
         let mut calls: u32 = 0;
         loop {
             self.throttle(envelope.channel, job.campaign).await?;
-            if calls == 0 {
-                let start = CallStart { key: key.clone(), token, now: self.clock.now() };
-                if !self.starts.submit(start).await.map_err(unbatched)? {
-                    // A stale claim taken over by a redelivered copy: that copy sends.
-                    tracing::info!(execution_id = %key.execution_id, "claim taken over before the call; not calling");
-                    return Ok(Decision::Ack);
+            if !self.provider.gates_transmission() {
+                // Opens at once after the first time.
+                let opened = gate.open_here().await;
+                if let Some(refused) = refused(key, opened) {
+                    return refused;
                 }
             }
             calls += 1;
@@ -357,7 +386,20 @@ impl Pipeline {
                 otel.status_code = tracing::field::Empty,
             );
             let started = std::time::Instant::now();
-            let result = self.send_once(job).instrument(call.clone()).await;
+            let result = transmit::through(gate.clone(), self.send_once(job)).instrument(call.clone()).await;
+            let result = match gate.answer() {
+                Some(opened) => match refused(key, opened) {
+                    Some(refused) => return refused,
+                    None => result,
+                },
+                // No request reached the connection: whatever failed, nothing was sent.
+                None => result.map_err(|mut error| {
+                    if error.class == ErrorClass::MaybeDelivered {
+                        error.class = ErrorClass::Transient;
+                    }
+                    error
+                }),
+            };
             observe::provider_call(self.metrics(), envelope.channel, result.is_ok(), started.elapsed().as_secs_f64());
             let now = self.clock.now();
             let calls_i32 = i32::try_from(calls).unwrap_or(i32::MAX);
@@ -524,6 +566,20 @@ impl Pipeline {
             .await
             .map_err(unavailable)?;
         Ok(endpoint)
+    }
+}
+
+/// What a delivery becomes when its call gate did not open: the claim was taken over (the copy
+/// that took it sends; acknowledge this one) or the mark could not be written (nothing left the
+/// process; put the message back). `None` when the gate opened.
+fn refused(key: &DeliveryKey, opened: transmit::GateAnswer) -> Option<Result<Decision, StoreError>> {
+    match opened {
+        Ok(true) => None,
+        Ok(false) => {
+            tracing::info!(execution_id = %key.execution_id, "claim taken over before the call; not calling");
+            Some(Ok(Decision::Ack))
+        }
+        Err(error) => Some(Err(StoreError::Unavailable(format!("call mark: {error}")))),
     }
 }
 

@@ -108,6 +108,43 @@ pub struct DlqReplayArgs {
 pub enum KeysCommand {
     /// Create an API key and print it (only the key, on stdout). It cannot be shown again.
     Create(CreateKeyArgs),
+    /// Print keys as JSON lines, oldest first: id, sandbox, name, prefix, scopes, last use
+    /// (never the secret).
+    List(ListKeysArgs),
+    /// Revoke keys; every API process refuses them within a second.
+    Revoke(RevokeKeysArgs),
+    /// Replace a key with a new one (same sandbox, name and scopes) and print only the new key;
+    /// the old one stops working at once.
+    Rotate(RotateKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListKeysArgs {
+    /// Only this sandbox's keys.
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    /// Also list revoked keys.
+    #[arg(long)]
+    pub include_revoked: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeKeysArgs {
+    /// Key ids (from `herald keys list`).
+    #[arg(required = true)]
+    pub ids: Vec<uuid::Uuid>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// The id of the key to replace (from `herald keys list`).
+    pub id: uuid::Uuid,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -116,7 +153,7 @@ pub struct CreateKeyArgs {
     #[arg(long)]
     pub sandbox: String,
     /// Comma-separated scopes, or `all`: campaigns:read, campaigns:write, profiles:read,
-    /// profiles:write, executions:write, executions:read.
+    /// profiles:write, executions:write, executions:read, keys:admin.
     #[arg(long)]
     pub scopes: String,
     /// A label to recognise the key by.
@@ -163,6 +200,23 @@ pub struct BrokerArgs {
     /// Bound on each channel queue; publishes beyond it are refused and answered 503.
     #[arg(long, env = "HERALD_QUEUE_MAX_LENGTH")]
     pub queue_max_length: Option<u32>,
+    /// Queues per channel; each sandbox's messages go to one (by a hash of its name) and workers
+    /// serve them in turn. Raise freely; to lower it, keep workers on the old value until the
+    /// extra queues are empty.
+    #[arg(long, env = "HERALD_AMQP_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub amqp_shards: u16,
+}
+
+impl ApiArgs {
+    pub fn limits(&self) -> herald_ingest::ratelimit::Limits {
+        herald_ingest::ratelimit::Limits {
+            sandbox_per_sec: self.rate_limit_per_sec,
+            key_per_sec: self.key_rate_limit_per_sec,
+            daily_email: self.email_daily_quota,
+            daily_sms: self.sms_daily_quota,
+            daily_push: self.push_daily_quota,
+        }
+    }
 }
 
 impl BrokerArgs {
@@ -172,6 +226,7 @@ impl BrokerArgs {
             retry_tiers: self.retry_tiers_seconds.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
             delivery_limit: self.delivery_limit,
             max_queue_length: self.queue_max_length,
+            shards: self.amqp_shards,
         }
     }
 }
@@ -187,15 +242,30 @@ pub struct ApiArgs {
     /// Largest accepted request body in bytes; larger bodies get 413.
     #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// An all-scopes API key registered at start-up if absent (for local stacks only).
+    /// An all-scopes API key registered at start-up if absent; registering it revokes any other
+    /// bootstrap key. At least 12 characters; stored as Argon2id (for local stacks only).
     #[arg(long, env = "HERALD_BOOTSTRAP_API_KEY", hide_env_values = true)]
     pub bootstrap_api_key: Option<Secret>,
     /// The sandbox of the bootstrap key.
     #[arg(long, env = "HERALD_BOOTSTRAP_SANDBOX", default_value = "default")]
     pub bootstrap_sandbox: String,
-    /// Sustained execution requests per second per sandbox (per API process); beyond, 429.
-    #[arg(long, env = "HERALD_RATE_LIMIT_PER_SEC", default_value_t = 5_000)]
+    /// Recipients per second per sandbox, all API processes together (bursts of a second's
+    /// worth); beyond, 429. 0: no limit.
+    #[arg(long, env = "HERALD_RATE_LIMIT_PER_SEC", default_value_t = 1_000)]
     pub rate_limit_per_sec: u32,
+    /// Recipients per second per API key, all API processes together; beyond, 429. Below the
+    /// sandbox's rate, so that one client cannot starve the sandbox's other keys. 0: no limit.
+    #[arg(long, env = "HERALD_KEY_RATE_LIMIT_PER_SEC", default_value_t = 500)]
+    pub key_rate_limit_per_sec: u32,
+    /// SMS recipients per sandbox per UTC day (the SMS budget); beyond, 429. 0: no quota.
+    #[arg(long, env = "HERALD_SMS_DAILY_QUOTA", default_value_t = 10_000)]
+    pub sms_daily_quota: u64,
+    /// Email recipients per sandbox per UTC day; beyond, 429. 0: no quota.
+    #[arg(long, env = "HERALD_EMAIL_DAILY_QUOTA", default_value_t = 200_000)]
+    pub email_daily_quota: u64,
+    /// Push recipients per sandbox per UTC day; beyond, 429. 0: no quota.
+    #[arg(long, env = "HERALD_PUSH_DAILY_QUOTA", default_value_t = 0)]
+    pub push_daily_quota: u64,
     /// Confirm-mode channels executions are published on.
     #[arg(long, env = "HERALD_PUBLISH_CHANNELS", default_value_t = 4)]
     pub publish_channels: usize,
@@ -227,7 +297,7 @@ pub struct WorkerTuning {
     /// Channels this worker consumes (comma-separated).
     #[arg(long, env = "HERALD_WORKER_CHANNELS", default_value = "email,sms,push", value_delimiter = ',', value_parser = channel)]
     pub worker_channels: Vec<herald_core::Channel>,
-    /// Unacknowledged messages the broker may push to each channel consumer.
+    /// Unacknowledged messages the broker may push to each consumer (one per shard queue).
     #[arg(long, env = "HERALD_WORKER_PREFETCH", default_value_t = 200)]
     pub worker_prefetch: u16,
     /// Messages of one channel processed at once.

@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod cli;
+mod keys;
 mod run;
 pub mod telemetry;
 

@@ -8,7 +8,7 @@ use backon::{ExponentialBuilder, Retryable};
 use herald_api::{ApiConfig, AppState};
 use herald_core::Channel;
 use herald_core::delivery::RetryPolicy;
-use herald_core::{Clock, Scope, SystemClock};
+use herald_core::{Clock, SystemClock};
 use herald_ingest::broker::{Broker, BrokerSettings};
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::{
-    ApiArgs, CampaignCommand, Cli, Command, CreateKeyArgs, DatabaseArgs, DevArgs, DlqCommand, DlqListArgs,
-    DlqReplayArgs, KeysCommand, ProviderKind, StartupArgs, WorkerArgs, WorkerTuning,
+    ApiArgs, CampaignCommand, Cli, Command, DatabaseArgs, DevArgs, DlqCommand, DlqListArgs, DlqReplayArgs, KeysCommand,
+    ProviderKind, StartupArgs, WorkerArgs, WorkerTuning,
 };
 
 /// Start-up waits: quick first retries for a database that is just starting, capped so a long
@@ -43,7 +43,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
         Command::Probe(args) => probe(&args.url).await,
-        Command::Keys(KeysCommand::Create(args)) => create_key(args).await,
+        Command::Keys(KeysCommand::Create(args)) => crate::keys::create(args).await,
+        Command::Keys(KeysCommand::List(args)) => crate::keys::list(args).await,
+        Command::Keys(KeysCommand::Revoke(args)) => crate::keys::revoke(args).await,
+        Command::Keys(KeysCommand::Rotate(args)) => crate::keys::rotate(args).await,
         Command::Dlq(DlqCommand::List(args)) => dlq_list(args).await,
         Command::Dlq(DlqCommand::Replay(args)) => dlq_replay(args).await,
     }
@@ -119,11 +122,7 @@ async fn serve_api(
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
-        store
-            .ensure_api_key(&args.bootstrap_sandbox, key.expose(), &Scope::ALL, clock.now())
-            .await
-            .context("registering the bootstrap API key")?;
-        tracing::info!(sandbox = %args.bootstrap_sandbox, "bootstrap api key registered");
+        crate::keys::register_bootstrap(&store, &args.bootstrap_sandbox, key.expose(), clock.now()).await?;
     }
     let broker = Broker::start(BrokerSettings {
         url: args.startup.broker.amqp_url.expose().to_string(),
@@ -136,7 +135,7 @@ async fn serve_api(
         store.clone(),
         broker,
         IngestSettings {
-            rate_limit_per_sec: args.rate_limit_per_sec,
+            limits: args.limits(),
             lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
             metrics: Arc::clone(&metrics),
             ..IngestSettings::default()
@@ -244,22 +243,6 @@ async fn run_worker(
     };
     consumer::run(Arc::clone(&pipeline), settings, stop).await;
     tracing::info!(sent = pipeline.sent_count(), "worker stopped");
-    Ok(())
-}
-
-async fn create_key(args: CreateKeyArgs) -> anyhow::Result<()> {
-    let scopes = Scope::parse_list(&args.scopes).map_err(anyhow::Error::msg)?;
-    let sandbox = args.sandbox.trim();
-    if sandbox.is_empty() || sandbox.len() > 100 {
-        bail!("--sandbox must be 1 to 100 characters");
-    }
-    let store = store(&args.database)?;
-    store.migrate().await.context("applying migrations")?;
-    let key = store
-        .create_api_key(sandbox, &scopes, args.name.as_deref(), SystemClock.now())
-        .await
-        .context("creating the key")?;
-    println!("{key}");
     Ok(())
 }
 

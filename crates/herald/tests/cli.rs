@@ -267,6 +267,13 @@ async fn two_worker_processes_share_2000_executions_each_sent_exactly_once() {
     let app = std::sync::Arc::new(herald_tests::TestApp::spawn_with(herald_tests::TestOptions::with_broker()).await);
     let campaign = app.live_campaign(&herald_tests::fixtures::otp_sms("otp")).await;
     let workers = [worker_process(&app, &moto), worker_process(&app, &moto)];
+    // Both must be consuming before the burst, or a loaded machine lets the first take it all.
+    let queue = app.topology().queue(herald_core::Channel::Sms);
+    let started = Instant::now();
+    while app.topology().consumers(&queue).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the two workers never both consumed {queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let total = 2_000;
     let executions = (0..total).map(|n| {
         let (app, campaign) = (std::sync::Arc::clone(&app), campaign.clone());
