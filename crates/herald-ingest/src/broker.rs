@@ -63,6 +63,9 @@ pub struct OutgoingMessage {
     pub timestamp_secs: u64,
 }
 
+/// Longest wait for one step of a broker session's life (connect and declare, close).
+const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Session {
     connection: Connection,
     channels: Vec<lapin::Channel>,
@@ -158,14 +161,16 @@ impl Broker {
         loop {
             let mut delays = RECONNECT_BACKOFF.build();
             let session = loop {
-                match self.connect().await {
-                    Ok(session) => break Arc::new(session),
-                    Err(error) => {
-                        let delay = delays.next().unwrap_or(Duration::from_secs(3));
-                        tracing::warn!(%error, retry_in = ?delay, "broker connection failed");
-                        tokio::time::sleep(delay).await;
-                    }
-                }
+                // A node that is starting may accept the TCP connection and never finish the
+                // handshake: without a bound the supervisor would wait for ever.
+                let error = match tokio::time::timeout(BROKER_STEP_TIMEOUT, self.connect()).await {
+                    Ok(Ok(session)) => break Arc::new(session),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("no answer within {BROKER_STEP_TIMEOUT:?}"),
+                };
+                let delay = delays.next().unwrap_or(Duration::from_secs(3));
+                tracing::warn!(%error, retry_in = ?delay, "broker connection failed");
+                tokio::time::sleep(delay).await;
             };
             let mut events = session.connection.events_listener();
             self.set_session(Some(session.clone()));
@@ -189,7 +194,8 @@ impl Broker {
             }
             self.set_session(None);
             tracing::warn!("broker session lost; reconnecting");
-            let _ = session.connection.close(320, "reconnecting".into()).await;
+            // Closing waits for the broker's close-ok, which a restarting node never sends.
+            let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, session.connection.close(320, "reconnecting".into())).await;
         }
     }
 

@@ -82,6 +82,9 @@ pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, mut shutdo
     }
 }
 
+/// Longest wait for connecting to, or closing a connection with, the broker.
+const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn connection_closed() -> lapin::Error {
     lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
 }
@@ -95,7 +98,10 @@ async fn session(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), lapin::Error> {
     let properties = ConnectionProperties::default().with_connection_name("herald-worker".into());
-    let connection = Connection::connect(&settings.amqp_url, properties).await?;
+    // Bounded: a starting node may accept the connection and never finish the handshake.
+    let connection = tokio::time::timeout(BROKER_STEP_TIMEOUT, Connection::connect(&settings.amqp_url, properties))
+        .await
+        .map_err(|_| connection_closed())??;
     let setup = connection.create_channel().await?;
     settings.topology.declare(&setup).await?;
     let publisher = connection.create_channel().await?;
@@ -161,7 +167,8 @@ async fn session(
         end_session.send_replace(true);
     }
     forward_shutdown.abort();
-    let _ = connection.close(200, "worker stopping".into()).await;
+    // Closing waits for the broker's close-ok, which a restarting node never sends.
+    let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, connection.close(200, "worker stopping".into())).await;
     result
 }
 
