@@ -195,7 +195,8 @@ impl Broker {
             self.set_session(None);
             tracing::warn!("broker session lost; reconnecting");
             // Closing waits for the broker's close-ok, which a restarting node never sends.
-            let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, session.connection.close(320, "reconnecting".into())).await;
+            let _ =
+                tokio::time::timeout(BROKER_STEP_TIMEOUT, session.connection.close(320, "reconnecting".into())).await;
         }
     }
 
