@@ -373,3 +373,38 @@ async fn line_breaks_never_reach_an_email_header() {
     assert_eq!(provider.0.lock().unwrap().len(), 1);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn one_sandboxs_slow_previews_never_take_every_turn_from_another() {
+    let app = Arc::new(TestApp::spawn().await);
+    let mut document = otp_sms("slow");
+    document["content"]["body"] = json!(
+        "{% set big = context.s | replace(from=\"a\", to=\"aaaaaaaaaaaaaaaa\") %}\
+         {% for i in range(end=9000) %}{% for j in range(end=10) %}{% if \"zz\" in big %}z{% endif %}{% endfor %}{% endfor %}\
+         {{ context.otp }}"
+    );
+    let slow = app.create_campaign(&document).await;
+    let other_key = app.key_for("b", &Scope::ALL).await;
+    let created = app.call(Method::POST, "/campaigns", Some(&other_key), Some(&otp_sms("quick"))).await;
+    let quick = created.body["id"].as_str().unwrap().to_string();
+    // Sandbox a floods the preview with renders that each run to the time budget.
+    let flood: Vec<_> = (0..10)
+        .map(|_| {
+            let (app, slow) = (Arc::clone(&app), slow.clone());
+            let sample = json!({"context": {"otp": "1", "s": "a".repeat(60_000)}});
+            tokio::spawn(async move { app.post(&format!("/campaigns/{slow}/preview"), &sample).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let sample = json!({"context": {"otp": "2"}});
+    let reply = app.call(Method::POST, &format!("/campaigns/{quick}/preview"), Some(&other_key), Some(&sample)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let waited = started.elapsed();
+    for status in flood {
+        let status = status.await.unwrap();
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::SERVICE_UNAVAILABLE, "{status}");
+    }
+    // At most one of a's renders (about the 1 s budget, more in a debug build) ahead of it.
+    assert!(waited < Duration::from_millis(2500), "sandbox b's preview waited {waited:?}");
+}

@@ -46,15 +46,31 @@ fn turns() -> &'static Arc<Semaphore> {
     })
 }
 
-/// Runs `work` on the blocking pool, in turn with the other previews.
-async fn sandboxed<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-    let turn = tokio::time::timeout(TURN_WAIT, Arc::clone(turns()).acquire_owned())
+/// Each sandbox's share of the turns: at most half of them (at least one), so one tenant's
+/// expensive previews queue behind each other and never take every turn from another's.
+fn sandbox_turns(sandbox: &str) -> Arc<Semaphore> {
+    static SHARES: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
+    let mut shares = SHARES.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let share = (std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get) / 2).max(1);
+    Arc::clone(shares.entry(sandbox.to_string()).or_insert_with(|| Arc::new(Semaphore::new(share))))
+}
+
+/// Runs `work` for `sandbox` on the blocking pool, in turn with the other previews.
+async fn sandboxed<T: Send + 'static>(sandbox: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
+    let busy = || Problem::unavailable("every template renderer of this sandbox is busy; try again");
+    let deadline = tokio::time::Instant::now() + TURN_WAIT;
+    let own = tokio::time::timeout_at(deadline, sandbox_turns(sandbox).acquire_owned())
         .await
         .ok()
         .and_then(Result::ok)
-        .ok_or_else(|| Problem::unavailable("every template renderer is busy; try again"))?;
+        .ok_or_else(busy)?;
+    let turn = tokio::time::timeout_at(deadline, Arc::clone(turns()).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(busy)?;
     let task = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
+        let _turns = (own, turn);
         work()
     });
     match tokio::time::timeout(WORK_TIMEOUT.max(RENDER_TIME_BUDGET), task).await {
@@ -141,7 +157,7 @@ pub(crate) async fn curl(
             .campaign(record.id)
     })?;
     let content = live.definition.content.clone();
-    let compiled = sandboxed(move || CompiledContent::compile(&content))
+    let compiled = sandboxed(&caller.sandbox, move || CompiledContent::compile(&content))
         .await?
         .map_err(|errors| template_problem(errors, record.id))?;
     let mut context_keys = BTreeSet::new();
@@ -234,7 +250,7 @@ pub(crate) async fn preview(
     };
     let content = version.definition.content.clone();
     let (profile, context) = (Value::Object(request.profile), Value::Object(request.context));
-    let rendered = match sandboxed(move || preview_content(&content, profile, context)).await? {
+    let rendered = match sandboxed(&caller.sandbox, move || preview_content(&content, profile, context)).await? {
         Preview::Rendered(rendered) => rendered,
         Preview::Failed(error) => return Err(template_problem(vec![error], record.id)),
         Preview::Refused(problems) => return Err(refused_problem(problems, record.id)),

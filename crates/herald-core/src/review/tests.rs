@@ -152,6 +152,12 @@ fn line_breaks_in_header_fields_are_refused() {
     assert_eq!(codes(&problems), ["control-character", "control-character", "control-character"]);
     let pointers: Vec<&str> = problems.iter().map(|p| p.pointer.as_str()).collect();
     assert_eq!(pointers, ["/surface/fromName", "/surface/replyTo", "/content/subject"]);
+    // Direction overrides and invisible marks spoof a display name.
+    for spoof in ["Bank\u{202E}moc.live", "Bank\u{2066}x", "Ba\u{200B}nk"] {
+        let mut spoofed = valid_email();
+        spoofed.surface.from_name = Some(spoof.into());
+        assert_eq!(codes(&review(Channel::Email, &spoofed, now())), ["control-character"], "{spoof:?}");
+    }
     // A variable in the subject is fine: what it renders to is made one line when sending.
     definition = valid_email();
     definition.content.subject = Some("Hi {{ profile.firstName | default(value='') }}".into());

@@ -34,9 +34,15 @@ impl VariableUse {
     /// The attribute directly under the root (`resetUrl` for `context.resetUrl.x`), if any.
     pub fn first_key(&self) -> Option<&str> {
         let rest = self.path.strip_prefix(self.root())?;
-        let rest = rest.strip_prefix('.').or_else(|| rest.strip_prefix('['))?;
-        let end = rest.find(['.', '[', ']']).unwrap_or(rest.len());
-        let key = rest[..end].trim_matches(|c| c == '"' || c == '\'');
+        let key = if let Some(bracket) = rest.strip_prefix('[') {
+            // `context["a.b"]`: the key is the whole quoted string, dots and brackets included.
+            let quote = bracket.chars().next().filter(|c| matches!(c, '"' | '\'' | '`'))?;
+            let quoted = &bracket[quote.len_utf8()..];
+            &quoted[..quoted.find(quote)?]
+        } else {
+            let rest = rest.strip_prefix('.')?;
+            &rest[..rest.find(['.', '[', ']']).unwrap_or(rest.len())]
+        };
         (!key.is_empty()).then_some(key)
     }
 }

@@ -237,9 +237,12 @@ pub fn single_line(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(line.trim().to_string())
 }
 
-/// A character that has no place in a one-line header field.
+/// A character that has no place in a one-line header field: controls, Unicode line breaks, and
+/// the invisible direction and width marks that make a sender name display as something else
+/// ("Bank\u{202E}moc.evil" shows reversed).
 pub fn is_control(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn content_parts(content: &Content) -> Vec<(String, &str)> {

@@ -107,4 +107,8 @@ fn first_key_handles_dots_and_brackets() {
     assert_eq!(key("context.resetUrl.host"), Some("resetUrl".into()));
     assert_eq!(key("context[\"otp\"]"), Some("otp".into()));
     assert_eq!(key("context"), None);
+    // Tera takes a quoted key whole: the execution must ask for the same attribute.
+    assert_eq!(key("context[\"a.b\"]"), Some("a.b".into()));
+    assert_eq!(key("context['a]b'].x"), Some("a]b".into()));
+    assert_eq!(key("context[\"a'\"]"), Some("a'".into()));
 }
