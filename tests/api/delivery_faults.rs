@@ -167,32 +167,34 @@ async fn copies_of_a_decided_delivery_in_one_claim_batch_are_all_final() {
 async fn claim_and_outcome_batches_racing_in_opposite_orders_never_fail() {
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let campaign = app.live_campaign(&otp_sms("otp")).await;
-    // One execution with 20 recipients: 20 delivery rows in one key range.
-    let recipients: Vec<(String, serde_json::Value)> =
-        (0..20).map(|n| (format!("+336123456{n:02}"), json!({"otp": n.to_string()}))).collect();
-    let recipients: Vec<(&str, serde_json::Value)> = recipients.iter().map(|(a, c)| (a.as_str(), c.clone())).collect();
-    let reply = app.post("/im/executions/unitary", &execution("wide", &campaign, &recipients)).await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
-    let execution_id: Uuid = reply.body["executionId"].as_str().unwrap().parse().unwrap();
-    let keys: Vec<DeliveryKey> = (0..20)
-        .map(|i| DeliveryKey {
-            execution_id,
-            recipient_index: i,
-            campaign_id: campaign.parse().unwrap(),
-            channel: "sms".into(),
-        })
-        .collect();
+    let execution_id = accepted_execution(&app, &campaign, "wide").await.execution_id;
+    let key = |i: i32| DeliveryKey {
+        execution_id,
+        recipient_index: i,
+        campaign_id: campaign.parse().unwrap(),
+        channel: "sms".into(),
+    };
     let stale = chrono::Duration::seconds(60);
-    // Two "workers" repeatedly claim every row (one in key order, one in reverse), then write a
-    // retrying outcome for what they got, so rows are claimable again in the next round.
+    // Four "workers" claim the same 200 new deliveries each round, in four different orders (as
+    // redelivered copies arrive), then write a retrying outcome for what they got. Rows locked in
+    // request order deadlock here within a few rounds.
     let mut tasks = Vec::new();
-    for reverse in [false, true] {
-        let (store, mut keys) = (app.store.clone(), keys.clone());
-        if reverse {
-            keys.reverse();
-        }
+    for order in 0..4 {
+        let store = app.store.clone();
+        let rounds: Vec<Vec<DeliveryKey>> = (0..15)
+            .map(|round| {
+                let mut keys: Vec<DeliveryKey> = (0..200).map(|i| key(round * 200 + i)).collect();
+                match order {
+                    1 => keys.reverse(),
+                    2 => keys.sort_by_key(|k| (k.recipient_index % 7, k.recipient_index)),
+                    3 => keys.sort_by_key(|k| (k.recipient_index % 3, -k.recipient_index)),
+                    _ => {}
+                }
+                keys
+            })
+            .collect();
         tasks.push(tokio::spawn(async move {
-            for _ in 0..40 {
+            for keys in rounds {
                 let requests: Vec<ClaimRequest> = keys.iter().map(claim_request).collect();
                 let outcomes = store.claim_deliveries(&requests, stale).await.expect("a claim batch never fails");
                 let finishes: Vec<Finish> = requests
