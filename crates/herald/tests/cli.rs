@@ -17,7 +17,9 @@ fn herald(database: &TestDatabase) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HERALD_DATABASE_URL", &database.url)
         // Several workers run at once here: each serves its metrics on a port of its own.
-        .env("HERALD_METRICS_ADDR", "127.0.0.1:0");
+        .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+        // Many processes share the test server's 100 connections with the other test binaries.
+        .env("HERALD_DATABASE_POOL_SIZE", "4");
     command
 }
 
@@ -462,7 +464,17 @@ async fn three_worker_processes_share_3000_messages_and_a_sigterm_mid_run_loses_
     // Stop one worker while the run is in full swing.
     let started = Instant::now();
     while count() < total / 3 {
-        assert!(started.elapsed() < Duration::from_secs(120), "the workers stalled at {}", count());
+        if started.elapsed() > Duration::from_secs(120) {
+            let stalled = count();
+            let logs: Vec<String> = workers
+                .drain(..)
+                .map(|mut worker| {
+                    let _ = worker.kill();
+                    String::from_utf8_lossy(&worker.wait_with_output().unwrap().stderr).to_string()
+                })
+                .collect();
+            panic!("the workers stalled at {stalled}; their logs:\n{}", logs.join("\n---\n"));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stopped_sent = stop_worker(workers.remove(0)).await;
