@@ -293,3 +293,22 @@ async fn an_exclusion_settles_a_dead_workers_claim_that_never_reached_its_call()
     let execution_id = key.execution_id.to_string();
     assert_eq!(status_of(&app, &execution_id).await["status"], "excluded");
 }
+
+#[tokio::test]
+async fn a_worker_told_to_stop_starts_no_new_call_while_its_slots_are_busy() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    for n in 0..3 {
+        execute(&app, &campaign, &format!("slow-{n}")).await;
+    }
+    // One slot, slow calls: the second message waits for the slot when the stop comes.
+    let provider = Arc::new(ScriptedProvider::with_latency(Duration::from_secs(2)));
+    let worker = TestWorker::start_with(&app, provider.clone(), fast_policy(), 1, 10).await;
+    let started = std::time::Instant::now();
+    while provider.call_count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the worker never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+    assert_eq!(provider.call_count(), 1, "the message waiting for the slot was not started after the stop");
+}

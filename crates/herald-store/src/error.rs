@@ -91,8 +91,11 @@ impl From<tokio_postgres::Error> for StoreError {
             // not a 503 inviting a retry that would fail the same way.
             None if error.is_closed() || io_cause(&error) => StoreError::Unavailable(describe(&error)),
             None => StoreError::Database(error),
-            // Class 08 is connection exceptions, 57P0x is the server shutting down.
-            Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
+            // Class 08 is connection exceptions, 57P0x is the server shutting down, class 53 is
+            // insufficient resources (53300: too many connections, 53100: disk full).
+            Some(code)
+                if code.code().starts_with("08") || code.code().starts_with("57P") || code.code().starts_with("53") =>
+            {
                 StoreError::Unavailable(describe(&error))
             }
             Some(_) => StoreError::Database(error),

@@ -252,8 +252,14 @@ async fn consume(
                 _ = shutdown.changed() => break,
             }
         }
-        // The semaphore is never closed; a closed one would mean the loop is being torn down.
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+        // Waiting for a permit (every slot busy) must not outlast a shutdown: a message taken
+        // after SIGTERM would start a provider call the grace period then cuts short. The
+        // semaphore is never closed; a closed one would mean the loop is being torn down.
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = permit else {
             break;
         };
         let (pipeline, settler, pause) = (Arc::clone(&pipeline), Arc::clone(&settler), Arc::clone(&pause));
