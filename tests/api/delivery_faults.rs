@@ -11,13 +11,12 @@ use herald_core::delivery::{DeliveryStatus, ErrorClass, ProviderError};
 use herald_store::{ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
 use herald_tests::fixtures::otp_sms;
 use herald_tests::worker::{TestWorker, fast_policy};
-use herald_tests::{TestApp, TestOptions, execution};
+use herald_tests::{TestApp, TestOptions};
 
 use crate::worker::{recipient as status_of, transient, wait_for_status as wait_for};
 use herald_worker::providers::fake::ScriptedProvider;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
