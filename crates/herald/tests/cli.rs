@@ -464,7 +464,8 @@ async fn three_worker_processes_share_3000_messages_and_a_sigterm_mid_run_loses_
     // Stop one worker while the run is in full swing.
     let started = Instant::now();
     while count() < total / 3 {
-        if started.elapsed() > Duration::from_secs(120) {
+        // Generous: on a loaded machine a worker takes a while to declare its shard queues.
+        if started.elapsed() > Duration::from_secs(300) {
             let stalled = count();
             let logs: Vec<String> = workers
                 .drain(..)
