@@ -286,7 +286,7 @@ async fn an_exclusion_settles_a_dead_workers_claim_that_never_reached_its_call()
     assert!(matches!(claimed[0], DeliveryClaim::Claimed { .. }), "{claimed:?}");
     // The campaign was stopped meanwhile: the redelivered copy is excluded, and the row with it.
     app.store
-        .record_delivery(&key, None, DeliveryStatus::Excluded, "campaign-not-live", chrono::Utc::now())
+        .record_delivery(&key, None, DeliveryStatus::Excluded, ("campaign-not-live", None), chrono::Utc::now())
         .await
         .unwrap();
     let execution_id = key.execution_id.to_string();
@@ -310,4 +310,22 @@ async fn a_worker_told_to_stop_starts_no_new_call_while_its_slots_are_busy() {
     }
     worker.stop().await;
     assert_eq!(provider.call_count(), 1, "the message waiting for the slot was not started after the stop");
+}
+
+#[tokio::test]
+async fn a_claim_asked_again_with_its_own_token_still_holds_the_delivery() {
+    let app = TestApp::spawn_with(TestOptions::with_broker()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    let key = accepted_execution(&app, &campaign, "rerun").await;
+    let request = claim_request(&key);
+    let stale = chrono::Duration::seconds(60);
+    let first = app.store.claim_deliveries(std::slice::from_ref(&request), stale).await.unwrap();
+    assert!(matches!(first[0], DeliveryClaim::Claimed { .. }), "{first:?}");
+    // A batch whose later statement failed is run again item by item: the claim it already wrote
+    // is this request's own, not another worker's.
+    let again = app.store.claim_deliveries(std::slice::from_ref(&request), stale).await.unwrap();
+    assert_eq!(again, vec![DeliveryClaim::Claimed { token: request.token, attempts: 0 }]);
+    // Anyone else's copy is busy.
+    let other = app.store.claim_deliveries(&[claim_request(&key)], stale).await.unwrap();
+    assert_eq!(other, vec![DeliveryClaim::Busy]);
 }

@@ -127,7 +127,7 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     // Recorded twice (a redelivered copy): counted once.
     store.record_dead_letter(&letter, base + ms(3_500)).await.unwrap();
     store
-        .record_delivery(&seed.key(9), None, DeliveryStatus::Excluded, "campaign-not-live", base + ms(200))
+        .record_delivery(&seed.key(9), None, DeliveryStatus::Excluded, ("campaign-not-live", None), base + ms(200))
         .await
         .unwrap();
     // One more recipient whose worker died during the call: unknown (maybe sent).

@@ -14,12 +14,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-
-use futures_util::StreamExt;
-use tokio::sync::mpsc;
-use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
+
+use crate::listen::Heard;
 
 use crate::{CAMPAIGN_CHANGES_CHANNEL, CampaignRecord, Store, StoreError};
 
@@ -108,48 +105,18 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
     }
 
     async fn listen_forever(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if let Err(error) = self.listen_once().await {
-                let error = crate::error::describe(&error);
-                tracing::warn!(%error, "campaign change listener lost; the cache is bypassed until it is back");
+        crate::listen::listen_forever(self.store.clone(), CAMPAIGN_CHANGES_CHANNEL, "campaigns", |heard| match heard {
+            Heard::Listening => {
+                // Whatever changed while nobody listened is forgotten before the cache is trusted.
+                self.invalidate(None);
+                self.listening.store(true, Ordering::SeqCst);
             }
-            self.listening.store(false, Ordering::SeqCst);
-            self.invalidate(None);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(3));
-        }
-    }
-
-    async fn listen_once(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = self.store.connection_config().connect(tokio_postgres::NoTls).await?;
-        let (notifications, mut received) = mpsc::unbounded_channel();
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let driver = tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(notification)) => {
-                        if notifications.send(notification.payload().to_string()).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        let error = crate::error::describe(&error);
-                        tracing::warn!(%error, "campaign change listener connection failed");
-                        return;
-                    }
-                }
+            Heard::Lost => {
+                self.listening.store(false, Ordering::SeqCst);
+                self.invalidate(None);
             }
-        });
-        client.batch_execute(&format!("LISTEN {CAMPAIGN_CHANGES_CHANNEL}")).await?;
-        self.invalidate(None);
-        self.listening.store(true, Ordering::SeqCst);
-        tracing::info!("listening for campaign changes");
-        while let Some(payload) = received.recv().await {
-            self.invalidate(Uuid::parse_str(&payload).ok());
-        }
-        driver.abort();
-        Ok(())
+            Heard::Notification(payload) => self.invalidate(Uuid::parse_str(payload).ok()),
+        })
+        .await;
     }
 }

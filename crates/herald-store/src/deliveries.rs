@@ -84,6 +84,7 @@ pub(crate) const UNSTARTED_CLAIM_STALE: Duration = Duration::seconds(5);
 #[derive(Debug, Clone)]
 struct CurrentState {
     status: String,
+    attempts: i32,
     claim_token: Option<Uuid>,
     claimed_at: Option<DateTime<Utc>>,
     /// Set just before the provider call: the claim's worker may have sent the message.
@@ -110,7 +111,8 @@ impl Store {
         let indexes: Vec<i32> = missed.iter().map(|r| r.key.recipient_index).collect();
         let rows = client
             .query(
-                "SELECT d.execution_id, d.recipient_index, d.status, d.claim_token, d.claimed_at, d.call_started_at IS NOT NULL
+                "SELECT d.execution_id, d.recipient_index, d.status, d.claim_token, d.claimed_at, d.call_started_at IS NOT NULL,
+                        d.attempts
                    FROM deliveries d JOIN UNNEST($1::uuid[], $2::int[]) AS u(e, i)
                      ON d.execution_id = u.e AND d.recipient_index = u.i",
                 &[&executions, &indexes],
@@ -124,6 +126,7 @@ impl Store {
                     claim_token: row.get(3),
                     claimed_at: row.get(4),
                     call_started: row.get(5),
+                    attempts: row.get(6),
                 };
                 ((row.get(0), row.get(1)), state)
             })
@@ -150,6 +153,11 @@ impl Store {
         }
         if status != DeliveryStatus::Sending {
             return Ok(DeliveryClaim::Final(status));
+        }
+        // This request's own claim, written by a batch whose statement failed afterwards and is
+        // now run again item by item: it holds the delivery.
+        if state.claim_token == Some(request.token) {
+            return Ok(DeliveryClaim::Claimed { token: request.token, attempts: state.attempts });
         }
         // A claim that never reached its call can be taken over sooner: if its worker is alive
         // after all, its mark fails on the changed token and it never calls.
@@ -365,25 +373,28 @@ impl Store {
         Ok(finishes.iter().map(|f| written.contains(&f.token)).collect())
     }
 
-    /// Records a delivery decided without a provider call (excluded, or failed before sending).
-    /// A delivery that already has a row keeps it, unless it waits for a retry or is a dead
-    /// worker's claim that never reached its call (else it would stay `sending` for ever).
+    /// Records a delivery decided without a provider call (excluded, or failed before sending,
+    /// with `last_error` saying why: a template over its budget, for instance), in one statement
+    /// so that no reader sees it without its reason. A delivery that already has a row keeps it,
+    /// unless it waits for a retry or is a dead worker's claim that never reached its call (else
+    /// it would stay `sending` for ever).
     pub async fn record_delivery(
         &self,
         key: &DeliveryKey,
         version_id: Option<Uuid>,
         status: DeliveryStatus,
-        reason: &str,
+        (reason, last_error): (&str, Option<&str>),
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.client()
             .await?
             .execute(
                 "INSERT INTO deliveries (execution_id, recipient_index, status, reason, attempts, campaign_version_id, campaign_id, channel,
-                                         created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $8)
+                                         last_error, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $10, $8, $8)
                  ON CONFLICT (execution_id, recipient_index) DO UPDATE
-                    SET status = EXCLUDED.status, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at
+                    SET status = EXCLUDED.status, reason = EXCLUDED.reason, last_error = EXCLUDED.last_error,
+                        updated_at = EXCLUDED.updated_at
                   WHERE deliveries.status = 'retrying'
                      OR (deliveries.status = 'sending' AND deliveries.call_started_at IS NULL
                          AND deliveries.claimed_at < EXCLUDED.updated_at - make_interval(secs => $9))",
@@ -397,6 +408,7 @@ impl Store {
                     &key.channel,
                     &now,
                     &(UNSTARTED_CLAIM_STALE.num_milliseconds() as f64 / 1000.0),
+                    &last_error,
                 ],
             )
             .await?;

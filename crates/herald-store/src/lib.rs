@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod deliveries;
 mod error;
 pub mod executions;
+mod listen;
 pub mod migrate;
 pub mod profiles;
 mod push_endpoints;

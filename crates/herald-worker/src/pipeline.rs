@@ -102,6 +102,9 @@ pub struct Pipeline {
     sent: std::sync::atomic::AtomicU64,
 }
 
+/// How long the call mark is retried before the message is put back (a longer database outage).
+const MARK_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Rows per batched claim or outcome write, and concurrent writers of each.
 const MAX_BATCH: usize = 256;
 const BATCH_WRITERS: usize = 2;
@@ -264,7 +267,9 @@ impl Pipeline {
             key: key.clone(),
             version_id: version,
             token: Uuid::now_v7(),
-            now,
+            // Read now, not when the message arrived: a render turn may take seconds under load,
+            // and a claim born older than the takeover limit could be taken over at once.
+            now: self.clock.now(),
             accepted_at: envelope.accepted_at,
             resend_abandoned,
         };
@@ -333,7 +338,7 @@ impl Pipeline {
         now: DateTime<Utc>,
     ) -> Result<Decision, StoreError> {
         tracing::debug!(execution_id = %key.execution_id, reason, "delivery excluded");
-        self.store.record_delivery(key, version, DeliveryStatus::Excluded, reason, now).await?;
+        self.store.record_delivery(key, version, DeliveryStatus::Excluded, (reason, None), now).await?;
         observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Excluded, Some(reason));
         Ok(Decision::Ack)
     }
@@ -344,7 +349,23 @@ impl Pipeline {
         TransmitGate::new(Arc::new(move || {
             let start = CallStart { key: key.clone(), token, now: clock.now() };
             let starts = Arc::clone(&starts);
-            Box::pin(async move { starts.submit(start).await.map_err(|error| error.to_string()) })
+            Box::pin(async move {
+                // The mark is idempotent on its token: a write whose answer was lost (it may have
+                // committed) is written again rather than given up, or the message would be put
+                // back with a mark and later recorded maybe-sent although it never left.
+                let mut delay = Duration::from_millis(50);
+                let give_up = tokio::time::Instant::now() + MARK_PATIENCE;
+                loop {
+                    match starts.submit(start.clone()).await {
+                        Ok(held) => return Ok(held),
+                        Err(error) if tokio::time::Instant::now() >= give_up => return Err(error.to_string()),
+                        Err(_) => {
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            })
         }))
     }
 
@@ -560,7 +581,8 @@ impl Pipeline {
             }
             return Ok(endpoint);
         }
-        let endpoint = self.provider.create_push_endpoint(application_arn, token).await?;
+        // Not the send: it must not set the call mark (a timeout here sent nothing).
+        let endpoint = transmit::outside_gate(self.provider.create_push_endpoint(application_arn, token)).await?;
         self.store
             .remember_push_endpoint(sandbox, application_arn, token, &endpoint, self.clock.now())
             .await

@@ -43,8 +43,13 @@ fn permits() -> &'static Arc<Semaphore> {
 fn sandbox_permits(sandbox: &str) -> Arc<Semaphore> {
     static SHARES: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
     let mut shares = SHARES.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let share = shares.entry(sandbox.to_string()).or_insert_with(|| Arc::new(Semaphore::new(render_limit() / 2)));
-    Arc::clone(share)
+    // Looked up before inserting: no key allocation per message once the sandbox is known.
+    if let Some(share) = shares.get(sandbox) {
+        return Arc::clone(share);
+    }
+    let share = Arc::new(Semaphore::new(render_limit() / 2));
+    shares.insert(sandbox.to_string(), Arc::clone(&share));
+    share
 }
 
 /// A turn to render: the sandbox's share and a process permit. Waiting for one is the
@@ -109,7 +114,15 @@ impl Pipeline {
         let failed = |why: String, dead_letter: bool| async move {
             let last_error = herald_telemetry::redact::redact(&why).into_owned();
             tracing::warn!(execution_id = %key.execution_id, error = %last_error, "rendering failed");
-            self.store().record_failure_before_send(key, version, reasons::RENDERING_ERROR, &last_error, now).await?;
+            self.store()
+                .record_delivery(
+                    key,
+                    version,
+                    DeliveryStatus::Failed,
+                    (reasons::RENDERING_ERROR, Some(&last_error)),
+                    now,
+                )
+                .await?;
             crate::observe::outcome(
                 self.metrics(),
                 &key.channel,
@@ -152,8 +165,11 @@ impl Pipeline {
         }
         let span = tracing::info_span!("render");
         let result = render(turn, Arc::clone(compiled), profile, context).instrument(span).await;
-        if redelivered {
-            self.store().finish_redelivered_render(key).await?;
+        // Best effort: the render returned, so it did not kill the worker, and a database error
+        // here must not fail a good render. The count it leaves would dead-letter the message if
+        // it were redelivered again: the warning says so.
+        if redelivered && let Err(error) = self.store().finish_redelivered_render(key).await {
+            tracing::warn!(%error, execution_id = %key.execution_id, "could not clear a redelivered message's render count");
         }
         match result {
             Ok(mut rendered) => {

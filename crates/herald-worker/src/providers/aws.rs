@@ -64,15 +64,20 @@ pub async fn load_config(settings: &AwsSettings) -> SdkConfig {
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
-    loader.http_client(super::transmit::gated_https_client()).load().await
+    loader.load().await
 }
 
+/// The send clients get the gated connector; the configuration's own (credential providers:
+/// IMDS, ECS, STS) does not, so a credential refresh inside a send cannot write the call mark.
 pub fn ses_client(config: &SdkConfig) -> aws_sdk_sesv2::Client {
-    aws_sdk_sesv2::Client::new(config)
+    let config =
+        aws_sdk_sesv2::config::Builder::from(config).http_client(super::transmit::gated_https_client()).build();
+    aws_sdk_sesv2::Client::from_conf(config)
 }
 
 pub fn sns_client(config: &SdkConfig) -> aws_sdk_sns::Client {
-    aws_sdk_sns::Client::new(config)
+    let config = aws_sdk_sns::config::Builder::from(config).http_client(super::transmit::gated_https_client()).build();
+    aws_sdk_sns::Client::from_conf(config)
 }
 
 /// What the classifiers need of an SDK error. The SDK reports every transport failure as a
@@ -337,6 +342,20 @@ mod tests {
         // The signed request got as far as the gate and no further.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_request_outside_the_gate_neither_waits_for_it_nor_opens_it() {
+        use super::super::transmit;
+        let (endpoint, connections, server) = counting_listener().await;
+        let provider = AwsProvider::new(&load_config(&settings(endpoint)).await);
+        // The delivery's gate would refuse; the endpoint request before the send goes out anyway.
+        let gate = gate(Ok(false));
+        let endpoint_call = transmit::outside_gate(provider.create_push_endpoint("arn:app", "token"));
+        let _ = transmit::through(gate.clone(), endpoint_call).await;
+        assert_eq!(gate.answer(), None, "the endpoint request did not set the call mark");
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
         server.abort();
     }
 
