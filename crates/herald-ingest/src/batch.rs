@@ -23,9 +23,9 @@ pub struct Batcher<I, O> {
 }
 
 /// Runs `write` over `inputs` and checks it returned one output per input.
-async fn write_all<I, O, F, Fut>(write: &F, inputs: Vec<I>) -> Result<Vec<O>, StoreError>
+async fn write_all<I, O, F, Fut>(write: &F, inputs: Arc<[I]>) -> Result<Vec<O>, StoreError>
 where
-    F: Fn(Vec<I>) -> Fut,
+    F: Fn(Arc<[I]>) -> Fut,
     Fut: Future<Output = Result<Vec<O>, StoreError>>,
 {
     let expected = inputs.len();
@@ -37,12 +37,13 @@ where
     }
 }
 
-impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
+impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts `workers` tasks, each writing batches of up to `max_batch` items with `write`,
-    /// which must return one output per input, in order.
+    /// which must return one output per input, in order. The batch is shared with `write`, not
+    /// copied: only the item-by-item rerun of a failed batch clones items.
     pub fn start<F, Fut>(workers: usize, max_batch: usize, write: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<[I]>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send,
     {
         let (sender, receiver) = mpsc::channel::<(I, Reply<O>)>(max_batch * workers.max(1) * 4);
@@ -68,23 +69,22 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
                         }
                     }
                     let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = batch.into_iter().unzip();
-                    // Kept only when there are neighbours to isolate from; a clone of a row is
-                    // cheap next to the statement that writes it.
-                    let retry = (inputs.len() > 1).then(|| inputs.clone());
-                    match (write_all(write.as_ref(), inputs).await, retry) {
-                        (Ok(outputs), _) => {
+                    let inputs: Arc<[I]> = inputs.into();
+                    match write_all(write.as_ref(), Arc::clone(&inputs)).await {
+                        Ok(outputs) => {
                             for (reply, output) in replies.into_iter().zip(outputs) {
                                 let _ = reply.send(Ok(output));
                             }
                         }
-                        (Err(error), Some(inputs)) if !matches!(error, StoreError::Unavailable(_)) => {
+                        // Neighbours to isolate from: each item again, alone.
+                        Err(error) if inputs.len() > 1 && !matches!(error, StoreError::Unavailable(_)) => {
                             tracing::warn!(%error, items = inputs.len(), "batched write failed; writing its items one by one");
-                            for (input, reply) in inputs.into_iter().zip(replies) {
-                                let result = write_all(write.as_ref(), vec![input]).await;
+                            for (input, reply) in inputs.iter().zip(replies) {
+                                let result = write_all(write.as_ref(), Arc::from([input.clone()])).await;
                                 let _ = reply.send(result.map(|mut outputs| outputs.remove(0)).map_err(Arc::new));
                             }
                         }
-                        (Err(error), _) => {
+                        Err(error) => {
                             let error = Arc::new(error);
                             replies.into_iter().for_each(|reply| drop(reply.send(Err(Arc::clone(&error)))));
                         }
@@ -115,11 +115,11 @@ mod tests {
     fn poisoned(error: fn() -> StoreError) -> (Batcher<i64, i64>, Arc<std::sync::Mutex<Vec<usize>>>) {
         let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = Arc::clone(&calls);
-        let batcher = Batcher::start(1, 256, move |items: Vec<i64>| {
+        let batcher = Batcher::start(1, 256, move |items: Arc<[i64]>| {
             seen.lock().unwrap().push(items.len());
             async move {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if items.iter().any(|item| *item < 0) { Err(error()) } else { Ok(items) }
+                if items.iter().any(|item| *item < 0) { Err(error()) } else { Ok(items.to_vec()) }
             }
         });
         (batcher, calls)

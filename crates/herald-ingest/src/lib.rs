@@ -133,13 +133,14 @@ pub struct Ingest {
 impl Ingest {
     pub fn new(store: Store, broker: Broker, settings: IngestSettings) -> Self {
         let claim_store = store.clone();
-        let claims = Batcher::start(settings.batch_workers, settings.max_batch, move |claims: Vec<ExecutionClaim>| {
-            let store = claim_store.clone();
-            async move { store.claim_executions(&claims).await }
-        });
+        let claims =
+            Batcher::start(settings.batch_workers, settings.max_batch, move |claims: Arc<[ExecutionClaim]>| {
+                let store = claim_store.clone();
+                async move { store.claim_executions(&claims).await }
+            });
         let completion_store = store.clone();
         let completions =
-            Batcher::start(settings.batch_workers, settings.max_batch, move |done: Vec<(Uuid, DateTime<Utc>)>| {
+            Batcher::start(settings.batch_workers, settings.max_batch, move |done: Arc<[(Uuid, DateTime<Utc>)]>| {
                 let store = completion_store.clone();
                 async move {
                     let now = done.iter().map(|(_, at)| *at).max().unwrap_or_else(Utc::now);

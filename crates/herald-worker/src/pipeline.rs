@@ -129,17 +129,17 @@ impl Pipeline {
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("worker", hit));
         let (claim_store, stale) = (store.clone(), settings.stale_claim);
-        let claims = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |requests: Vec<ClaimRequest>| {
+        let claims = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |requests: Arc<[ClaimRequest]>| {
             let store = claim_store.clone();
             async move { store.claim_deliveries(&requests, stale).await }
         });
         let start_store = store.clone();
-        let starts = Arc::new(Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Vec<CallStart>| {
+        let starts = Arc::new(Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Arc<[CallStart]>| {
             let store = start_store.clone();
             async move { store.mark_calls_started(&starts).await }
         }));
         let finish_store = store.clone();
-        let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Vec<Finish>| {
+        let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Arc<[Finish]>| {
             let store = finish_store.clone();
             async move { store.finish_deliveries(&finishes).await }
         });
