@@ -56,6 +56,8 @@ pub struct AppState {
     pub ingest: Option<Arc<herald_ingest::Ingest>>,
     /// The process's metrics, served at `/metrics` (shared with ingest and, in `herald dev`, the worker).
     pub metrics: Arc<herald_telemetry::Metrics>,
+    /// Turns on the blocking pool for previews and cURL samples.
+    render_turns: Arc<campaigns::render_turns::RenderTurns>,
 }
 
 impl AppState {
@@ -67,7 +69,15 @@ impl AppState {
     pub fn new(store: Store, clock: Arc<dyn Clock>, config: ApiConfig) -> Self {
         // Its listener task stops when the last clone of the state is dropped.
         let keys = Arc::new(auth::KeyCache::start(store.clone()));
-        Self { store, clock, config: Arc::new(config), keys, ingest: None, metrics: Arc::default() }
+        Self {
+            store,
+            clock,
+            config: Arc::new(config),
+            keys,
+            ingest: None,
+            metrics: Arc::default(),
+            render_turns: Arc::default(),
+        }
     }
 
     pub fn with_metrics(mut self, metrics: Arc<herald_telemetry::Metrics>) -> Self {

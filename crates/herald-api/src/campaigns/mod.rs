@@ -3,6 +3,7 @@
 
 pub(crate) mod actions;
 mod document;
+pub(crate) mod render_turns;
 pub(crate) mod tools;
 
 use axum::Json;

@@ -7,7 +7,6 @@
 //! stall the API's runtime, nor its health checks.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Json;
@@ -18,7 +17,6 @@ use herald_core::template::{CompiledContent, RENDER_TIME_BUDGET, Rendered, Templ
 use herald_core::{Content, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::Semaphore;
 
 use super::load;
 use crate::AppState;
@@ -38,39 +36,19 @@ const TURN_WAIT: Duration = Duration::from_secs(5);
 /// the render's deadline) end them well before; this only keeps a request from hanging.
 const WORK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Concurrent preview and cURL-sample compiles and renders: as many as there are CPUs.
-fn turns() -> &'static Arc<Semaphore> {
-    static TURNS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    TURNS.get_or_init(|| {
-        Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)))
-    })
-}
-
-/// Each sandbox's share of the turns: at most half of them (at least one), so one tenant's
-/// expensive previews queue behind each other and never take every turn from another's.
-fn sandbox_turns(sandbox: &str) -> Arc<Semaphore> {
-    static SHARES: OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
-    let mut shares = SHARES.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let share = (std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get) / 2).max(1);
-    Arc::clone(shares.entry(sandbox.to_string()).or_insert_with(|| Arc::new(Semaphore::new(share))))
-}
-
 /// Runs `work` for `sandbox` on the blocking pool, in turn with the other previews.
-async fn sandboxed<T: Send + 'static>(sandbox: &str, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Problem> {
-    let busy = || Problem::unavailable("every template renderer of this sandbox is busy; try again");
-    let deadline = tokio::time::Instant::now() + TURN_WAIT;
-    let own = tokio::time::timeout_at(deadline, sandbox_turns(sandbox).acquire_owned())
+async fn sandboxed<T: Send + 'static>(
+    state: &AppState,
+    sandbox: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Problem> {
+    let turns = state
+        .render_turns
+        .acquire(sandbox, tokio::time::Instant::now() + TURN_WAIT)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(busy)?;
-    let turn = tokio::time::timeout_at(deadline, Arc::clone(turns()).acquire_owned())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(busy)?;
+        .ok_or_else(|| Problem::unavailable("every template renderer of this sandbox is busy; try again"))?;
     let task = tokio::task::spawn_blocking(move || {
-        let _turns = (own, turn);
+        let _turns = turns;
         work()
     });
     match tokio::time::timeout(WORK_TIMEOUT.max(RENDER_TIME_BUDGET), task).await {
@@ -157,7 +135,7 @@ pub(crate) async fn curl(
             .campaign(record.id)
     })?;
     let content = live.definition.content.clone();
-    let compiled = sandboxed(&caller.sandbox, move || CompiledContent::compile(&content))
+    let compiled = sandboxed(&state, &caller.sandbox, move || CompiledContent::compile(&content))
         .await?
         .map_err(|errors| template_problem(errors, record.id))?;
     let mut context_keys = BTreeSet::new();
@@ -250,7 +228,8 @@ pub(crate) async fn preview(
     };
     let content = version.definition.content.clone();
     let (profile, context) = (Value::Object(request.profile), Value::Object(request.context));
-    let rendered = match sandboxed(&caller.sandbox, move || preview_content(&content, profile, context)).await? {
+    let rendered = match sandboxed(&state, &caller.sandbox, move || preview_content(&content, profile, context)).await?
+    {
         Preview::Rendered(rendered) => rendered,
         Preview::Failed(error) => return Err(template_problem(vec![error], record.id)),
         Preview::Refused(problems) => return Err(refused_problem(problems, record.id)),
