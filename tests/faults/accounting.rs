@@ -78,7 +78,7 @@ impl Probe {
         Some(depths)
     }
 
-    async fn database(&self) -> Option<tokio_postgres::Client> {
+    pub(crate) async fn database(&self) -> Option<tokio_postgres::Client> {
         let connect = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls);
         let (client, connection) = tokio::time::timeout(Duration::from_secs(5), connect).await.ok()?.ok()?;
         tokio::spawn(connection);

@@ -60,6 +60,30 @@ impl ApiClient {
         id
     }
 
+    /// `POST path` with the bootstrap key; `None` if the API did not answer.
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Option<(StatusCode, Value)> {
+        self.post(path, body).await.ok()
+    }
+
+    /// One execution of `campaign` for `marker`, retried on 5xx and 429; its execution id.
+    pub(crate) async fn execute_once(&self, campaign: &str, request_id: &str, marker: &str) -> String {
+        let started = Instant::now();
+        loop {
+            match self.execute(campaign, request_id, &format!("{marker}@example.com"), marker).await {
+                Ok(reply) if reply.status == StatusCode::ACCEPTED => {
+                    return reply.body["executionId"].as_str().expect("an execution id").to_string();
+                }
+                Ok(reply) if !reply.status.is_server_error() && reply.status != StatusCode::TOO_MANY_REQUESTS => {
+                    panic!("{request_id}: {} {}", reply.status, reply.body)
+                }
+                other => {
+                    assert!(started.elapsed() < Duration::from_secs(30), "{request_id}: {:?}", other.err());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     /// `POST /dead-letters/{id}/replay`, retried while the API answers 5xx.
     pub(crate) async fn replay_dead_letter(&self, id: &str) -> (StatusCode, Value) {
         let started = Instant::now();

@@ -150,6 +150,15 @@ impl HeraldProcess {
         }
     }
 
+    /// The running process's id; `None` once it has exited (or was never started).
+    pub(crate) fn pid(&mut self) -> Option<u32> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// SIGKILL: the process gets no chance to finish anything.
     pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

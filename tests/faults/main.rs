@@ -16,6 +16,7 @@ mod accounting;
 mod client;
 mod fake_ses;
 mod herald;
+mod hostile_templates;
 mod infra_faults;
 mod postgres;
 mod process_faults;
@@ -32,7 +33,7 @@ use run::{Env, Run};
 
 /// Every scenario, in the order they run (they take turns: a broker or database restart must
 /// not land in another scenario's accounting).
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "worker-kill",
     "api-kill",
     "broker-restart",
@@ -42,6 +43,7 @@ const SCENARIOS: [&str; 9] = [
     "permanent-rejections",
     "sigterm-drain",
     "dead-letter-replay",
+    "hostile-templates",
 ];
 
 async fn run_scenario(name: &str, env: &Env) -> Report {
@@ -55,6 +57,7 @@ async fn run_scenario(name: &str, env: &Env) -> Report {
         "permanent-rejections" => provider_faults::permanent_rejections(env).await,
         "sigterm-drain" => process_faults::sigterm_drain(env).await,
         "dead-letter-replay" => provider_faults::dead_letter_replay(env).await,
+        "hostile-templates" => hostile_templates::hostile_templates(env).await,
         other => unreachable!("unknown scenario {other}"),
     }
 }
