@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use herald_core::{Channel, Scope};
 use herald_store::DeliveryKey;
-use herald_tests::fixtures::otp_sms;
+use herald_tests::fixtures::{hostile_templates, otp_sms};
 use herald_tests::worker::{TestWorker, fast_policy};
 use herald_tests::{TestApp, TestOptions, execution};
 use herald_worker::providers::fake::ScriptedProvider;
@@ -17,46 +17,9 @@ use lapin::options::BasicGetOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// (name, SMS body, what the review and the preview call it).
-fn hostile_bodies() -> Vec<(&'static str, String, &'static str)> {
-    vec![
-        (
-            "recursive-macro",
-            "{% macro boom(n) %}{{ self::boom(n=n) }}{% endmacro %}{{ self::boom(n=1) }}".into(),
-            "forbidden-tag",
-        ),
-        ("include", "{% include \"body.txt\" %}".into(), "forbidden-tag"),
-        (
-            "billion-iterations",
-            "{% for i in range(end=1000) %}{% for j in range(end=1000) %}{% for k in range(end=1000) %}x\
-             {% endfor %}{% endfor %}{% endfor %}"
-                .into(),
-            "render-budget",
-        ),
-        (
-            "replace-bomb",
-            format!("{{% set a = \"{}\" %}}{{{{ a{} }}}}", "a".repeat(62), " | replace(from=\"a\", to=a)".repeat(5)),
-            "render-budget",
-        ),
-    ]
-}
-
-/// Replaces `path` of a campaign's live definition in the database, as no API allows, and
-/// tells the caches (as every campaign change does).
+/// Replaces `path` of a campaign's live definition in the database, behind the review's back.
 async fn force_live(app: &TestApp, campaign: &str, path: &[&str], value: Value) {
-    let client = sql(app).await;
-    let id = uuid::Uuid::parse_str(campaign).unwrap();
-    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-    let updated = client
-        .execute(
-            "UPDATE campaign_versions SET definition = jsonb_set(definition, $3, $1)
-              WHERE id = (SELECT live_version_id FROM campaigns WHERE id = $2)",
-            &[&value, &id, &path],
-        )
-        .await
-        .unwrap();
-    assert_eq!(updated, 1);
-    client.execute("SELECT pg_notify('herald_campaign_changes', $1)", &[&campaign]).await.unwrap();
+    herald_tests::force_live(&sql(app).await, campaign, path, value).await.expect("force the live version");
 }
 
 /// A connection to the test's database, for what the API does not show.
@@ -97,7 +60,7 @@ async fn execute_as(app: &TestApp, key: &str, campaign: &str, request: &str) -> 
 #[tokio::test]
 async fn hostile_templates_are_refused_by_review_and_by_the_preview_of_a_draft() {
     let app = TestApp::spawn().await;
-    for (name, source, code) in hostile_bodies() {
+    for (name, source, code) in hostile_templates() {
         let mut document = otp_sms(name);
         document["content"]["body"] = json!(source);
         let id = app.create_campaign(&document).await;
@@ -125,7 +88,7 @@ async fn hostile_templates_forced_live_fail_within_the_budget_while_other_messag
     let activated = app.call(Method::POST, &format!("/campaigns/{other}/activate"), Some(&other_key), None).await;
     assert_eq!(activated.status, StatusCode::OK, "{}", activated.body);
     let mut hostile = Vec::new();
-    for (name, source, _) in hostile_bodies() {
+    for (name, source, _) in hostile_templates() {
         let campaign = app.live_campaign(&otp_sms(name)).await;
         force_live(&app, &campaign, &["content", "body"], json!(source)).await;
         // A preview of the live version checks it like a draft.

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use herald_tests::fixtures;
+use herald_tests::force_live;
+
 use crate::accounting::{Expect, Report};
 use crate::run::{Env, Run, Spec};
 
@@ -17,48 +20,11 @@ const PEAK_RSS_LIMIT_KIB: u64 = 200 * 1024;
 /// Executions per hostile template.
 const EXECUTIONS_EACH: usize = 5;
 
-fn hostile_texts() -> Vec<(&'static str, String)> {
-    let nested = |depth: usize| {
-        let open = "{% for i in range(end=1000) %}".repeat(depth);
-        format!("{open}x{}", "{% endfor %}".repeat(depth))
-    };
-    vec![
-        ("recursive-macro", "{% macro boom(n) %}{{ self::boom(n=n) }}{% endmacro %}{{ self::boom(n=1) }}".into()),
-        ("include", "{% include \"body.txt\" %}".into()),
-        ("billion-iterations", nested(3)),
-        (
-            "replace-bomb",
-            format!("{{% set a = \"{}\" %}}{{{{ a{} }}}}", "a".repeat(62), " | replace(from=\"a\", to=a)".repeat(5)),
-        ),
-    ]
-}
-
 /// The process's peak resident set (VmHWM) in KiB, from /proc.
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Replaces the text of `campaign`'s live version in the database, as no API allows, and
-/// notifies the caches as every campaign change does.
-async fn force_live_text(run: &Run, campaign: &str, text: &str) -> Result<(), String> {
-    let client = run.probe.database().await.ok_or("no database connection")?;
-    let id = uuid::Uuid::parse_str(campaign).map_err(|e| e.to_string())?;
-    let path = vec!["content".to_string(), "text".to_string()];
-    let updated = client
-        .execute(
-            "UPDATE campaign_versions SET definition = jsonb_set(definition, $3, $1)
-              WHERE id = (SELECT live_version_id FROM campaigns WHERE id = $2)",
-            &[&Value::String(text.into()), &id, &path],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    if updated != 1 {
-        return Err(format!("{updated} versions updated"));
-    }
-    client.execute("SELECT pg_notify('herald_campaign_changes', $1)", &[&campaign]).await.map_err(|e| e.to_string())?;
-    Ok(())
 }
 
 /// (status, reason, last error) of each execution's delivery, once none is pending.
@@ -89,14 +55,20 @@ pub(crate) async fn hostile_templates(env: &Env) -> Report {
     pids.extend(run.stack.workers.iter_mut().map(|worker| (worker.name.clone(), worker.pid())));
 
     let mut executions = Vec::new();
-    for (name, text) in hostile_texts() {
+    for (name, text, _) in fixtures::hostile_templates() {
         let campaign = run.api.create_campaign(&format!("hostile {name}")).await;
-        if let Err(error) = force_live_text(&run, &campaign, &text).await {
+        // Forced before its first execution, so no cache can hold the reviewed text.
+        let forced = match run.probe.database().await {
+            Some(client) => force_live(&client, &campaign, &["content", "text"], Value::String(text))
+                .await
+                .err()
+                .map(|error| error.to_string()),
+            None => Some("no database connection".to_string()),
+        };
+        if let Some(error) = forced {
             run.report.violate("could not force a hostile template live", format!("{name}: {error}"));
             continue;
         }
-        // The caches drop the campaign on the notification; give it a moment to arrive.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         match run.api.post_json(&format!("/campaigns/{campaign}/preview?version=live"), &json!({})).await {
             Some((StatusCode::UNPROCESSABLE_ENTITY, _)) => {}
             other => run.report.violate("a hostile live version's preview is not a 422", format!("{name}: {other:?}")),

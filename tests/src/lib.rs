@@ -375,4 +375,54 @@ pub mod fixtures {
             "messageTtlSeconds": 300
         })
     }
+
+    /// Templates the review refuses, each of which once took a process down or bloated it:
+    /// (name, template source, the code the review and the preview give it).
+    pub fn hostile_templates() -> Vec<(&'static str, String, &'static str)> {
+        let nested_loops =
+            "{% for i in range(end=1000) %}{% for j in range(end=1000) %}{% for k in range(end=1000) %}x\
+             {% endfor %}{% endfor %}{% endfor %}"
+                .to_string();
+        vec![
+            (
+                "recursive-macro",
+                "{% macro boom(n) %}{{ self::boom(n=n) }}{% endmacro %}{{ self::boom(n=1) }}".into(),
+                "forbidden-tag",
+            ),
+            ("include", "{% include \"body.txt\" %}".into(), "forbidden-tag"),
+            ("billion-iterations", nested_loops, "render-budget"),
+            (
+                "replace-bomb",
+                format!(
+                    "{{% set a = \"{}\" %}}{{{{ a{} }}}}",
+                    "a".repeat(62),
+                    " | replace(from=\"a\", to=a)".repeat(5)
+                ),
+                "render-budget",
+            ),
+        ]
+    }
+}
+
+/// Replaces `path` of a campaign's live definition in the database, as no API allows (so that
+/// content the review refuses can be tested behind its back), and tells the caches as every
+/// campaign change does.
+pub async fn force_live(
+    client: &tokio_postgres::Client,
+    campaign: &str,
+    path: &[&str],
+    value: Value,
+) -> Result<(), tokio_postgres::Error> {
+    let id = uuid::Uuid::parse_str(campaign).expect("a campaign id");
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    let updated = client
+        .execute(
+            "UPDATE campaign_versions SET definition = jsonb_set(definition, $3, $1)
+              WHERE id = (SELECT live_version_id FROM campaigns WHERE id = $2)",
+            &[&value, &id, &path],
+        )
+        .await?;
+    assert_eq!(updated, 1, "campaign {campaign} has no live version");
+    client.execute("SELECT pg_notify('herald_campaign_changes', $1)", &[&campaign]).await?;
+    Ok(())
 }

@@ -57,7 +57,7 @@ pub struct AppState {
     /// The process's metrics, served at `/metrics` (shared with ingest and, in `herald dev`, the worker).
     pub metrics: Arc<herald_telemetry::Metrics>,
     /// Turns on the blocking pool for previews and cURL samples.
-    render_turns: Arc<campaigns::render_turns::RenderTurns>,
+    render_turns: Arc<herald_core::template::RenderTurns>,
 }
 
 impl AppState {
@@ -76,7 +76,10 @@ impl AppState {
             keys,
             ingest: None,
             metrics: Arc::default(),
-            render_turns: Arc::default(),
+            // As many previews at once as there are CPUs.
+            render_turns: Arc::new(herald_core::template::RenderTurns::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
         }
     }
 

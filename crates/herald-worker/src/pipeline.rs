@@ -100,6 +100,8 @@ pub struct Pipeline {
     finishes: Batcher<Finish, bool>,
     /// Messages this process handed to a provider successfully (logged at shutdown).
     sent: std::sync::atomic::AtomicU64,
+    /// Renders at once, and each sandbox's share of them.
+    render_turns: herald_core::template::RenderTurns,
 }
 
 /// How long the call mark is retried before the message is put back (a longer database outage).
@@ -143,7 +145,23 @@ impl Pipeline {
             let store = finish_store.clone();
             async move { store.finish_deliveries(&finishes).await }
         });
-        Self { store, provider, campaigns, clock, settings, claims, starts, finishes, sent: Default::default() }
+        let render_turns = herald_core::template::RenderTurns::new(crate::render::render_limit());
+        Self {
+            store,
+            provider,
+            campaigns,
+            clock,
+            settings,
+            claims,
+            starts,
+            finishes,
+            sent: Default::default(),
+            render_turns,
+        }
+    }
+
+    pub(crate) fn render_turns(&self) -> &herald_core::template::RenderTurns {
+        &self.render_turns
     }
 
     pub fn campaigns(&self) -> &CampaignCache<WorkerCampaign> {

@@ -2,7 +2,7 @@
 //! on a runtime thread it would hold back every other message (and the health endpoints) for
 //! that long. Renders run on tokio's blocking pool instead, with a timeout, a bounded number at
 //! once (twice the CPUs, at least 4: what bounds the memory renders can hold, each within
-//! `MAX_RENDER_BYTES`), shared by every pipeline of the process. One sandbox may hold at most
+//! `MAX_RENDER_BYTES`), owned by the pipeline (`herald_core::template::RenderTurns`). One sandbox may hold at most
 //! half of them: a tenant whose renders are slow (up to their budget) then slows down its own
 //! messages, not everyone's, and the others' renders share the CPUs with them.
 //!
@@ -12,15 +12,15 @@
 //! with the thread, so such renders still count against the limits.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::delivery::{DeliveryStatus, reasons};
-use herald_core::template::{CompiledContent, RENDER_TIME_BUDGET, Rendered, TemplateError, is_control, single_line};
+use herald_core::template::{
+    CompiledContent, RENDER_TIME_BUDGET, RenderTurn, Rendered, TemplateError, is_control, single_line,
+};
 use herald_store::{DeliveryKey, StoreError};
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -29,47 +29,14 @@ use crate::pipeline::{Decision, Pipeline, WorkerCampaign};
 /// How long after its own deadline a render's caller stops waiting for it.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 
-/// Renders at once in the process.
-fn render_limit() -> usize {
+/// Renders at once in one pipeline (one per worker process).
+pub(crate) fn render_limit() -> usize {
     (2 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)).max(4)
-}
-
-fn permits() -> &'static Arc<Semaphore> {
-    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
-    PERMITS.get_or_init(|| Arc::new(Semaphore::new(render_limit())))
-}
-
-/// Each sandbox's share of the permits; sandboxes are few, so the map stays small.
-fn sandbox_permits(sandbox: &str) -> Arc<Semaphore> {
-    static SHARES: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
-    let mut shares = SHARES.get_or_init(Mutex::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Looked up before inserting: no key allocation per message once the sandbox is known.
-    if let Some(share) = shares.get(sandbox) {
-        return Arc::clone(share);
-    }
-    let share = Arc::new(Semaphore::new(render_limit() / 2));
-    shares.insert(sandbox.to_string(), Arc::clone(&share));
-    share
-}
-
-/// A turn to render: the sandbox's share and a process permit. Waiting for one is the
-/// back-pressure of a busy worker.
-pub(crate) struct Turn {
-    _sandbox: OwnedSemaphorePermit,
-    _process: OwnedSemaphorePermit,
-}
-
-pub(crate) async fn turn(sandbox: &str) -> Turn {
-    // The semaphores are never closed.
-    let closed = "the render semaphores are never closed";
-    let sandbox = sandbox_permits(sandbox).acquire_owned().await.expect(closed);
-    let process = Arc::clone(permits()).acquire_owned().await.expect(closed);
-    Turn { _sandbox: sandbox, _process: process }
 }
 
 /// Renders `compiled` on a blocking thread during `turn`.
 pub(crate) async fn render(
-    turn: Turn,
+    turn: RenderTurn,
     compiled: Arc<CompiledContent>,
     profile: Value,
     context: Value,
@@ -150,7 +117,7 @@ impl Pipeline {
             )
             .await;
         }
-        let turn = turn(sandbox).await;
+        let turn = self.render_turns().acquire(sandbox).await;
         if redelivered {
             // Counts this render too.
             let earlier = self.store().start_redelivered_render(key, now).await? - 1;

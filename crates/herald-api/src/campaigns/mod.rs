@@ -3,7 +3,6 @@
 
 pub(crate) mod actions;
 mod document;
-pub(crate) mod render_turns;
 pub(crate) mod tools;
 
 use axum::Json;

@@ -44,7 +44,7 @@ async fn sandboxed<T: Send + 'static>(
 ) -> Result<T, Problem> {
     let turns = state
         .render_turns
-        .acquire(sandbox, tokio::time::Instant::now() + TURN_WAIT)
+        .acquire_until(sandbox, tokio::time::Instant::now() + TURN_WAIT)
         .await
         .ok_or_else(|| Problem::unavailable("every template renderer of this sandbox is busy; try again"))?;
     let task = tokio::task::spawn_blocking(move || {

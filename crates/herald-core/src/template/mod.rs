@@ -27,6 +27,7 @@ mod cost;
 mod instrument;
 pub mod limits;
 pub mod sandbox;
+mod turns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -41,6 +42,7 @@ pub use analysis::{Analysis, Forbidden, VariableUse};
 pub use sandbox::{
     MAX_LOOP_ITERATIONS, MAX_RENDER_BYTES, MAX_RENDER_STEPS, MAX_VALUE_BYTES, MAX_VALUE_DEPTH, RENDER_TIME_BUDGET,
 };
+pub use turns::{RenderTurn, RenderTurns};
 
 /// Largest output of one rendered part; beyond it rendering fails instead of growing.
 pub const MAX_RENDERED_PART_BYTES: usize = 1024 * 1024;
