@@ -78,9 +78,8 @@ pub(crate) async fn hostile_templates(env: &Env) -> Report {
             executions.push((name, run.api.execute_once(&campaign, &marker, &marker).await));
         }
     }
+    // Judged while the normal load is still being sent: the hostile renders compete with it.
     let hostile_accepted = Instant::now();
-    let records = run.end_load().await;
-
     let ids: Vec<String> = executions.iter().map(|(_, id)| id.clone()).collect();
     match decided(&run, &ids, Duration::from_secs(30)).await {
         None => run.report.violate("hostile messages not decided within 30 s", format!("{} messages", ids.len())),
@@ -99,6 +98,7 @@ pub(crate) async fn hostile_templates(env: &Env) -> Report {
             }
         }
     }
+    let records = run.end_load().await;
     // Every email the provider saw is one of the load's: its text is exactly a load marker.
     let strays: Vec<String> =
         env.fake.snapshot().into_keys().filter(|marker| !run.spec.markers.contains(marker)).take(3).collect();
