@@ -86,7 +86,7 @@ async fn a_topology_left_with_the_legacy_tier_binding_is_migrated_when_declared(
 
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let mut headers = FieldTable::default();
-    headers.insert(herald_ingest::topology::RETRY_TIER_HEADER.into(), text("120s"));
+    headers.insert(herald_broker::headers::RETRY_TIER.into(), text("120s"));
     let properties = lapin::BasicProperties::default().with_headers(headers).with_delivery_mode(2);
     let confirm = channel
         .basic_publish(

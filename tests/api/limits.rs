@@ -278,7 +278,7 @@ async fn messages_queued_before_sharding_are_still_sent() {
     // A release before sharding declared one queue per channel and published with key `sms`.
     let connection = herald_tests::broker::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    let old = herald_ingest::topology::Topology { shards: 1, ..topology.clone() };
+    let old = herald_broker::Topology { shards: 1, ..topology.clone() };
     old.declare(&channel).await.expect("the old topology declares over the new one");
     let campaign = app.live_campaign(&otp_sms("otp")).await;
     let accepted = execute(&app, &app.key, &sms("old-1", &campaign, 0, 1)).await;

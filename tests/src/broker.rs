@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use herald_core::Channel;
-use herald_ingest::topology::Topology;
+use herald_broker::Topology;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};

@@ -17,7 +17,8 @@ use herald_core::{ManualClock, Scope};
 use herald_store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The server to create test databases on, from `HERALD_TEST_DATABASE_URL`.
@@ -68,6 +69,20 @@ impl Drop for TestDatabase {
             })
         })
         .join();
+    }
+}
+
+/// Runs `job` (a loop that never ends by itself) until `stop` is cancelled.
+pub fn until_stopped(
+    stop: &CancellationToken,
+    job: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let stop = stop.clone();
+    async move {
+        tokio::select! {
+            () = job => {}
+            () = stop.cancelled() => {}
+        }
     }
 }
 
@@ -124,7 +139,10 @@ pub struct TestApp {
     /// The app's metrics registry; [`crate::worker::TestWorker`]s record into it too, as in `herald dev`.
     pub metrics: Arc<herald_telemetry::Metrics>,
     pub options: TestOptions,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// Everything the app runs in the background (server, broker connection, rollup): stopped
+    /// with the app, and aborted when it is dropped.
+    stop: CancellationToken,
+    jobs: JoinSet<()>,
     // Declared last: dropped after the server is told to stop.
     pub topology: Option<Arc<broker::TestTopology>>,
     pub database: Arc<TestDatabase>,
@@ -179,26 +197,31 @@ impl TestApp {
         let metrics = Arc::new(herald_telemetry::Metrics::new());
         let mut state = AppState::new(store.clone(), clock.clone(), config).with_metrics(Arc::clone(&metrics));
         let mut ingest = None;
+        let stop = CancellationToken::new();
+        let mut jobs = JoinSet::new();
         if let Some(topology) = &topology {
-            let settings = herald_ingest::broker::BrokerSettings {
+            let settings = herald_broker::BrokerSettings {
                 url: options.amqp_url.clone().unwrap_or_else(broker::amqp_url),
                 topology: topology.topology.clone(),
                 publish_channels: 4,
                 confirm_timeout: Duration::from_secs(10),
                 connection_name: format!("herald-test-{}", topology.topology.prefix),
             };
-            let broker = if options.amqp_url.is_some() {
-                herald_ingest::broker::Broker::start(settings)
-            } else {
-                herald_ingest::broker::Broker::start_and_wait(settings, Duration::from_secs(15)).await.unwrap_or_else(
-                    |error| {
-                        panic!(
-                            "RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`",
-                            broker::amqp_url()
-                        )
-                    },
-                )
-            };
+            let broker = herald_broker::Broker::new(settings);
+            jobs.spawn(broker.clone().run(stop.clone()));
+            if options.amqp_url.is_none() {
+                broker.wait_connected(Duration::from_secs(15)).await.unwrap_or_else(|error| {
+                    panic!(
+                        "RabbitMQ is not reachable at {} ({error}); start it with `rabbitmq-server -detached`",
+                        broker::amqp_url()
+                    )
+                });
+            }
+            // As in `herald api`: the jobs the intake relies on.
+            jobs.spawn(until_stopped(&stop, store.clone().roll_up_reports_forever(Duration::from_secs(1))));
+            jobs.spawn(until_stopped(&stop, herald_ingest::ratelimit::Limiter::purge_forever(store.clone())));
+            let retention = herald_ingest::IngestSettings::default().idempotency_retention;
+            jobs.spawn(until_stopped(&stop, herald_ingest::purge_expired_executions(store.clone(), retention)));
             let settings = herald_ingest::IngestSettings {
                 limits: options.limits.clone(),
                 lease: options.lease,
@@ -217,10 +240,12 @@ impl TestApp {
             state = state.with_ingest(Arc::clone(&created));
             ingest = Some(created);
         }
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(herald_api::serve(listener, state, async move {
-            let _ = stopped.await;
-        }));
+        jobs.spawn({
+            let stop = stop.clone();
+            async move {
+                let _ = herald_api::serve(listener, state, stop.cancelled_owned()).await;
+            }
+        });
         Self {
             address,
             clock,
@@ -230,7 +255,8 @@ impl TestApp {
             ingest,
             metrics,
             options,
-            shutdown: Some(shutdown),
+            stop,
+            jobs,
             topology,
             database,
         }
@@ -291,11 +317,18 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops the server and the background work, and waits until every task of the app ended.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.jobs.join_next().await.is_some() {}
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+        // The jobs are aborted with their set; the token first lets the server stop cleanly.
+        self.stop.cancel();
     }
 }
 

@@ -9,8 +9,8 @@ use herald_core::delivery::RetryPolicy;
 use herald_worker::consumer::{self, ConsumerSettings};
 use herald_worker::pipeline::{Pipeline, PipelineSettings};
 use herald_worker::providers::Provider;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::TestApp;
 
@@ -27,8 +27,10 @@ pub fn fast_policy() -> RetryPolicy {
 
 #[derive(Debug)]
 pub struct TestWorker {
-    stop: watch::Sender<bool>,
-    handle: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+    /// The delivery loop and the worker's report rollup, as in `herald worker`: aborted when
+    /// the worker is dropped.
+    jobs: JoinSet<()>,
     pub pipeline: Arc<Pipeline>,
 }
 
@@ -70,22 +72,24 @@ impl TestWorker {
             concurrency,
             grace: Duration::from_secs(10),
         };
-        let (stop, stopped) = watch::channel(false);
-        let handle = tokio::spawn(consumer::run(Arc::clone(&pipeline), consumer, stopped));
-        Self { stop, handle: Some(handle), pipeline }
+        let stop = CancellationToken::new();
+        let mut jobs = JoinSet::new();
+        jobs.spawn(consumer::run(Arc::clone(&pipeline), consumer, stop.clone()));
+        let rollup = app.database.store().roll_up_reports_forever(Duration::from_secs(1));
+        jobs.spawn(crate::until_stopped(&stop, rollup));
+        Self { stop, jobs, pipeline }
     }
 
-    /// Stops consuming, lets in-flight messages finish, and waits for the loop to end.
+    /// Stops consuming, lets in-flight messages finish, and waits for every task to end.
     pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        if let Some(handle) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
-        }
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), async { while self.jobs.join_next().await.is_some() {} })
+            .await;
     }
 }
 
 impl Drop for TestWorker {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.cancel();
     }
 }

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use herald_core::Scope;
 use herald_core::execution::ExecutionRequest;
 use herald_ingest::ratelimit::{Limit, LimitExceeded};
-use herald_ingest::{IngestError, valid_traceparent};
+use herald_ingest::IngestError;
+use herald_telemetry::trace::valid_traceparent;
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -6,12 +6,8 @@
 //! (batched) → the daily quota of the sandbox and channel → one persistent, mandatory message per
 //! recipient, on the sandbox's shard, on a confirm channel → all confirms → completion (batched).
 
-pub mod batch;
-pub mod broker;
 pub mod campaigns;
 pub mod ratelimit;
-pub mod replay;
-pub mod topology;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,15 +17,14 @@ use herald_core::address::mask;
 use herald_core::campaign::FieldError;
 use herald_core::execution::{self, ENVELOPE_VERSION, Envelope, ExecutionRequest, RecipientType};
 use herald_core::{CampaignStatus, Channel};
+use herald_broker::{Broker, OutgoingMessage, headers};
+use herald_store::batch::Batcher;
 use herald_store::{ClaimOutcome, ExecutionClaim, Store, StoreError};
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::batch::Batcher;
-use crate::broker::{Broker, OutgoingMessage};
 use crate::campaigns::CachedCampaign;
 use crate::ratelimit::{LimitError, LimitExceeded, Limiter, Limits};
 use herald_store::CampaignCache;
@@ -131,6 +126,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// The intake. It owns its batch writers and its campaign cache (they stop when it is
+    /// dropped); the process-wide jobs it relies on are started by its owner: see
+    /// [`purge_expired_executions`] and [`Limiter::purge_forever`].
     pub fn new(store: Store, broker: Broker, settings: IngestSettings) -> Self {
         let claim_store = store.clone();
         let claims =
@@ -148,9 +146,6 @@ impl Ingest {
                     store.complete_executions(&ids, now).await.map(|()| vec![(); done.len()])
                 }
             });
-        tokio::spawn(purge_expired_executions(store.clone(), settings.idempotency_retention));
-        tokio::spawn(store.clone().roll_up_reports_forever(Duration::from_secs(1)));
-        tokio::spawn(Limiter::purge_forever(store.clone()));
         let campaigns = CampaignCache::start(store.clone(), CachedCampaign::from_record);
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("ingest", hit));
@@ -289,7 +284,7 @@ impl Ingest {
         // request's trace; without tracing, the caller's traceparent (or a new one) does.
         let traceparent = herald_telemetry::trace::traceparent_of(&publish)
             .or_else(|| traceparent.map(str::to_string))
-            .unwrap_or_else(new_traceparent);
+            .unwrap_or_else(herald_telemetry::trace::new_traceparent);
         // Every message of a sandbox goes to its shard queue (see topology.rs: fairness).
         let routing_key = self.broker.topology().routing_key_for(campaign.channel, sandbox);
         let mut messages = Vec::with_capacity(recipients.len());
@@ -352,8 +347,9 @@ impl Ingest {
 /// How often old executions are purged; a few minutes' lag only keeps a key a little longer.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Forgets accepted executions older than `retention`, every [`PURGE_INTERVAL`].
-async fn purge_expired_executions(store: Store, retention: Duration) {
+/// Forgets accepted executions older than `retention`, every [`PURGE_INTERVAL`]. One per API
+/// process, started by its owner.
+pub async fn purge_expired_executions(store: Store, retention: Duration) {
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tick.tick().await;
@@ -366,61 +362,13 @@ async fn purge_expired_executions(store: Store, retention: Duration) {
     }
 }
 
-fn header_text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.to_string()))
-}
-
 fn outgoing(envelope: &Envelope, routing_key: String, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
     let payload = serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
-    let mut headers = FieldTable::default();
-    headers.insert("traceparent".into(), header_text(traceparent));
-    headers.insert(
-        "x-herald-envelope-version".into(),
-        AMQPValue::LongInt(i32::try_from(envelope.version).unwrap_or(i32::MAX)),
-    );
-    headers.insert("x-herald-execution-id".into(), header_text(&envelope.execution_id.to_string()));
-    headers.insert("x-herald-campaign-id".into(), header_text(&envelope.campaign_id.to_string()));
     Ok(OutgoingMessage {
         routing_key,
         message_id: envelope.message_id(),
         payload,
-        headers,
+        headers: headers::for_envelope(envelope, traceparent),
         timestamp_secs: u64::try_from(envelope.accepted_at.timestamp()).unwrap_or(0),
     })
-}
-
-/// A W3C `traceparent` for a request that arrived without one.
-fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = &Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
-
-/// Accepts only a well-formed W3C `traceparent` from a caller.
-pub fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    let hex =
-        |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_traceparents_are_valid_and_bad_ones_are_refused() {
-        assert!(valid_traceparent(&new_traceparent()));
-        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"));
-        assert!(!valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
-    }
 }

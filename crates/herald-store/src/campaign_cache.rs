@@ -16,13 +16,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use uuid::Uuid;
 
-use crate::listen::Heard;
+use crate::listen::{AbortOnDrop, Heard};
 
 use crate::{CAMPAIGN_CHANGES_CHANNEL, CampaignRecord, Store, StoreError};
 
 type Build<T> = dyn Fn(&CampaignRecord) -> T + Send + Sync;
 
+/// The cache. It owns its listener: the listening task stops when the cache is dropped.
 pub struct CampaignCache<T> {
+    shared: Arc<Shared<T>>,
+    _listener: AbortOnDrop,
+}
+
+impl<T> std::ops::Deref for CampaignCache<T> {
+    type Target = Shared<T>;
+    fn deref(&self) -> &Shared<T> {
+        &self.shared
+    }
+}
+
+/// What the cache and its listener share.
+pub struct Shared<T> {
     store: Store,
     build: Box<Build<T>>,
     /// campaign id → (sandbox, cached value).
@@ -40,7 +54,13 @@ impl<T> fmt::Debug for CampaignCache<T> {
     }
 }
 
-impl<T> CampaignCache<T> {
+impl<T> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").field("listening", &self.is_listening()).finish()
+    }
+}
+
+impl<T> Shared<T> {
     /// Whether invalidations are being received (and the cache therefore used).
     pub fn is_listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
@@ -48,9 +68,10 @@ impl<T> CampaignCache<T> {
 }
 
 impl<T: Send + Sync + 'static> CampaignCache<T> {
-    /// Creates the cache, caching `build(record)` per campaign, and starts its listener.
+    /// Creates the cache, caching `build(record)` per campaign, and starts its listener, which
+    /// lives as long as the cache.
     pub fn start(store: Store, build: impl Fn(&CampaignRecord) -> T + Send + Sync + 'static) -> Arc<Self> {
-        let cache = Arc::new(Self {
+        let shared = Arc::new(Shared {
             store,
             build: Box::new(build),
             entries: RwLock::default(),
@@ -58,9 +79,12 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
             listening: AtomicBool::new(false),
             observer: std::sync::OnceLock::new(),
         });
-        tokio::spawn(Arc::clone(&cache).listen_forever());
-        cache
+        let listener = AbortOnDrop(tokio::spawn(Arc::clone(&shared).listen_forever()));
+        Arc::new(Self { shared, _listener: listener })
     }
+}
+
+impl<T: Send + Sync + 'static> Shared<T> {
 
     /// Calls `observer` on every lookup with whether it was a hit. Only the first one counts.
     pub fn observe(&self, observer: impl Fn(bool) + Send + Sync + 'static) {

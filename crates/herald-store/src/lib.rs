@@ -2,6 +2,7 @@
 //! filter: a caller can never name a row of another sandbox into existence.
 
 pub mod api_keys;
+pub mod batch;
 pub mod campaign_cache;
 pub mod campaigns;
 pub mod dead_letters;

@@ -21,8 +21,9 @@ pub(crate) enum Heard<'a> {
     Notification(&'a str),
 }
 
-/// Aborts a task when dropped, so the connection driver never outlives its listener.
-struct AbortOnDrop(JoinHandle<()>);
+/// Aborts a task when dropped: whoever holds it owns the task (a listener its connection
+/// driver, a cache its listener).
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -59,6 +59,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Request and provider latencies: 1 ms to 10 s.
@@ -87,6 +92,8 @@ pub struct Metrics {
     pub dead_letters: Family<ReasonLabels, Counter>,
     pub pauses: Family<ReasonLabels, Counter>,
     pub paused: Family<ChannelLabels, Gauge>,
+    /// Process-wide background jobs running, by name: each is started once per process.
+    pub background_jobs: Family<JobLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -146,6 +153,12 @@ impl Metrics {
         registry.register("herald_channel_pauses", "Times a worker paused a channel", pauses.clone());
         let paused = Family::<ChannelLabels, Gauge>::default();
         registry.register("herald_channel_paused", "1 while a channel is paused in this worker", paused.clone());
+        let background_jobs = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "herald_background_jobs",
+            "Background jobs running in this process, by job (each runs once per process)",
+            background_jobs.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -160,6 +173,7 @@ impl Metrics {
             dead_letters,
             pauses,
             paused,
+            background_jobs,
         }
     }
 

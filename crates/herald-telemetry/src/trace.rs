@@ -202,11 +202,33 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// A W3C `traceparent` for a request that arrived without one (and without tracing on).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// Accepts only a well-formed W3C `traceparent` from a caller.
+pub fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2)
+}
+
 #[cfg(test)]
 mod tests {
     use opentelemetry::{Array, KeyValue, Value};
 
-    use super::redact_attribute;
+    use super::{new_traceparent, redact_attribute, valid_traceparent};
 
     #[test]
     fn span_attributes_are_masked_by_name_and_by_content() {
@@ -225,5 +247,14 @@ mod tests {
         assert_eq!(shown[2], "rejected: [redacted], [redacted]");
         assert!(!shown[3].contains("grace") && shown[3].contains("ok"), "{}", shown[3]);
         assert_eq!((shown[4].as_str(), shown[5].as_str()), ("0192", "202"));
+    }
+
+    #[test]
+    fn generated_traceparents_are_valid_and_bad_ones_are_refused() {
+        assert!(valid_traceparent(&new_traceparent()));
+        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"));
+        assert!(!valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+        assert!(!valid_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"));
     }
 }

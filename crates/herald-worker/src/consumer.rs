@@ -7,32 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
+use herald_broker::headers::{self, count, read_count, read_text, text};
+use herald_broker::reconnect::{self, Reconnect, connection_closed};
+use herald_broker::topology::Topology;
 use herald_core::Channel;
-use herald_ingest::topology::{RETRY_TIER_HEADER, Topology};
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-use tokio::sync::{Semaphore, watch};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::pause::PauseState;
 use crate::pipeline::{Decision, Pipeline};
-
-/// The header counting the retry tiers a message has been through.
-pub const TIERS_USED_HEADER: &str = "x-herald-tiers-used";
-pub const DEAD_REASON_HEADER: &str = "x-herald-dead-letter-reason";
-pub const LAST_ERROR_HEADER: &str = "x-herald-last-error";
-
-const RECONNECT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(200))
-    .with_max_delay(Duration::from_secs(5))
-    .with_jitter()
-    .without_max_times();
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -47,46 +38,27 @@ pub struct ConsumerSettings {
     pub grace: Duration,
 }
 
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.to_string()))
-}
-
 fn tiers_used(delivery: &Delivery) -> u32 {
-    match delivery.properties.headers().as_ref().and_then(|h| h.inner().get(TIERS_USED_HEADER)) {
-        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        Some(AMQPValue::LongInt(n)) => u32::try_from(*n).unwrap_or(0),
-        _ => 0,
-    }
+    read_count(delivery.properties.headers().as_ref(), headers::TIERS_USED)
 }
 
-/// Runs the worker until `shutdown` turns true, reconnecting whenever the broker goes away.
-pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, mut shutdown: watch::Receiver<bool>) {
-    let mut delays = RECONNECT_BACKOFF.build();
-    while !*shutdown.borrow() {
-        let started = std::time::Instant::now();
-        match session(&pipeline, &settings, shutdown.clone()).await {
+/// Runs the worker until `stop` is cancelled, reconnecting whenever the broker goes away.
+pub async fn run(pipeline: Arc<Pipeline>, settings: ConsumerSettings, stop: CancellationToken) {
+    let mut reconnect = Reconnect::default();
+    while !stop.is_cancelled() {
+        reconnect.session_started();
+        match session(&pipeline, &settings, &stop).await {
             Ok(()) => return,
             Err(error) => {
-                // A session that worked for a while starts the back-off over.
-                if started.elapsed() > Duration::from_secs(30) {
-                    delays = RECONNECT_BACKOFF.build();
-                }
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                let delay = reconnect.next_delay();
                 tracing::warn!(%error, retry_in = ?delay, "worker broker session ended");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
+                    () = stop.cancelled() => {}
                 }
             }
         }
     }
-}
-
-/// Longest wait for connecting to, or closing a connection with, the broker.
-const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn connection_closed() -> lapin::Error {
-    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
 }
 
 /// One connection's life: declare, consume every channel, settle, and on shutdown drain. If any
@@ -95,29 +67,17 @@ fn connection_closed() -> lapin::Error {
 async fn session(
     pipeline: &Arc<Pipeline>,
     settings: &ConsumerSettings,
-    shutdown: watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), lapin::Error> {
-    let properties = ConnectionProperties::default().with_connection_name("herald-worker".into());
-    // Bounded: a starting node may accept the connection and never finish the handshake.
-    let connection = tokio::time::timeout(BROKER_STEP_TIMEOUT, Connection::connect(&settings.amqp_url, properties))
-        .await
-        .map_err(|_| connection_closed())??;
+    let connection = reconnect::connect(&settings.amqp_url, "herald-worker").await?;
     let setup = connection.create_channel().await?;
     settings.topology.declare(&setup).await?;
     let publisher = connection.create_channel().await?;
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-    // Every loop of this session stops when the worker shuts down or when the session fails.
-    let (end_session, session_ended) = watch::channel(false);
-    let end_session = Arc::new(end_session);
-    let forward_shutdown = {
-        let (end, mut shutdown) = (Arc::clone(&end_session), shutdown.clone());
-        tokio::spawn(async move {
-            let _ = shutdown.wait_for(|stopping| *stopping).await;
-            end.send_replace(true);
-        })
-    };
-    let settler =
-        Arc::new(Settler { publisher, topology: settings.topology.clone(), end_session: Arc::clone(&end_session) });
+    // Every loop of this session stops when the worker stops or when the session fails: a child
+    // of the worker's token, cancelled with it or alone.
+    let end_session = stop.child_token();
+    let settler = Arc::new(Settler { publisher, topology: settings.topology.clone(), end_session: end_session.clone() });
     tracing::info!(channels = ?settings.channels, "worker consuming");
     let mut loops = tokio::task::JoinSet::new();
     for channel in &settings.channels {
@@ -143,7 +103,7 @@ async fn session(
             Arc::clone(&settler),
             consumers,
             settings.clone(),
-            session_ended.clone(),
+            end_session.clone(),
         ));
     }
     let dead = connection.create_channel().await?;
@@ -156,19 +116,17 @@ async fn session(
             FieldTable::default(),
         )
         .await?;
-    loops.spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, session_ended));
+    loops.spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, end_session.clone()));
     let mut result = Ok(());
     while let Some(ended) = loops.join_next().await {
         match ended {
             Ok(Err(error)) => result = Err(error),
-            _ if !*shutdown.borrow() && result.is_ok() => result = Err(connection_closed()),
+            _ if !stop.is_cancelled() && result.is_ok() => result = Err(connection_closed()),
             _ => {}
         }
-        end_session.send_replace(true);
+        end_session.cancel();
     }
-    forward_shutdown.abort();
-    // Closing waits for the broker's close-ok, which a restarting node never sends.
-    let _ = tokio::time::timeout(BROKER_STEP_TIMEOUT, connection.close(200, "worker stopping".into())).await;
+    reconnect::close(&connection, 200, "worker stopping").await;
     result
 }
 
@@ -182,7 +140,7 @@ async fn consume_channel(
     settler: Arc<Settler>,
     consumers: Vec<(String, lapin::Consumer)>,
     settings: ConsumerSettings,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), lapin::Error> {
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let pause = Arc::new(PauseState::default());
@@ -225,19 +183,15 @@ struct Shared {
     pause: Arc<PauseState>,
 }
 
-async fn consume(
-    shared: Shared,
-    mut consumer: lapin::Consumer,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), lapin::Error> {
+async fn consume(shared: Shared, mut consumer: lapin::Consumer, shutdown: CancellationToken) -> Result<(), lapin::Error> {
     let Shared { channel, queue, pipeline, settler, permits, pause } = shared;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            _ = shutdown.changed() => continue,
+            () = shutdown.cancelled() => break,
         };
         let Some(delivery) = delivery else {
             return Err(connection_closed());
@@ -249,7 +203,7 @@ async fn consume(
         if let Some(until) = pause.until(tokio::time::Instant::now()) {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => {}
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
             }
         }
         // Waiting for a permit (every slot busy) must not outlast a shutdown: a message taken
@@ -257,7 +211,7 @@ async fn consume(
         // semaphore is never closed; a closed one would mean the loop is being torn down.
         let permit = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => permit,
-            _ = shutdown.changed() => break,
+            () = shutdown.cancelled() => break,
         };
         let Ok(permit) = permit else {
             break;
@@ -302,7 +256,7 @@ fn process_span(queue: &str, delivery: &Delivery) -> tracing::Span {
         herald.execution_id = tracing::field::Empty,
         herald.campaign_id = tracing::field::Empty,
     );
-    if let Some(traceparent) = header_text(headers, "traceparent") {
+    if let Some(traceparent) = read_text(headers, headers::TRACEPARENT) {
         herald_telemetry::trace::set_remote_parent(&span, &traceparent);
     }
     span
@@ -317,44 +271,25 @@ enum RepublishError {
     Refused,
 }
 
-fn header_text(headers: Option<&FieldTable>, name: &str) -> Option<String> {
-    match headers?.inner().get(name)? {
-        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).to_string()),
-        AMQPValue::ShortString(text) => Some(text.to_string()),
-        _ => None,
-    }
-}
-
-/// Why the broker dead-lettered a message on its own (delivery limit, rejection, expiry).
-fn broker_reason(headers: Option<&FieldTable>) -> Option<String> {
-    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
-        return None;
-    };
-    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
-        return None;
-    };
-    header_text(Some(latest), "reason").map(|reason| format!("broker-{reason}"))
-}
-
 /// Copies the dead-letter queue into the database (listing, filtering, replay), acking each
 /// message only once it is recorded.
 async fn record_dead_letters(
     pipeline: Arc<Pipeline>,
     mut consumer: lapin::Consumer,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<(), lapin::Error> {
     loop {
         let delivery = tokio::select! {
             delivery = consumer.next() => delivery,
-            _ = shutdown.changed() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
         };
         let Some(delivery) = delivery else {
             return Ok(());
         };
         let delivery = delivery?;
         let headers = delivery.properties.headers().as_ref();
-        let reason = header_text(headers, DEAD_REASON_HEADER)
-            .or_else(|| broker_reason(headers))
+        let reason = read_text(headers, headers::DEAD_REASON)
+            .or_else(|| headers::broker_reason(headers))
             .unwrap_or_else(|| "unknown".into());
         let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
         let facts = crate::dead_letters::DeadLetterFacts {
@@ -363,7 +298,7 @@ async fn record_dead_letters(
             // The channel, not the shard: dead letters are listed and counted by channel.
             routing_key: Topology::channel_of_routing_key(delivery.routing_key.as_str()),
             reason,
-            last_error: header_text(headers, LAST_ERROR_HEADER),
+            last_error: read_text(headers, headers::LAST_ERROR),
         };
         match pipeline.record_dead_letter(facts).await {
             Ok(()) => {
@@ -384,7 +319,7 @@ struct Settler {
     topology: Topology,
     /// Ends the session when the publisher channel is gone: nacked messages would otherwise come
     /// straight back and fail to republish again, in a loop.
-    end_session: Arc<watch::Sender<bool>>,
+    end_session: CancellationToken,
 }
 
 impl Settler {
@@ -401,7 +336,7 @@ impl Settler {
             Err(error) => {
                 tracing::warn!(%error, "republish failed; returning the message to its queue");
                 if matches!(error, RepublishError::Broker(_)) {
-                    self.end_session.send_replace(true);
+                    self.end_session.cancel();
                 }
                 delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
             }
@@ -452,15 +387,15 @@ impl Settler {
 
     async fn to_retry_tier(&self, delivery: &Delivery, tier: Duration, tiers_used: u32) -> Result<(), RepublishError> {
         let mut headers = Self::headers(delivery);
-        headers.insert(RETRY_TIER_HEADER.into(), text(&Topology::tier_name(tier)));
-        headers.insert(TIERS_USED_HEADER.into(), AMQPValue::LongLongInt(i64::from(tiers_used)));
+        headers.insert(headers::RETRY_TIER.into(), text(&Topology::tier_name(tier)));
+        headers.insert(headers::TIERS_USED.into(), count(u64::from(tiers_used)));
         self.publish(self.topology.retry_exchange(), delivery.routing_key.to_string(), delivery, headers).await
     }
 
     async fn to_dead_letters(&self, delivery: &Delivery, reason: &str, last_error: &str) -> Result<(), RepublishError> {
         let mut headers = Self::headers(delivery);
-        headers.insert(DEAD_REASON_HEADER.into(), text(reason));
-        headers.insert(LAST_ERROR_HEADER.into(), text(last_error));
+        headers.insert(headers::DEAD_REASON.into(), text(reason));
+        headers.insert(headers::LAST_ERROR.into(), text(last_error));
         self.publish(self.topology.dead_letter_exchange(), delivery.routing_key.to_string(), delivery, headers).await
     }
 }

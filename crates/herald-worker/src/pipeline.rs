@@ -10,7 +10,7 @@ use herald_core::delivery::{AfterFailure, Attempt, DeliveryStatus, ErrorClass, P
 use herald_core::execution::{ENVELOPE_VERSION, Envelope, RecipientType};
 use herald_core::template::{CompiledContent, Rendered};
 use herald_core::{CampaignStatus, Channel, Clock};
-use herald_ingest::batch::Batcher;
+use herald_store::batch::Batcher;
 use herald_store::{
     CallStart, CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
 };
@@ -126,7 +126,6 @@ fn jitter() -> f64 {
 
 impl Pipeline {
     pub fn new(store: Store, provider: Arc<dyn Provider>, clock: Arc<dyn Clock>, settings: PipelineSettings) -> Self {
-        tokio::spawn(store.clone().roll_up_reports_forever(Duration::from_secs(1)));
         let campaigns = CampaignCache::start(store.clone(), WorkerCampaign::from_record);
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("worker", hit));

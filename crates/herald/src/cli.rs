@@ -220,8 +220,8 @@ impl ApiArgs {
 }
 
 impl BrokerArgs {
-    pub fn topology(&self) -> herald_ingest::topology::Topology {
-        herald_ingest::topology::Topology {
+    pub fn topology(&self) -> herald_broker::Topology {
+        herald_broker::Topology {
             prefix: self.amqp_prefix.clone(),
             retry_tiers: self.retry_tiers_seconds.iter().map(|s| std::time::Duration::from_secs(*s)).collect(),
             delivery_limit: self.delivery_limit,

@@ -9,7 +9,8 @@ use herald_api::{ApiConfig, AppState};
 use herald_core::Channel;
 use herald_core::delivery::RetryPolicy;
 use herald_core::{Clock, SystemClock};
-use herald_ingest::broker::{Broker, BrokerSettings};
+use herald_broker::{Broker, BrokerSettings};
+use herald_ingest::ratelimit::Limiter;
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
 use herald_telemetry::Metrics;
@@ -19,7 +20,9 @@ use herald_worker::providers::Provider;
 use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
 use herald_worker::providers::outbox::OutboxProvider;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::Jobs;
 
 use crate::cli::{
     ApiArgs, CampaignCommand, Cli, Command, DatabaseArgs, DevArgs, DlqCommand, DlqListArgs, DlqReplayArgs, KeysCommand,
@@ -78,69 +81,48 @@ async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// A stop flag that SIGTERM/SIGINT sets; the roles of a process also set it when one of them
-/// ends, so that the others stop too instead of running on half-broken.
-fn stop_on_signal() -> (Arc<watch::Sender<bool>>, watch::Receiver<bool>) {
-    let (stop, stopped) = watch::channel(false);
-    let stop = Arc::new(stop);
-    let on_signal = Arc::clone(&stop);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        on_signal.send_replace(true);
-    });
-    (stop, stopped)
-}
-
-/// Resolves once `stopped` turns true.
-async fn until(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stopped| *stopped).await;
-}
-
-/// Runs `role`, then stops the process's other roles, whether it ended well or not.
-async fn then_stop<T>(stop: &watch::Sender<bool>, role: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    let outcome = role.await;
-    if let Err(error) = &outcome {
-        tracing::error!(error = format!("{error:#}"), "stopping the process");
-    }
-    stop.send_replace(true);
-    outcome
-}
-
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
     let store = start(&args.startup).await?;
-    let (_stop, stopped) = stop_on_signal();
-    serve_api(&args, store, stopped, Arc::default()).await
+    let metrics = Arc::new(Metrics::new());
+    let mut jobs = Jobs::new(Arc::clone(&metrics));
+    start_api(&args, store.clone(), metrics, &mut jobs).await?;
+    start_rollup(&store, &mut jobs);
+    jobs.run_until(shutdown_signal()).await
 }
 
-/// Serves the HTTP API until `stop` turns true.
-async fn serve_api(
-    args: &ApiArgs,
-    store: Store,
-    stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
+/// Starts the HTTP API and what it needs (the broker connection, the purges) into `jobs`.
+async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &mut Jobs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         crate::keys::register_bootstrap(&store, &args.bootstrap_sandbox, key.expose(), clock.now()).await?;
     }
-    let broker = Broker::start(BrokerSettings {
+    let broker = Broker::new(BrokerSettings {
         url: args.startup.broker.amqp_url.expose().to_string(),
         topology: args.startup.broker.topology(),
         publish_channels: args.publish_channels,
         confirm_timeout: Duration::from_millis(args.confirm_timeout_ms),
         connection_name: "herald-api".into(),
     });
-    let ingest = Ingest::new(
-        store.clone(),
-        broker,
-        IngestSettings {
-            limits: args.limits(),
-            lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
-            metrics: Arc::clone(&metrics),
-            ..IngestSettings::default()
-        },
-    );
+    // Its own token, cancelled once the server has drained: requests still being answered
+    // during a shutdown keep their broker.
+    let broker_stop = CancellationToken::new();
+    jobs.spawn("broker-connection", {
+        let (broker, stop) = (broker.clone(), broker_stop.clone());
+        async move {
+            broker.run(stop).await;
+            Ok(())
+        }
+    });
+    let settings = IngestSettings {
+        limits: args.limits(),
+        lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
+        metrics: Arc::clone(&metrics),
+        ..IngestSettings::default()
+    };
+    jobs.spawn_loop("execution-purge", herald_ingest::purge_expired_executions(store.clone(), settings.idempotency_retention));
+    jobs.spawn_loop("rate-limit-purge", Limiter::purge_forever(store.clone()));
+    let ingest = Ingest::new(store.clone(), broker, settings);
     let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     let public_url = args
         .public_url
@@ -149,47 +131,53 @@ async fn serve_api(
     let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
     tracing::info!(addr = %args.http_addr, "api listening");
     let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
-    herald_api::serve(listener, state, until(stop)).await.context("serving http")?;
-    tracing::info!("api stopped");
+    let stop = jobs.stop_token();
+    jobs.spawn("http", async move {
+        let served = herald_api::serve(listener, state, stop.cancelled_owned()).await.context("serving http");
+        broker_stop.cancel();
+        tracing::info!("api stopped");
+        served
+    });
     Ok(())
+}
+
+/// The report rollup: one loop per process (it shares the work with other processes).
+fn start_rollup(store: &Store, jobs: &mut Jobs) {
+    jobs.spawn_loop("report-rollup", store.clone().roll_up_reports_forever(Duration::from_secs(1)));
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
     let store = start(&args.startup).await?;
-    let (stop, stopped) = stop_on_signal();
     let metrics = Arc::new(Metrics::new());
+    let mut jobs = Jobs::new(Arc::clone(&metrics));
     let listener =
         TcpListener::bind(args.metrics_addr).await.with_context(|| format!("binding {}", args.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.metrics_addr), "worker metrics listening");
-    let served = then_stop(&stop, async {
-        herald_api::serve_metrics(listener, Arc::clone(&metrics), until(stopped.clone()))
-            .await
-            .context("serving metrics")
+    let stop = jobs.stop_token();
+    jobs.spawn("metrics-http", {
+        let metrics = Arc::clone(&metrics);
+        async move { herald_api::serve_metrics(listener, metrics, stop.cancelled_owned()).await.context("serving metrics") }
     });
-    let worked =
-        then_stop(&stop, run_worker(&args.tuning, &args.startup, store, stopped.clone(), Arc::clone(&metrics)));
-    let (worked, served) = tokio::join!(worked, served);
-    served.and(worked)
+    start_worker(&args.tuning, &args.startup, store.clone(), metrics, &mut jobs).await;
+    start_rollup(&store, &mut jobs);
+    jobs.run_until(shutdown_signal()).await
 }
 
-/// The API and a worker in one process, sharing the database pool and the shutdown signal.
+/// The API and a worker in one process, sharing the database pool, the metrics registry (the
+/// API's /metrics shows the worker's too), the jobs and their stop.
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api and worker (dev)");
     if args.worker.provider == ProviderKind::Outbox {
         tracing::warn!(path = %args.worker.outbox_path.display(), "provider is the outbox: messages are written to a file, not delivered");
     }
     let store = start(&args.api.startup).await?;
-    let (stop, stopped) = stop_on_signal();
-    // One registry: the API's /metrics shows the worker's metrics too.
     let metrics = Arc::new(Metrics::new());
-    let worker = then_stop(
-        &stop,
-        run_worker(&args.worker, &args.api.startup, store.clone(), stopped.clone(), Arc::clone(&metrics)),
-    );
-    let served = then_stop(&stop, serve_api(&args.api, store, stopped, metrics));
-    let (served, worked) = tokio::join!(served, worker);
-    served.and(worked)
+    let mut jobs = Jobs::new(Arc::clone(&metrics));
+    start_worker(&args.worker, &args.api.startup, store.clone(), Arc::clone(&metrics), &mut jobs).await;
+    start_api(&args.api, store.clone(), metrics, &mut jobs).await?;
+    start_rollup(&store, &mut jobs);
+    jobs.run_until(shutdown_signal()).await
 }
 
 async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
@@ -205,14 +193,8 @@ async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
     }
 }
 
-/// Consumes and sends until `stop` turns true.
-async fn run_worker(
-    tuning: &WorkerTuning,
-    startup: &StartupArgs,
-    store: Store,
-    stop: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
+/// Starts the delivery loop, which consumes and sends until the jobs stop.
+async fn start_worker(tuning: &WorkerTuning, startup: &StartupArgs, store: Store, metrics: Arc<Metrics>, jobs: &mut Jobs) {
     let channels = tuning.worker_channels.clone();
     let topology = startup.broker.topology();
     let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
@@ -241,9 +223,12 @@ async fn run_worker(
         concurrency: tuning.worker_concurrency,
         grace: Duration::from_secs(tuning.worker_grace_seconds),
     };
-    consumer::run(Arc::clone(&pipeline), settings, stop).await;
-    tracing::info!(sent = pipeline.sent_count(), "worker stopped");
-    Ok(())
+    let stop = jobs.stop_token();
+    jobs.spawn("delivery", async move {
+        consumer::run(Arc::clone(&pipeline), settings, stop).await;
+        tracing::info!(sent = pipeline.sent_count(), "worker stopped");
+        Ok(())
+    });
 }
 
 async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
@@ -262,24 +247,26 @@ async fn dlq_list(args: DlqListArgs) -> anyhow::Result<()> {
 
 async fn dlq_replay(args: DlqReplayArgs) -> anyhow::Result<()> {
     let store = store(&args.database)?;
-    let broker = Broker::start_and_wait(
-        BrokerSettings {
-            url: args.broker.amqp_url.expose().to_string(),
-            topology: args.broker.topology(),
-            publish_channels: 1,
-            confirm_timeout: Duration::from_secs(10),
-            connection_name: "herald-dlq".into(),
-        },
-        Duration::from_secs(15),
-    )
-    .await
-    .context("connecting to the broker")?;
+    let broker = Broker::new(BrokerSettings {
+        url: args.broker.amqp_url.expose().to_string(),
+        topology: args.broker.topology(),
+        publish_channels: 1,
+        confirm_timeout: Duration::from_secs(10),
+        connection_name: "herald-dlq".into(),
+    });
+    let stop = CancellationToken::new();
+    let connection = tokio::spawn(broker.clone().run(stop.clone()));
+    // Stops the connection however this ends.
+    let _stop_connection = stop.clone().drop_guard();
+    broker.wait_connected(Duration::from_secs(15)).await.context("connecting to the broker")?;
     for id in args.ids {
-        let outcome = herald_ingest::replay::replay_dead_letter(&store, &broker, None, id, SystemClock.now())
+        let outcome = herald_broker::replay::replay_dead_letter(&store, &broker, None, id, SystemClock.now())
             .await
             .with_context(|| format!("replaying {id}"))?;
         println!("{}", serde_json::json!({ "id": id, "outcome": format!("{outcome:?}") }));
     }
+    stop.cancel();
+    let _ = connection.await;
     Ok(())
 }
 

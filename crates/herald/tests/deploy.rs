@@ -88,7 +88,7 @@ fn workers_scale_on_the_queues_the_topology_declares() {
         assert_eq!(metadata["protocol"].as_str(), Some("http"), "queue name patterns need the management API");
         assert_eq!((metadata["useRegex"].as_str(), metadata["operation"].as_str()), (Some("true"), Some("sum")));
     }
-    let topology = herald_ingest::topology::Topology { prefix: prefix.clone(), ..Default::default() };
+    let topology = herald_broker::Topology { prefix: prefix.clone(), ..Default::default() };
     assert_eq!(topology.shard_queue(herald_core::Channel::Sms, 3), format!("{prefix}.sms.3"), "the pattern's shape");
     assert_eq!(one("rabbitmq-cluster.yaml")["spec"]["replicas"].as_i64(), Some(3));
 }

@@ -29,15 +29,9 @@ use std::time::Duration;
 use herald_core::Channel;
 use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 
-/// The header that selects a retry tier on the retry exchange. No `x-` prefix: see the module
-/// documentation.
-pub const RETRY_TIER_HEADER: &str = "herald-retry-tier";
-
-/// The tier header of releases before the fix. Its bindings matched every message (a copy per
-/// tier per retry); [`Topology::declare`] removes them from a running deployment's exchange.
-const LEGACY_RETRY_TIER_HEADER: &str = "x-herald-retry-tier";
+use crate::headers::{LEGACY_RETRY_TIER, RETRY_TIER, count as long, text};
 
 /// Names and limits of the topology.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +58,6 @@ impl Default for Topology {
             shards: 8,
         }
     }
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.to_string()))
-}
-
-fn long(value: u64) -> AMQPValue {
-    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 impl Topology {
@@ -139,7 +125,7 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
-    /// The tier's value of [`RETRY_TIER_HEADER`], e.g. `30s`.
+    /// The tier's value of [`crate::headers::RETRY_TIER`], e.g. `30s`.
     pub fn tier_name(delay: Duration) -> String {
         format!("{}s", delay.as_secs())
     }
@@ -243,7 +229,7 @@ impl Topology {
                     queue.clone().into(),
                     self.retry_exchange().into(),
                     "".into(),
-                    Self::tier_binding(LEGACY_RETRY_TIER_HEADER, *delay),
+                    Self::tier_binding(LEGACY_RETRY_TIER, *delay),
                 )
                 .await?;
             channel
@@ -252,7 +238,7 @@ impl Topology {
                     self.retry_exchange().into(),
                     "".into(),
                     QueueBindOptions::default(),
-                    Self::tier_binding(RETRY_TIER_HEADER, *delay),
+                    Self::tier_binding(RETRY_TIER, *delay),
                 )
                 .await?;
         }
@@ -310,8 +296,8 @@ mod tests {
     #[test]
     fn the_tier_header_is_one_rabbitmq_matches_on() {
         // RabbitMQ skips `x-` keys when matching headers bindings: such a binding matches all.
-        assert!(!RETRY_TIER_HEADER.starts_with("x-"));
-        let binding = Topology::tier_binding(RETRY_TIER_HEADER, Duration::from_secs(30));
+        assert!(!RETRY_TIER.starts_with("x-"));
+        let binding = Topology::tier_binding(RETRY_TIER, Duration::from_secs(30));
         let keys: Vec<String> = binding.inner().keys().map(|k| k.to_string()).collect();
         assert_eq!(keys.iter().filter(|k| !k.starts_with("x-")).count(), 1, "{keys:?}");
     }

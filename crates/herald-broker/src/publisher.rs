@@ -1,29 +1,26 @@
 //! The connection to RabbitMQ and the confirmed publisher.
 //!
-//! A supervisor task owns the connection: it connects with backoff, declares the topology,
-//! opens confirm-mode channels, and starts over when the connection breaks. Requests never wait
-//! for a reconnect: while there is no healthy session they fail at once (and the API answers 503),
-//! because a client retrying against another instance is faster than one waiting on this one.
+//! [`Broker::run`] owns the connection: it connects with back-off, declares the topology, opens
+//! confirm-mode channels, and starts over when the connection breaks, until its token is
+//! cancelled. Whoever creates the broker runs it (the process's job set, a test app's). Requests
+//! never wait for a reconnect: while there is no healthy session they fail at once (and the API
+//! answers 503), because a client retrying against another instance is faster than one waiting
+//! on this one.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, Event};
+use lapin::{BasicProperties, Connection, Event};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
+use crate::reconnect::{self, Reconnect, STEP_TIMEOUT};
 use crate::topology::Topology;
 
-/// Reconnection pacing: quick at first, then every few seconds while the broker stays down.
-const RECONNECT_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
-    .with_min_delay(Duration::from_millis(100))
-    .with_max_delay(Duration::from_secs(3))
-    .with_jitter()
-    .without_max_times();
 /// How often the supervisor double-checks a session it has not heard of.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -63,9 +60,6 @@ pub struct OutgoingMessage {
     pub timestamp_secs: u64,
 }
 
-/// Longest wait for one step of a broker session's life (connect and declare, close).
-const BROKER_STEP_TIMEOUT: Duration = Duration::from_secs(10);
-
 struct Session {
     connection: Connection,
     channels: Vec<lapin::Channel>,
@@ -92,9 +86,9 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Starts the supervisor; the broker connects in the background.
-    pub fn start(settings: BrokerSettings) -> Self {
-        let broker = Broker {
+    /// A broker handle that is not connected yet: it connects once [`Broker::run`] runs.
+    pub fn new(settings: BrokerSettings) -> Self {
+        Broker {
             inner: Arc::new(Inner {
                 settings,
                 session: RwLock::new(None),
@@ -102,22 +96,19 @@ impl Broker {
                 next_channel: AtomicUsize::new(0),
                 sessions: AtomicUsize::new(0),
             }),
-        };
-        tokio::spawn(broker.clone().supervise());
-        broker
+        }
     }
 
-    /// Starts and waits until connected (or `timeout` passes).
-    pub async fn start_and_wait(settings: BrokerSettings, timeout: Duration) -> Result<Self, PublishError> {
-        let broker = Self::start(settings);
+    /// Waits until connected, or `timeout` passes (for tools that publish once, and tests).
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), PublishError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !broker.is_connected() {
+        while !self.is_connected() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(PublishError::NotConnected);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(broker)
+        Ok(())
     }
 
     pub fn topology(&self) -> &Topology {
@@ -143,8 +134,7 @@ impl Broker {
 
     async fn connect(&self) -> Result<Session, lapin::Error> {
         let settings = &self.inner.settings;
-        let properties = ConnectionProperties::default().with_connection_name(settings.connection_name.clone().into());
-        let connection = Connection::connect(&settings.url, properties).await?;
+        let connection = reconnect::connect(&settings.url, &settings.connection_name).await?;
         let setup = connection.create_channel().await?;
         settings.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -157,21 +147,31 @@ impl Broker {
         Ok(Session { connection, channels })
     }
 
-    async fn supervise(self) {
-        loop {
-            let mut delays = RECONNECT_BACKOFF.build();
-            let session = loop {
-                // A node that is starting may accept the TCP connection and never finish the
-                // handshake: without a bound the supervisor would wait for ever.
-                let error = match tokio::time::timeout(BROKER_STEP_TIMEOUT, self.connect()).await {
-                    Ok(Ok(session)) => break Arc::new(session),
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => format!("no answer within {BROKER_STEP_TIMEOUT:?}"),
-                };
-                let delay = delays.next().unwrap_or(Duration::from_secs(3));
-                tracing::warn!(%error, retry_in = ?delay, "broker connection failed");
-                tokio::time::sleep(delay).await;
+    /// Keeps a session up until `cancel` is cancelled, then closes it.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut reconnect = Reconnect::default();
+        while !cancel.is_cancelled() {
+            let session = tokio::select! {
+                session = tokio::time::timeout(STEP_TIMEOUT, self.connect()) => session,
+                () = cancel.cancelled() => break,
             };
+            let session = match session {
+                Ok(Ok(session)) => Arc::new(session),
+                failed => {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => format!("no answer within {STEP_TIMEOUT:?}"),
+                    };
+                    let delay = reconnect.next_delay();
+                    tracing::warn!(%error, retry_in = ?delay, "broker connection failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = cancel.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            reconnect.session_started();
             let mut events = session.connection.events_listener();
             self.set_session(Some(session.clone()));
             self.inner.sessions.fetch_add(1, Ordering::SeqCst);
@@ -185,6 +185,7 @@ impl Broker {
                         None => break,
                     },
                     () = self.inner.broken.notified() => break,
+                    () = cancel.cancelled() => break,
                     _ = check.tick() => {
                         if !session.connection.status().connected() || session.channels.iter().any(|c| !c.status().connected()) {
                             break;
@@ -193,10 +194,12 @@ impl Broker {
                 }
             }
             self.set_session(None);
+            if cancel.is_cancelled() {
+                reconnect::close(&session.connection, 200, "stopping").await;
+                break;
+            }
             tracing::warn!("broker session lost; reconnecting");
-            // Closing waits for the broker's close-ok, which a restarting node never sends.
-            let _ =
-                tokio::time::timeout(BROKER_STEP_TIMEOUT, session.connection.close(320, "reconnecting".into())).await;
+            reconnect::close(&session.connection, 320, "reconnecting").await;
         }
     }
 

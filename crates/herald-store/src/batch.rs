@@ -12,14 +12,18 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use herald_store::StoreError;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::StoreError;
 
 type Reply<O> = oneshot::Sender<Result<O, Arc<StoreError>>>;
 
+/// A batched writer. It owns its writer tasks: they stop when it is dropped.
 #[derive(Debug)]
 pub struct Batcher<I, O> {
     sender: mpsc::Sender<(I, Reply<O>)>,
+    _writers: JoinSet<()>,
 }
 
 /// Runs `write` over `inputs` and checks it returned one output per input.
@@ -49,10 +53,11 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
         let (sender, receiver) = mpsc::channel::<(I, Reply<O>)>(max_batch * workers.max(1) * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let write = Arc::new(write);
+        let mut writers = JoinSet::new();
         for _ in 0..workers.max(1) {
             let receiver = Arc::clone(&receiver);
             let write = Arc::clone(&write);
-            tokio::spawn(async move {
+            writers.spawn(async move {
                 loop {
                     let mut batch = Vec::new();
                     {
@@ -92,7 +97,7 @@ impl<I: Clone + Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
                 }
             });
         }
-        Self { sender }
+        Self { sender, _writers: writers }
     }
 
     /// Queues `item` and waits for its batch to be written.

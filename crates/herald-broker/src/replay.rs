@@ -7,7 +7,7 @@ use herald_store::{DeadLetter, Store, StoreError};
 use lapin::types::FieldTable;
 use uuid::Uuid;
 
-use crate::broker::{Broker, OutgoingMessage, PublishError};
+use crate::publisher::{Broker, OutgoingMessage, PublishError};
 use crate::topology::Topology;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

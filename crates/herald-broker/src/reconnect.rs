@@ -1,0 +1,70 @@
+//! Connecting to RabbitMQ, and the pacing of reconnections, shared by the API's publisher and
+//! the worker's consumer sessions.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use lapin::{Connection, ConnectionProperties};
+
+/// Quick at first, then every few seconds while the broker stays down.
+const BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(3))
+    .with_jitter()
+    .without_max_times();
+
+/// The longest any delay of [`Reconnect`] can be.
+pub const MAX_DELAY: Duration = Duration::from_secs(3);
+
+/// A session that lasted this long was healthy: the next failure starts the back-off over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Longest wait for one step of a broker session's life (connect and declare, close): a node
+/// that is starting may accept the TCP connection and never finish the handshake, and a
+/// restarting one never sends its close-ok.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The delays between connection attempts.
+#[derive(Debug)]
+pub struct Reconnect {
+    delays: ExponentialBackoff,
+    since: Instant,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self { delays: BACKOFF.build(), since: Instant::now() }
+    }
+}
+
+impl Reconnect {
+    /// Marks the start of a session (or of a connection attempt).
+    pub fn session_started(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// The delay before the next attempt, after a session or attempt failed. A session that
+    /// worked for a while starts the back-off over.
+    pub fn next_delay(&mut self) -> Duration {
+        if self.since.elapsed() > HEALTHY_SESSION {
+            self.delays = BACKOFF.build();
+        }
+        self.delays.next().unwrap_or(MAX_DELAY)
+    }
+}
+
+/// The error of a connection that is gone (or never came).
+pub fn connection_closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
+}
+
+/// Connects to `url`, named `name` in the broker's connection list, within [`STEP_TIMEOUT`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let properties = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    tokio::time::timeout(STEP_TIMEOUT, Connection::connect(url, properties)).await.map_err(|_| connection_closed())?
+}
+
+/// Closes `connection` without waiting longer than [`STEP_TIMEOUT`] for the broker's close-ok.
+pub async fn close(connection: &Connection, code: u16, why: &str) {
+    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(code, why.to_string().into())).await;
+}
