@@ -116,7 +116,7 @@ async fn accepted_execution(app: &TestApp, campaign: &str, request_id: &str) -> 
         execution_id: execution_id.parse().unwrap(),
         recipient_index: 0,
         campaign_id: campaign.parse().unwrap(),
-        channel: "sms".into(),
+        channel: herald_core::Channel::Sms,
     }
 }
 
@@ -171,7 +171,7 @@ async fn claim_and_outcome_batches_racing_in_opposite_orders_never_fail() {
         execution_id,
         recipient_index: i,
         campaign_id: campaign.parse().unwrap(),
-        channel: "sms".into(),
+        channel: herald_core::Channel::Sms,
     };
     let stale = chrono::Duration::seconds(60);
     // Four "workers" claim the same 200 new deliveries each round, in four different orders (as

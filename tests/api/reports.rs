@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
+use herald_core::Channel;
 use herald_core::delivery::{DeliveryStatus, ErrorClass, ProviderError};
 use herald_store::{ClaimRequest, DeliveryClaim, DeliveryKey, ExecutionClaim, Finish, NewDeadLetter, Store};
 use herald_tests::fixtures::{otp_sms, password_reset_email};
@@ -39,7 +40,7 @@ async fn accept(store: &Store, campaign: Uuid, recipients: usize, at: DateTime<U
 struct Seeder<'a> {
     store: &'a Store,
     campaign: Uuid,
-    channel: &'a str,
+    channel: Channel,
     execution: Uuid,
     accepted: DateTime<Utc>,
 }
@@ -50,7 +51,7 @@ impl Seeder<'_> {
             execution_id: self.execution,
             recipient_index: index,
             campaign_id: self.campaign,
-            channel: self.channel.into(),
+            channel: self.channel,
         }
     }
 
@@ -101,7 +102,7 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
 
     // Ten recipients accepted at `base`.
     let execution = accept(store, sms, 10, base).await;
-    let seed = Seeder { store, campaign: sms, channel: "sms", execution, accepted: base };
+    let seed = Seeder { store, campaign: sms, channel: Channel::Sms, execution, accepted: base };
     // Six sent at once, with accept→sent latencies of 100 ms ×3, 1 s ×2 and 10 s.
     for (index, latency) in [(0, 100), (1, 100), (2, 100), (3, 1_000), (4, 1_000), (5, 10_000)] {
         seed.outcome(index, DeliveryStatus::Sent, None, 1, base + ms(latency)).await;
@@ -132,7 +133,7 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
         .unwrap();
     // One more recipient whose worker died during the call: unknown (maybe sent).
     let crashed = accept(store, sms, 1, base).await;
-    let crashed = Seeder { store, campaign: sms, channel: "sms", execution: crashed, accepted: base };
+    let crashed = Seeder { store, campaign: sms, channel: Channel::Sms, execution: crashed, accepted: base };
     let token = crashed.claim(0, base).await;
     let started = herald_store::CallStart { key: crashed.key(0), token, now: base };
     assert_eq!(store.mark_calls_started(&[started]).await.unwrap(), vec![true]);
@@ -152,12 +153,12 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     // Outside the one-hour windows below: three hours before `base`.
     let early = base - chrono::Duration::hours(3);
     let old = accept(store, sms, 1, early).await;
-    Seeder { store, campaign: sms, channel: "sms", execution: old, accepted: early }
+    Seeder { store, campaign: sms, channel: Channel::Sms, execution: old, accepted: early }
         .outcome(0, DeliveryStatus::Sent, None, 1, early + ms(50))
         .await;
     // Another campaign, on another channel.
     let other = accept(store, email, 1, base).await;
-    Seeder { store, campaign: email, channel: "email", execution: other, accepted: base }
+    Seeder { store, campaign: email, channel: Channel::Email, execution: other, accepted: base }
         .outcome(0, DeliveryStatus::Sent, None, 1, base + ms(2_000))
         .await;
 
@@ -193,6 +194,21 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
         (&series[1]["targeted"], &series[1]["sent"], &series[1]["failed"], &series[1]["retries"]),
         (&json!(11), &json!(7), &json!(2), &json!(4))
     );
+
+    // Every event the enum has was written by the triggers above, and nothing else: a new figure
+    // needs both (see ARCHITECTURE.md, "Where new things go").
+    let (client, connection) = tokio_postgres::connect(&app.database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let written: std::collections::BTreeSet<String> = client
+        .query("SELECT DISTINCT event FROM report_pending", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let known: std::collections::BTreeSet<String> =
+        herald_core::report::ReportEvent::ALL.iter().map(|event| event.as_str().to_string()).collect();
+    assert_eq!(written, known, "the events the report triggers write");
 
     // Folding the pending outcomes into the rollups (each process does it every second) changes nothing.
     assert!(store.roll_up_reports().await.unwrap() > 0);
@@ -230,9 +246,15 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     // A three-day window is read from the hourly rollups, plus what is still pending: one more
     // send written after the fold.
     let late = accept(store, sms, 1, base + chrono::Duration::minutes(30)).await;
-    Seeder { store, campaign: sms, channel: "sms", execution: late, accepted: base + chrono::Duration::minutes(30) }
-        .outcome(0, DeliveryStatus::Sent, None, 1, base + chrono::Duration::minutes(31))
-        .await;
+    Seeder {
+        store,
+        campaign: sms,
+        channel: Channel::Sms,
+        execution: late,
+        accepted: base + chrono::Duration::minutes(30),
+    }
+    .outcome(0, DeliveryStatus::Sent, None, 1, base + chrono::Duration::minutes(31))
+    .await;
     let days = |offset: i64| (base + chrono::Duration::days(offset)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let long = app.get(&format!("/campaigns/{sms}/report?from={}&to={}&bucketSeconds=86400", days(-2), days(1))).await;
     assert_eq!(long.status, StatusCode::OK, "{}", long.body);

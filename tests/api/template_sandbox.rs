@@ -209,7 +209,7 @@ async fn a_message_whose_renders_keep_dying_is_dead_lettered_and_not_rendered_ag
         execution_id: uuid::Uuid::parse_str(&execution_id).unwrap(),
         recipient_index: 0,
         campaign_id: uuid::Uuid::parse_str(&campaign).unwrap(),
-        channel: "sms".into(),
+        channel: herald_core::Channel::Sms,
     };
     assert_eq!(app.store.start_redelivered_render(&key, chrono::Utc::now()).await.unwrap(), 1);
 

@@ -334,7 +334,7 @@ async fn claim_as_a_dead_worker(app: &TestApp, campaign: &str, execution_id: &st
         execution_id: execution_id.parse().unwrap(),
         recipient_index: 0,
         campaign_id: campaign.parse().unwrap(),
-        channel: "sms".into(),
+        channel: herald_core::Channel::Sms,
     };
     let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
     let token = uuid::Uuid::now_v7();
@@ -437,7 +437,7 @@ async fn a_campaign_that_opts_in_resends_a_delivery_abandoned_by_a_dead_worker()
         execution_id: execution_id.parse().unwrap(),
         recipient_index: 0,
         campaign_id: campaign.parse().unwrap(),
-        channel: "sms".into(),
+        channel: herald_core::Channel::Sms,
     };
     let long_ago = herald_core::Clock::now(app.clock.as_ref()) - chrono::Duration::minutes(10);
     app.store
@@ -472,6 +472,8 @@ async fn with_the_database_gone_a_worker_pauses_without_calling_the_provider() {
         policy: fast_policy(),
         stale_claim: chrono::Duration::seconds(60),
         database_pause: Duration::from_millis(500),
+        max_batch: 256,
+        batch_writers: 2,
         channel_rates: Vec::new(),
         metrics: Arc::default(),
     };

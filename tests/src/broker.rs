@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use herald_core::Channel;
 use herald_broker::Topology;
+use herald_core::Channel;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};

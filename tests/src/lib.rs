@@ -327,8 +327,20 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        // The jobs are aborted with their set; the token first lets the server stop cleanly.
         self.stop.cancel();
+        drain(std::mem::take(&mut self.jobs));
+    }
+}
+
+/// Lets stopped jobs finish what stopping involves (closing the broker connection, whose client
+/// tasks would otherwise run on) for up to 5 s, then aborts what is left. Without a runtime
+/// (the test is over) the set is simply dropped, which aborts everything.
+pub(crate) fn drain(mut jobs: JoinSet<()>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), async { while jobs.join_next().await.is_some() {} }).await;
+        });
     }
 }
 

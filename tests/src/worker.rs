@@ -35,8 +35,8 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    /// Starts a worker on every channel of `app`'s topology. The topology's retry tiers must
-    /// match `policy.tiers` (use [`crate::TestOptions::retry_tiers`]).
+    /// Starts a worker on every channel of `app`'s topology, with `policy` (its tiers are the
+    /// topology's, as in `herald worker`: one list, [`crate::TestOptions::retry_tiers`]).
     pub async fn start(app: &TestApp, provider: Arc<dyn Provider>, policy: RetryPolicy) -> Self {
         Self::start_with(app, provider, policy, 16, 100).await
     }
@@ -49,10 +49,14 @@ impl TestWorker {
         concurrency: usize,
         prefetch: u16,
     ) -> Self {
+        let mut policy = policy;
+        policy.tiers = app.topology().topology.retry_tiers.clone();
         let settings = PipelineSettings {
             policy,
             stale_claim: chrono::Duration::seconds(60),
             database_pause: Duration::from_millis(500),
+            max_batch: 256,
+            batch_writers: 2,
             channel_rates: Vec::new(),
             metrics: Arc::clone(&app.metrics),
         };
@@ -91,5 +95,6 @@ impl TestWorker {
 impl Drop for TestWorker {
     fn drop(&mut self) {
         self.stop.cancel();
+        crate::drain(std::mem::take(&mut self.jobs));
     }
 }

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use herald_core::Scope;
 use herald_broker::replay::{ReplayError, ReplayOutcome, replay_dead_letter};
+use herald_core::Scope;
 use herald_store::DeadLetter;
 use serde::Deserialize;
 use serde_json::{Value, json};

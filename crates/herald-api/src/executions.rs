@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::Scope;
 use herald_core::execution::ExecutionRequest;
-use herald_ingest::ratelimit::{Limit, LimitExceeded};
 use herald_ingest::IngestError;
+use herald_ingest::ratelimit::{Limit, LimitExceeded};
 use herald_telemetry::trace::valid_traceparent;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -145,10 +145,7 @@ pub(crate) async fn status(
             let delivery = deliveries.iter().find(|d| usize::try_from(d.recipient_index).ok() == Some(index));
             let mut entry = summary.clone();
             // Claimed by a worker or waiting in a retry tier: not decided yet.
-            let status = delivery.map_or("queued", |d| match d.status.as_str() {
-                "sending" | "retrying" => "queued",
-                decided => decided,
-            });
+            let status = delivery.map_or("queued", |d| if d.status.is_final() { d.status.as_str() } else { "queued" });
             entry["status"] = json!(status);
             entry["reason"] = json!(delivery.and_then(|d| d.reason.clone()));
             entry["attempts"] = json!(delivery.map_or(0, |d| d.attempts));
@@ -162,7 +159,7 @@ pub(crate) async fn status(
         "requestId": record.request_id,
         "createdAt": record.created_at,
         "acceptedAt": record.accepted_at,
-        "state": if record.accepted { "accepted" } else { "accepting" },
+        "state": record.state,
         "recipients": recipients,
     })))
 }

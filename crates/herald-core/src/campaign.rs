@@ -29,6 +29,11 @@ pub enum Channel {
 impl Channel {
     pub const ALL: [Channel; 3] = [Channel::Email, Channel::Sms, Channel::Push];
 
+    /// The channel named `name` (its [`Channel::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",

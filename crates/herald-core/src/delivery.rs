@@ -23,6 +23,15 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 6] = [
+        DeliveryStatus::Sending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Sent,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Excluded,
+        DeliveryStatus::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Sending => "sending",
@@ -35,9 +44,7 @@ impl DeliveryStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Sending, Self::Retrying, Self::Sent, Self::Failed, Self::Excluded, Self::Unknown]
-            .into_iter()
-            .find(|status| status.as_str() == s)
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 
     /// Whether the delivery has its final outcome.
@@ -281,16 +288,10 @@ mod tests {
 
     #[test]
     fn statuses_round_trip() {
-        for status in [
-            DeliveryStatus::Sending,
-            DeliveryStatus::Retrying,
-            DeliveryStatus::Sent,
-            DeliveryStatus::Failed,
-            DeliveryStatus::Excluded,
-            DeliveryStatus::Unknown,
-        ] {
+        for status in DeliveryStatus::ALL {
             assert_eq!(DeliveryStatus::parse(status.as_str()), Some(status));
         }
+        assert_eq!(DeliveryStatus::parse("snet"), None);
         assert!(!DeliveryStatus::Sending.is_final());
     }
 }

@@ -13,6 +13,8 @@ pub mod lifecycle;
 pub mod report;
 pub mod review;
 pub mod scope;
+#[cfg(feature = "sql")]
+mod sql;
 pub mod template;
 
 pub use campaign::{CampaignDefinition, Category, Channel, Content, Schedule, Surface};

@@ -168,11 +168,69 @@ pub struct ChannelReport {
     pub series: Vec<SeriesPoint>,
 }
 
+/// What the report triggers count (migration 0007 writes these names into `report_pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReportEvent {
+    /// Recipients of an execution the broker confirmed.
+    Targeted,
+    Sent,
+    Failed,
+    Excluded,
+    /// Maybe sent: the worker died during the call, or the provider never answered.
+    Unknown,
+    /// Provider calls beyond each delivery's first.
+    Retry,
+    DeadLettered,
+    /// An accept→sent latency observation (its histogram bucket), not a count.
+    Latency,
+}
+
+impl ReportEvent {
+    pub const ALL: [ReportEvent; 8] = [
+        ReportEvent::Targeted,
+        ReportEvent::Sent,
+        ReportEvent::Failed,
+        ReportEvent::Excluded,
+        ReportEvent::Unknown,
+        ReportEvent::Retry,
+        ReportEvent::DeadLettered,
+        ReportEvent::Latency,
+    ];
+
+    /// The name the triggers write.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportEvent::Targeted => "targeted",
+            ReportEvent::Sent => "sent",
+            ReportEvent::Failed => "failed",
+            ReportEvent::Excluded => "excluded",
+            ReportEvent::Unknown => "unknown",
+            ReportEvent::Retry => "retry",
+            ReportEvent::DeadLettered => "dead_lettered",
+            ReportEvent::Latency => "latency",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|event| event.as_str() == name)
+    }
+
+    /// The field of a report's JSON that counts it.
+    pub fn json_field(self) -> &'static str {
+        match self {
+            ReportEvent::Retry => "retries",
+            ReportEvent::DeadLettered => "deadLettered",
+            ReportEvent::Latency => "latencyMs",
+            other => other.as_str(),
+        }
+    }
+}
+
 /// One rollup row: `count` events of a kind (and reason) on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountRow {
     pub channel: String,
-    pub event: String,
+    pub event: ReportEvent,
     pub reason: String,
     pub count: i64,
 }
@@ -182,7 +240,7 @@ pub struct CountRow {
 pub struct SeriesRow {
     pub channel: String,
     pub start: DateTime<Utc>,
-    pub event: String,
+    pub event: ReportEvent,
     pub count: i64,
 }
 
@@ -223,30 +281,31 @@ pub fn channel_reports(
                     .collect(),
             };
             for row in counts.iter().filter(|row| row.channel == name) {
-                match row.event.as_str() {
-                    "targeted" => report.targeted += row.count,
-                    "sent" => report.sent += row.count,
-                    "failed" => report.failed.add(&row.reason, row.count),
-                    "excluded" => report.excluded.add(&row.reason, row.count),
-                    "unknown" => report.unknown += row.count,
-                    "retry" => report.retries += row.count,
-                    "dead_lettered" => report.dead_lettered.add(&row.reason, row.count),
-                    _ => {}
+                match row.event {
+                    ReportEvent::Targeted => report.targeted += row.count,
+                    ReportEvent::Sent => report.sent += row.count,
+                    ReportEvent::Failed => report.failed.add(&row.reason, row.count),
+                    ReportEvent::Excluded => report.excluded.add(&row.reason, row.count),
+                    ReportEvent::Unknown => report.unknown += row.count,
+                    ReportEvent::Retry => report.retries += row.count,
+                    ReportEvent::DeadLettered => report.dead_lettered.add(&row.reason, row.count),
+                    // Latencies come as histogram rows, never as counts.
+                    ReportEvent::Latency => {}
                 }
             }
             let width = window.bucket.num_seconds().max(1);
             for row in series.iter().filter(|row| row.channel == name) {
                 let index = usize::try_from((row.start - window.from).num_seconds() / width).ok();
                 let Some(point) = index.and_then(|index| report.series.get_mut(index)) else { continue };
-                let slot = match row.event.as_str() {
-                    "targeted" => &mut point.targeted,
-                    "sent" => &mut point.sent,
-                    "failed" => &mut point.failed,
-                    "excluded" => &mut point.excluded,
-                    "unknown" => &mut point.unknown,
-                    "retry" => &mut point.retries,
-                    "dead_lettered" => &mut point.dead_lettered,
-                    _ => continue,
+                let slot = match row.event {
+                    ReportEvent::Targeted => &mut point.targeted,
+                    ReportEvent::Sent => &mut point.sent,
+                    ReportEvent::Failed => &mut point.failed,
+                    ReportEvent::Excluded => &mut point.excluded,
+                    ReportEvent::Unknown => &mut point.unknown,
+                    ReportEvent::Retry => &mut point.retries,
+                    ReportEvent::DeadLettered => &mut point.dead_lettered,
+                    ReportEvent::Latency => continue,
                 };
                 *slot += row.count;
             }

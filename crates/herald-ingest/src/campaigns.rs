@@ -58,8 +58,13 @@ impl CachedCampaign {
 pub fn required_context(content: &herald_core::Content) -> BTreeSet<String> {
     // A live version passed review, so it compiles; if it somehow does not, nothing is required
     // here and the worker reports the rendering error.
-    let Ok(compiled) = CompiledContent::compile(content) else {
-        return BTreeSet::new();
+    let compiled = match CompiledContent::compile(content) {
+        Ok(compiled) => compiled,
+        Err(errors) => {
+            let parts: Vec<&str> = errors.iter().map(|error| error.part.as_str()).collect();
+            tracing::warn!(?parts, "a live version's content does not compile; its deliveries will fail rendering");
+            return BTreeSet::new();
+        }
     };
     compiled
         .analyse()

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use herald_broker::{Broker, OutgoingMessage, headers};
 use herald_core::address::mask;
 use herald_core::campaign::FieldError;
 use herald_core::execution::{self, ENVELOPE_VERSION, Envelope, ExecutionRequest, RecipientType};
 use herald_core::{CampaignStatus, Channel};
-use herald_broker::{Broker, OutgoingMessage, headers};
 use herald_store::batch::Batcher;
 use herald_store::{ClaimOutcome, ExecutionClaim, Store, StoreError};
 use serde_json::{Value, json};

@@ -85,7 +85,6 @@ impl<T: Send + Sync + 'static> CampaignCache<T> {
 }
 
 impl<T: Send + Sync + 'static> Shared<T> {
-
     /// Calls `observer` on every lookup with whether it was a hit. Only the first one counts.
     pub fn observe(&self, observer: impl Fn(bool) + Send + Sync + 'static) {
         let _ = self.observer.set(Box::new(observer));

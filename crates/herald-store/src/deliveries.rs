@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
+use herald_core::Channel;
 use herald_core::delivery::{DeliveryStatus, reasons};
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ pub struct DeliveryKey {
     pub execution_id: Uuid,
     pub recipient_index: i32,
     pub campaign_id: Uuid,
-    pub channel: String,
+    pub channel: Channel,
 }
 
 /// What a claim found.
@@ -83,7 +84,7 @@ pub(crate) const UNSTARTED_CLAIM_STALE: Duration = Duration::seconds(5);
 /// The row of a delivery whose claim did not take.
 #[derive(Debug, Clone)]
 struct CurrentState {
-    status: String,
+    status: DeliveryStatus,
     attempts: i32,
     claim_token: Option<Uuid>,
     claimed_at: Option<DateTime<Utc>>,
@@ -118,19 +119,18 @@ impl Store {
                 &[&executions, &indexes],
             )
             .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|row| {
                 let state = CurrentState {
-                    status: row.get(2),
+                    status: row.try_get(2)?,
                     claim_token: row.get(3),
                     claimed_at: row.get(4),
                     call_started: row.get(5),
                     attempts: row.get(6),
                 };
-                ((row.get(0), row.get(1)), state)
+                Ok(((row.get(0), row.get(1)), state))
             })
-            .collect())
+            .collect()
     }
 
     /// What a claim that did not take found: final, busy, or a stale claim. A stale claim whose
@@ -146,7 +146,7 @@ impl Store {
         let Some(state) = state else {
             return Ok(DeliveryClaim::Busy);
         };
-        let status = DeliveryStatus::parse(&state.status).unwrap_or(DeliveryStatus::Unknown);
+        let status = state.status;
         if status == DeliveryStatus::Retrying {
             // Another copy is waiting in a retry tier and is not due yet: look again later.
             return Ok(DeliveryClaim::Busy);
@@ -210,7 +210,7 @@ impl Store {
         let indexes: Vec<i32> = first.iter().map(|r| r.key.recipient_index).collect();
         let versions: Vec<Option<Uuid>> = first.iter().map(|r| r.version_id).collect();
         let campaigns: Vec<Uuid> = first.iter().map(|r| r.key.campaign_id).collect();
-        let channels: Vec<&str> = first.iter().map(|r| r.key.channel.as_str()).collect();
+        let channels: Vec<Channel> = first.iter().map(|r| r.key.channel).collect();
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
         let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();

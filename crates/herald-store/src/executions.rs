@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use herald_core::delivery::DeliveryStatus;
+use herald_core::execution::ExecutionState;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -47,7 +49,7 @@ pub struct ExecutionRecord {
     pub execution_id: Uuid,
     pub campaign_id: Uuid,
     pub request_id: String,
-    pub accepted: bool,
+    pub state: ExecutionState,
     pub recipients: Value,
     pub created_at: DateTime<Utc>,
     pub accepted_at: Option<DateTime<Utc>>,
@@ -56,7 +58,7 @@ pub struct ExecutionRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryRow {
     pub recipient_index: i32,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub reason: Option<String>,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -69,7 +71,7 @@ type Key = (String, Uuid, String);
 struct Existing {
     execution_id: Uuid,
     body_hash: Vec<u8>,
-    state: String,
+    state: ExecutionState,
     created_at: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 }
@@ -132,7 +134,7 @@ impl Store {
                     Existing {
                         execution_id: row.get(3),
                         body_hash: row.get(4),
-                        state: row.get(5),
+                        state: row.try_get(5)?,
                         created_at: row.get(6),
                         lease_until: row.get(7),
                     },
@@ -154,7 +156,7 @@ impl Store {
             };
             let outcome = if *hash != claim.body_hash {
                 ClaimOutcome::BodyMismatch
-            } else if state == "accepted" {
+            } else if *state == ExecutionState::Accepted {
                 ClaimOutcome::AlreadyAccepted { execution_id: *execution_id, created_at: *created_at }
             } else if *lease_until > claim.now {
                 ClaimOutcome::InProgress { retry_after: (*lease_until - claim.now).to_std().unwrap_or_default() }
@@ -162,8 +164,8 @@ impl Store {
                 let taken = client
                     .query_opt(
                         "UPDATE executions SET lease_until = $2
-                          WHERE execution_id = $1 AND state = 'accepting' AND lease_until <= $3 RETURNING execution_id",
-                        &[execution_id, &claim.lease_until, &claim.now],
+                          WHERE execution_id = $1 AND state = $4 AND lease_until <= $3 RETURNING execution_id",
+                        &[execution_id, &claim.lease_until, &claim.now, &ExecutionState::Accepting],
                     )
                     .await?;
                 match taken {
@@ -181,10 +183,12 @@ impl Store {
         let client = self.client().await?;
         let complete = client
             .prepare_cached(
-                "UPDATE executions SET state = 'accepted', accepted_at = $2 WHERE execution_id = ANY($1) AND state = 'accepting'",
+                "UPDATE executions SET state = $3, accepted_at = $2 WHERE execution_id = ANY($1) AND state = $4",
             )
             .await?;
-        client.execute(&complete, &[&execution_ids, &now]).await?;
+        client
+            .execute(&complete, &[&execution_ids, &now, &ExecutionState::Accepted, &ExecutionState::Accepting])
+            .await?;
         Ok(())
     }
 
@@ -194,8 +198,8 @@ impl Store {
         self.client()
             .await?
             .execute(
-                "UPDATE executions SET lease_until = $2 WHERE execution_id = $1 AND state = 'accepting'",
-                &[&execution_id, &now],
+                "UPDATE executions SET lease_until = $2 WHERE execution_id = $1 AND state = $3",
+                &[&execution_id, &now, &ExecutionState::Accepting],
             )
             .await?;
         Ok(())
@@ -216,12 +220,11 @@ impl Store {
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let state: String = row.get(2);
         let record = ExecutionRecord {
             execution_id,
             campaign_id: row.get(0),
             request_id: row.get(1),
-            accepted: state == "accepted",
+            state: row.try_get(2)?,
             recipients: row.get(3),
             created_at: row.get(4),
             accepted_at: row.get(5),
@@ -233,15 +236,17 @@ impl Store {
             )
             .await?
             .iter()
-            .map(|row| DeliveryRow {
-                recipient_index: row.get(0),
-                status: row.get(1),
-                reason: row.get(2),
-                attempts: row.get(3),
-                created_at: row.get(4),
-                updated_at: row.get(5),
+            .map(|row| {
+                Ok(DeliveryRow {
+                    recipient_index: row.get(0),
+                    status: row.try_get(1)?,
+                    reason: row.get(2),
+                    attempts: row.get(3),
+                    created_at: row.get(4),
+                    updated_at: row.get(5),
+                })
             })
-            .collect();
+            .collect::<Result<_, StoreError>>()?;
         Ok(Some((record, deliveries)))
     }
 
@@ -270,7 +275,10 @@ impl Store {
         Ok(self
             .client()
             .await?
-            .execute("DELETE FROM executions WHERE created_at < $1 AND state = 'accepted'", &[&before])
+            .execute(
+                "DELETE FROM executions WHERE created_at < $1 AND state = $2",
+                &[&before, &ExecutionState::Accepted],
+            )
             .await?)
     }
 }

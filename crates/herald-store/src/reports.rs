@@ -3,7 +3,7 @@
 //! and not the number of deliveries in it. Outcomes not yet folded into the rollups
 //! (`report_pending`, at most a few seconds' worth) are read too, so reports are exact.
 
-use herald_core::report::{CountRow, LatencyRow, ReportWindow, SeriesRow};
+use herald_core::report::{CountRow, LatencyRow, ReportEvent, ReportWindow, SeriesRow};
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -22,7 +22,7 @@ pub struct CampaignCount {
     pub campaign_id: Uuid,
     pub name: String,
     pub channel: String,
-    pub event: String,
+    pub event: ReportEvent,
     pub count: i64,
 }
 
@@ -121,12 +121,16 @@ impl Store {
         Ok(ReportRows {
             counts: counts
                 .iter()
-                .map(|row| CountRow { channel: row.get(0), event: row.get(1), reason: row.get(2), count: row.get(3) })
-                .collect(),
+                .map(|row| {
+                    Ok(CountRow { channel: row.get(0), event: row.try_get(1)?, reason: row.get(2), count: row.get(3) })
+                })
+                .collect::<Result<_, StoreError>>()?,
             series: series
                 .iter()
-                .map(|row| SeriesRow { channel: row.get(0), start: row.get(1), event: row.get(2), count: row.get(3) })
-                .collect(),
+                .map(|row| {
+                    Ok(SeriesRow { channel: row.get(0), start: row.get(1), event: row.try_get(2)?, count: row.get(3) })
+                })
+                .collect::<Result<_, StoreError>>()?,
             latency: latency
                 .iter()
                 .map(|row| LatencyRow { channel: row.get(0), bucket: row.get(1), count: row.get(2) })
@@ -154,15 +158,16 @@ impl Store {
                 &[&sandbox, &window.from, &window.to],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| CampaignCount {
-                campaign_id: row.get(0),
-                name: row.get(1),
-                channel: row.get(2),
-                event: row.get(3),
-                count: row.get(4),
+        rows.iter()
+            .map(|row| {
+                Ok(CampaignCount {
+                    campaign_id: row.get(0),
+                    name: row.get(1),
+                    channel: row.get(2),
+                    event: row.try_get(3)?,
+                    count: row.get(4),
+                })
             })
-            .collect())
+            .collect()
     }
 }

@@ -77,7 +77,8 @@ async fn session(
     // Every loop of this session stops when the worker stops or when the session fails: a child
     // of the worker's token, cancelled with it or alone.
     let end_session = stop.child_token();
-    let settler = Arc::new(Settler { publisher, topology: settings.topology.clone(), end_session: end_session.clone() });
+    let settler =
+        Arc::new(Settler { publisher, topology: settings.topology.clone(), end_session: end_session.clone() });
     tracing::info!(channels = ?settings.channels, "worker consuming");
     let mut loops = tokio::task::JoinSet::new();
     for channel in &settings.channels {
@@ -183,7 +184,11 @@ struct Shared {
     pause: Arc<PauseState>,
 }
 
-async fn consume(shared: Shared, mut consumer: lapin::Consumer, shutdown: CancellationToken) -> Result<(), lapin::Error> {
+async fn consume(
+    shared: Shared,
+    mut consumer: lapin::Consumer,
+    shutdown: CancellationToken,
+) -> Result<(), lapin::Error> {
     let Shared { channel, queue, pipeline, settler, permits, pause } = shared;
     loop {
         if shutdown.is_cancelled() {

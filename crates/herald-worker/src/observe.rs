@@ -6,23 +6,17 @@ use herald_core::delivery::DeliveryStatus;
 use herald_telemetry::Metrics;
 use herald_telemetry::metrics::{ChannelLabels, OutcomeLabels, ProviderLabels, ReasonLabels, RetryLabels};
 
-/// A channel label from a stored channel name (routing keys and delivery keys hold names).
-pub(crate) fn channel_label(name: &str) -> &'static str {
-    match name.parse::<Channel>() {
-        Ok(channel) => channel.as_str(),
-        Err(_) => "other",
-    }
+/// A channel label from a routing key's channel part, which a message from outside Herald may
+/// set to anything.
+fn channel_label(name: &str) -> &'static str {
+    Channel::parse(name).map_or("other", Channel::as_str)
 }
 
-pub(crate) fn outcome_labels(channel: &str, status: DeliveryStatus, reason: Option<&str>) -> OutcomeLabels {
-    OutcomeLabels {
-        channel: channel_label(channel),
-        status: status.as_str(),
-        reason: reason.unwrap_or_default().to_string(),
-    }
+pub(crate) fn outcome_labels(channel: Channel, status: DeliveryStatus, reason: Option<&str>) -> OutcomeLabels {
+    OutcomeLabels { channel: channel.as_str(), status: status.as_str(), reason: reason.unwrap_or_default().to_string() }
 }
 
-pub(crate) fn outcome(metrics: &Metrics, channel: &str, status: DeliveryStatus, reason: Option<&str>) {
+pub(crate) fn outcome(metrics: &Metrics, channel: Channel, status: DeliveryStatus, reason: Option<&str>) {
     metrics.outcomes.get_or_create(&outcome_labels(channel, status, reason)).inc();
 }
 
@@ -62,14 +56,5 @@ pub(crate) fn paused(metrics: &Metrics, channel: Channel, reason: Option<&str>) 
         None => {
             gauge.set(0);
         }
-    }
-}
-
-/// The provider operation behind a channel, for the provider-call span (OpenTelemetry RPC
-/// conventions: `rpc.service`/`rpc.method`).
-pub(crate) fn provider_operation(channel: Channel) -> (&'static str, &'static str) {
-    match channel {
-        Channel::Email => ("SESv2", "SendEmail"),
-        Channel::Sms | Channel::Push => ("SNS", "Publish"),
     }
 }

@@ -56,6 +56,9 @@ impl WorkerCampaign {
             Some(Ok(compiled)) => (Some(Arc::new(compiled)), None),
             Some(Err(errors)) => {
                 let why = errors.iter().map(|e| format!("{}: {}", e.part, e.message)).collect::<Vec<_>>().join("; ");
+                // The parts and error codes only: tera's messages quote the template.
+                let codes: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.part, e.code)).collect();
+                tracing::warn!(campaign_id = %record.id, errors = ?codes, "the live content does not compile; its deliveries fail rendering");
                 (None, Some(why))
             }
             None => (None, None),
@@ -68,6 +71,8 @@ impl WorkerCampaign {
 struct Job<'a> {
     envelope: &'a Envelope,
     campaign: &'a CampaignRecord,
+    /// The live version `deliver` checked: what is sent.
+    live: &'a herald_store::VersionRecord,
     resolved: &'a Resolved,
     rendered: &'a Rendered,
     key: &'a DeliveryKey,
@@ -80,6 +85,11 @@ pub struct PipelineSettings {
     pub stale_claim: chrono::Duration,
     /// Pause after a database failure.
     pub database_pause: Duration,
+    /// Rows per batched claim, call-mark or outcome write (`HERALD_WORKER_BATCH_SIZE`): two
+    /// single-row commits per message would cap a worker at a few thousand messages a second.
+    pub max_batch: usize,
+    /// Concurrent writers of each batch kind (`HERALD_WORKER_BATCH_WRITERS`).
+    pub batch_writers: usize,
     /// Provider send rates per channel (e.g. the SES account's maximum send rate), shared by
     /// every worker. A channel without an entry is not limited here.
     pub channel_rates: Vec<(Channel, f64)>,
@@ -107,10 +117,6 @@ pub struct Pipeline {
 /// How long the call mark is retried before the message is put back (a longer database outage).
 const MARK_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Rows per batched claim or outcome write, and concurrent writers of each.
-const MAX_BATCH: usize = 256;
-const BATCH_WRITERS: usize = 2;
-
 fn unbatched(error: Arc<StoreError>) -> StoreError {
     match error.as_ref() {
         StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
@@ -130,17 +136,18 @@ impl Pipeline {
         let metrics = Arc::clone(&settings.metrics);
         campaigns.observe(move |hit| metrics.cache_lookup("worker", hit));
         let (claim_store, stale) = (store.clone(), settings.stale_claim);
-        let claims = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |requests: Arc<[ClaimRequest]>| {
+        let (writers, max_batch) = (settings.batch_writers, settings.max_batch);
+        let claims = Batcher::start(writers, max_batch, move |requests: Arc<[ClaimRequest]>| {
             let store = claim_store.clone();
             async move { store.claim_deliveries(&requests, stale).await }
         });
         let start_store = store.clone();
-        let starts = Arc::new(Batcher::start(BATCH_WRITERS, MAX_BATCH, move |starts: Arc<[CallStart]>| {
+        let starts = Arc::new(Batcher::start(writers, max_batch, move |starts: Arc<[CallStart]>| {
             let store = start_store.clone();
             async move { store.mark_calls_started(&starts).await }
         }));
         let finish_store = store.clone();
-        let finishes = Batcher::start(BATCH_WRITERS, MAX_BATCH, move |finishes: Arc<[Finish]>| {
+        let finishes = Batcher::start(writers, max_batch, move |finishes: Arc<[Finish]>| {
             let store = finish_store.clone();
             async move { store.finish_deliveries(&finishes).await }
         });
@@ -236,7 +243,7 @@ impl Pipeline {
             execution_id: envelope.execution_id,
             recipient_index: i32::try_from(envelope.recipient_index).unwrap_or(i32::MAX),
             campaign_id: envelope.campaign_id,
-            channel: envelope.channel.as_str().to_string(),
+            channel: envelope.channel,
         };
         let span = tracing::Span::current();
         span.record("herald.execution_id", tracing::field::display(envelope.execution_id));
@@ -296,7 +303,7 @@ impl Pipeline {
             DeliveryClaim::Abandoned => {
                 // This copy found a dead worker's claim with its call started: maybe sent.
                 tracing::warn!(execution_id = %key.execution_id, "a worker died during the provider call; recorded unknown, not resent");
-                observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Unknown, Some(reasons::MAYBE_SENT));
+                observe::outcome(self.metrics(), key.channel, DeliveryStatus::Unknown, Some(reasons::MAYBE_SENT));
                 return Ok(Decision::Ack);
             }
             DeliveryClaim::Busy => {
@@ -306,6 +313,7 @@ impl Pipeline {
         let job = Job {
             envelope: &envelope,
             campaign: &campaign.record,
+            live,
             resolved: &resolved,
             rendered: &rendered,
             key: &key,
@@ -319,7 +327,7 @@ impl Pipeline {
     /// stays unacknowledged meanwhile, and the claim cannot be lost to staleness (a claim
     /// declared abandoned meanwhile still takes its holder's outcome).
     async fn finish(&self, finish: Finish) {
-        let outcome = observe::outcome_labels(&finish.key.channel, finish.status, finish.reason.as_deref());
+        let outcome = observe::outcome_labels(finish.key.channel, finish.status, finish.reason.as_deref());
         let mut delay = Duration::from_millis(50);
         let mut failures = 0u32;
         let written = loop {
@@ -356,7 +364,7 @@ impl Pipeline {
     ) -> Result<Decision, StoreError> {
         tracing::debug!(execution_id = %key.execution_id, reason, "delivery excluded");
         self.store.record_delivery(key, version, DeliveryStatus::Excluded, (reason, None), now).await?;
-        observe::outcome(self.metrics(), &key.channel, DeliveryStatus::Excluded, Some(reason));
+        observe::outcome(self.metrics(), key.channel, DeliveryStatus::Excluded, Some(reason));
         Ok(Decision::Ack)
     }
 
@@ -411,14 +419,14 @@ impl Pipeline {
                 }
             }
             calls += 1;
-            let (service, method) = observe::provider_operation(envelope.channel);
+            let operation = self.provider.operation(envelope.channel);
             let call = tracing::info_span!(
                 "provider call",
-                otel.name = %format!("{service}/{method}"),
+                otel.name = %format!("{}/{}", operation.service, operation.method),
                 otel.kind = "client",
-                rpc.system = "aws-api",
-                rpc.service = service,
-                rpc.method = method,
+                rpc.system = operation.system,
+                rpc.service = operation.service,
+                rpc.method = operation.method,
                 herald.channel = envelope.channel.as_str(),
                 error.type = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
@@ -530,10 +538,7 @@ impl Pipeline {
 
     async fn send_once(&self, job: &Job<'_>) -> ProviderResult<Receipt> {
         let (envelope, resolved, rendered) = (job.envelope, job.resolved, job.rendered);
-        let Some(live) = job.campaign.live.as_ref() else {
-            return Err(ProviderError::new(ErrorClass::Permanent, "NoLiveVersion", "the campaign has no live version"));
-        };
-        let definition = &live.definition;
+        let definition = &job.live.definition;
         let part = |name: &str| rendered.get(name).cloned();
         match envelope.channel {
             Channel::Email => {

@@ -92,7 +92,7 @@ impl Pipeline {
                 .await?;
             crate::observe::outcome(
                 self.metrics(),
-                &key.channel,
+                key.channel,
                 DeliveryStatus::Failed,
                 Some(reasons::RENDERING_ERROR),
             );

@@ -276,6 +276,16 @@ pub struct ApiArgs {
     /// A publish not confirmed by the broker within this many milliseconds fails (503).
     #[arg(long, env = "HERALD_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
     pub confirm_timeout_ms: u64,
+    /// How long an accepted requestId is remembered (a retry within it gets the same execution);
+    /// at least the 24 h Herald promises.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..))]
+    pub idempotency_retention_hours: u64,
+    /// Rows per batched idempotency write (claims and completions of executions).
+    #[arg(long, env = "HERALD_INGEST_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub ingest_batch_size: u64,
+    /// Concurrent writers of each kind of batched idempotency write.
+    #[arg(long, env = "HERALD_INGEST_BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub ingest_batch_writers: u64,
     #[command(flatten)]
     pub startup: StartupArgs,
 }
@@ -318,6 +328,20 @@ pub struct WorkerTuning {
     /// not resent unless the campaign sets resendMaybeSent).
     #[arg(long, env = "HERALD_PROVIDER_TIMEOUT_MS", default_value_t = 10_000)]
     pub provider_timeout_ms: u64,
+    /// How long connecting to the provider may take; a connection that fails sent nothing, so
+    /// the send is retried.
+    #[arg(long, env = "HERALD_PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    pub provider_connect_timeout_ms: u64,
+    /// How long a channel pauses after the database failed during a delivery (the message goes
+    /// back to a retry tier without using an attempt).
+    #[arg(long, env = "HERALD_DATABASE_PAUSE_MS", default_value_t = 2_000)]
+    pub database_pause_ms: u64,
+    /// Rows per batched delivery write (claims, call marks, outcomes).
+    #[arg(long, env = "HERALD_WORKER_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub worker_batch_size: u64,
+    /// Concurrent writers of each kind of batched delivery write.
+    #[arg(long, env = "HERALD_WORKER_BATCH_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub worker_batch_writers: u64,
     /// Email sends per second across all workers (the SES account's maximum send rate); 0: no limit.
     #[arg(long, env = "HERALD_EMAIL_RATE_PER_SEC", default_value_t = 0.0)]
     pub email_rate_per_sec: f64,
@@ -361,6 +385,10 @@ pub struct StartupArgs {
     /// How long to wait for the database at start-up before giving up, in seconds.
     #[arg(long, env = "HERALD_DATABASE_WAIT_SECONDS", default_value_t = 60)]
     pub database_wait_seconds: u64,
+    /// How often this process folds pending report rows into the rollups (every process does;
+    /// they share the work). Reports read pending rows too, so this bounds work, not freshness.
+    #[arg(long, env = "HERALD_REPORT_ROLLUP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub report_rollup_interval_ms: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]

@@ -72,7 +72,11 @@ impl Jobs {
         let mut outcome = Ok(());
         let mut record = |(name, ended): Ended, stopping: bool| match ended {
             Err(error) => {
-                tracing::error!(job = name, error = format!("{error:#}"), "background job failed; stopping the process");
+                tracing::error!(
+                    job = name,
+                    error = format!("{error:#}"),
+                    "background job failed; stopping the process"
+                );
                 if outcome.is_ok() {
                     outcome = Err(error.context(format!("{name} failed")));
                 }

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use backon::{ExponentialBuilder, Retryable};
 use herald_api::{ApiConfig, AppState};
+use herald_broker::{Broker, BrokerSettings};
 use herald_core::Channel;
 use herald_core::delivery::RetryPolicy;
 use herald_core::{Clock, SystemClock};
-use herald_broker::{Broker, BrokerSettings};
 use herald_ingest::ratelimit::Limiter;
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
@@ -87,7 +87,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut jobs = Jobs::new(Arc::clone(&metrics));
     start_api(&args, store.clone(), metrics, &mut jobs).await?;
-    start_rollup(&store, &mut jobs);
+    start_rollup(&args.startup, &store, &mut jobs);
     jobs.run_until(shutdown_signal()).await
 }
 
@@ -117,10 +117,15 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
     let settings = IngestSettings {
         limits: args.limits(),
         lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
+        max_batch: usize::try_from(args.ingest_batch_size).unwrap_or(256),
+        batch_workers: usize::try_from(args.ingest_batch_writers).unwrap_or(2),
+        idempotency_retention: Duration::from_secs(args.idempotency_retention_hours * 3600),
         metrics: Arc::clone(&metrics),
-        ..IngestSettings::default()
     };
-    jobs.spawn_loop("execution-purge", herald_ingest::purge_expired_executions(store.clone(), settings.idempotency_retention));
+    jobs.spawn_loop(
+        "execution-purge",
+        herald_ingest::purge_expired_executions(store.clone(), settings.idempotency_retention),
+    );
     jobs.spawn_loop("rate-limit-purge", Limiter::purge_forever(store.clone()));
     let ingest = Ingest::new(store.clone(), broker, settings);
     let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
@@ -142,8 +147,9 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
 }
 
 /// The report rollup: one loop per process (it shares the work with other processes).
-fn start_rollup(store: &Store, jobs: &mut Jobs) {
-    jobs.spawn_loop("report-rollup", store.clone().roll_up_reports_forever(Duration::from_secs(1)));
+fn start_rollup(startup: &StartupArgs, store: &Store, jobs: &mut Jobs) {
+    let interval = Duration::from_millis(startup.report_rollup_interval_ms);
+    jobs.spawn_loop("report-rollup", store.clone().roll_up_reports_forever(interval));
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -160,7 +166,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         async move { herald_api::serve_metrics(listener, metrics, stop.cancelled_owned()).await.context("serving metrics") }
     });
     start_worker(&args.tuning, &args.startup, store.clone(), metrics, &mut jobs).await;
-    start_rollup(&store, &mut jobs);
+    start_rollup(&args.startup, &store, &mut jobs);
     jobs.run_until(shutdown_signal()).await
 }
 
@@ -176,7 +182,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let mut jobs = Jobs::new(Arc::clone(&metrics));
     start_worker(&args.worker, &args.api.startup, store.clone(), Arc::clone(&metrics), &mut jobs).await;
     start_api(&args.api, store.clone(), metrics, &mut jobs).await?;
-    start_rollup(&store, &mut jobs);
+    start_rollup(&args.api.startup, &store, &mut jobs);
     jobs.run_until(shutdown_signal()).await
 }
 
@@ -185,6 +191,7 @@ async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
         ProviderKind::Aws => {
             let settings = AwsSettings {
                 call_timeout: Duration::from_millis(tuning.provider_timeout_ms.max(1)),
+                connect_timeout: Duration::from_millis(tuning.provider_connect_timeout_ms.max(1)),
                 ..AwsSettings::default()
             };
             Arc::new(AwsProvider::new(&load_config(&settings).await))
@@ -194,7 +201,13 @@ async fn provider(tuning: &WorkerTuning) -> Arc<dyn Provider> {
 }
 
 /// Starts the delivery loop, which consumes and sends until the jobs stop.
-async fn start_worker(tuning: &WorkerTuning, startup: &StartupArgs, store: Store, metrics: Arc<Metrics>, jobs: &mut Jobs) {
+async fn start_worker(
+    tuning: &WorkerTuning,
+    startup: &StartupArgs,
+    store: Store,
+    metrics: Arc<Metrics>,
+    jobs: &mut Jobs,
+) {
     let channels = tuning.worker_channels.clone();
     let topology = startup.broker.topology();
     let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
@@ -206,7 +219,9 @@ async fn start_worker(tuning: &WorkerTuning, startup: &StartupArgs, store: Store
         PipelineSettings {
             policy,
             stale_claim: chrono::Duration::seconds(i64::try_from(tuning.stale_claim_seconds).unwrap_or(i64::MAX)),
-            database_pause: Duration::from_secs(2),
+            database_pause: Duration::from_millis(tuning.database_pause_ms),
+            max_batch: usize::try_from(tuning.worker_batch_size).unwrap_or(256),
+            batch_writers: usize::try_from(tuning.worker_batch_writers).unwrap_or(2),
             channel_rates: vec![
                 (Channel::Email, tuning.email_rate_per_sec),
                 (Channel::Sms, tuning.sms_rate_per_sec),

@@ -377,6 +377,13 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(10), "the send is not on /metrics");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One job set for the API and the worker: one report rollup (before, each role started its
+    // own), one delivery loop, one broker connection for publishing, one server.
+    let metrics = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    for job in ["report-rollup", "delivery", "broker-connection", "http", "execution-purge", "rate-limit-purge"] {
+        let line = format!("herald_background_jobs{{job=\"{job}\"}} 1");
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 
     // Applying the same file again updates the campaign instead of creating a second one.
     let again = herald(&database)
@@ -395,7 +402,10 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    let rollups = log.lines().filter(|line| line.contains("background job started") && line.contains("report-rollup"));
+    assert_eq!(rollups.count(), 1, "herald dev starts one report rollup:\n{log}");
     let _ = std::fs::remove_file(outbox);
 }
 

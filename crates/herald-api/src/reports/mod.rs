@@ -138,12 +138,7 @@ pub(crate) async fn global(
                 "targeted": 0, "sent": 0, "failed": 0, "excluded": 0, "unknown": 0, "retries": 0, "deadLettered": 0,
             })
         });
-        let field = match row.event.as_str() {
-            "retry" => "retries",
-            "dead_lettered" => "deadLettered",
-            other => other,
-        };
-        if let Some(slot) = entry.get_mut(field) {
+        if let Some(slot) = entry.get_mut(row.event.json_field()) {
             *slot = json!(slot.as_i64().unwrap_or(0) + row.count);
         }
     }

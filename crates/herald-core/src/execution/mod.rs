@@ -92,6 +92,30 @@ pub struct Recipient {
     pub channel_data: Option<ChannelData>,
 }
 
+/// Where an accepted request stands: its id is claimed while its messages are being published,
+/// and accepted once the broker confirmed them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionState {
+    Accepting,
+    Accepted,
+}
+
+impl ExecutionState {
+    pub const ALL: [ExecutionState; 2] = [ExecutionState::Accepting, ExecutionState::Accepted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::Accepting => "accepting",
+            ExecutionState::Accepted => "accepted",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == name)
+    }
+}
+
 /// One message on the queue: everything a worker needs to send to one recipient.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

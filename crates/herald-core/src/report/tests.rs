@@ -7,7 +7,12 @@ fn at(hour: u32, minute: u32, second: u32) -> DateTime<Utc> {
 }
 
 fn count(channel: &str, event: &str, reason: &str, count: i64) -> CountRow {
-    CountRow { channel: channel.into(), event: event.into(), reason: reason.into(), count }
+    CountRow {
+        channel: channel.into(),
+        event: ReportEvent::parse(event).expect("a report event"),
+        reason: reason.into(),
+        count,
+    }
 }
 
 #[test]
@@ -66,8 +71,8 @@ fn counts_are_split_by_channel_event_and_reason() {
         count("sms", "sent", "", 3),
     ];
     let series = [
-        SeriesRow { channel: "email".into(), start: at(10, 30, 0), event: "sent".into(), count: 6 },
-        SeriesRow { channel: "email".into(), start: at(10, 0, 0), event: "targeted".into(), count: 10 },
+        SeriesRow { channel: "email".into(), start: at(10, 30, 0), event: ReportEvent::Sent, count: 6 },
+        SeriesRow { channel: "email".into(), start: at(10, 0, 0), event: ReportEvent::Targeted, count: 10 },
     ];
     let reports = channel_reports(&window, &[Channel::Email, Channel::Push], &counts, &series, &[]);
     assert_eq!(reports.len(), 2);

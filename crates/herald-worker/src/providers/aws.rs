@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use herald_core::delivery::{ErrorClass, ProviderError};
 
 use super::classify::{self, Failure};
-use super::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
+use super::{EmailMessage, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 
 /// Connection and call limits for provider calls: a send that hangs must fail and be retried by
 /// Herald rather than hold a delivery forever.
@@ -245,6 +245,15 @@ pub fn push_payload(message: &PushMessage) -> String {
 impl Provider for AwsProvider {
     fn gates_transmission(&self) -> bool {
         true
+    }
+
+    fn operation(&self, channel: herald_core::Channel) -> Operation {
+        match channel {
+            herald_core::Channel::Email => Operation { system: "aws-api", service: "SESv2", method: "SendEmail" },
+            herald_core::Channel::Sms | herald_core::Channel::Push => {
+                Operation { system: "aws-api", service: "SNS", method: "Publish" }
+            }
+        }
     }
 
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {

@@ -11,7 +11,17 @@ pub mod transmit;
 use std::collections::BTreeMap;
 
 use futures_util::future::BoxFuture;
+use herald_core::Channel;
 use herald_core::delivery::ProviderError;
+
+/// How a provider call shows in a trace (OpenTelemetry's RPC conventions): `rpc.system`,
+/// `rpc.service`, `rpc.method`. Each provider names its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    pub system: &'static str,
+    pub service: &'static str,
+    pub method: &'static str,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailMessage {
@@ -57,6 +67,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// before the call.
     fn gates_transmission(&self) -> bool {
         false
+    }
+
+    /// What a send on `channel` is called in traces.
+    fn operation(&self, channel: Channel) -> Operation {
+        Operation { system: "herald", service: "provider", method: channel.as_str() }
     }
 
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
+use super::{EmailMessage, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 
 #[derive(Debug)]
 pub struct OutboxProvider {
@@ -42,6 +42,10 @@ impl OutboxProvider {
 }
 
 impl Provider for OutboxProvider {
+    fn operation(&self, _channel: herald_core::Channel) -> Operation {
+        Operation { system: "herald", service: "outbox", method: "append" }
+    }
+
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
         Box::pin(self.append(json!({
             "channel": "email", "from": message.from, "replyTo": message.reply_to, "to": message.to,
