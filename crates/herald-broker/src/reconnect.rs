@@ -44,11 +44,12 @@ impl Reconnect {
     }
 
     /// The delay before the next attempt, after a session or attempt failed. A session that
-    /// worked for a while starts the back-off over.
+    /// worked for a while starts the back-off over; failed attempts after it grow it again.
     pub fn next_delay(&mut self) -> Duration {
         if self.since.elapsed() > HEALTHY_SESSION {
             self.delays = BACKOFF.build();
         }
+        self.since = Instant::now();
         self.delays.next().unwrap_or(MAX_DELAY)
     }
 }
@@ -67,4 +68,26 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
 /// Closes `connection` without waiting longer than [`STEP_TIMEOUT`] for the broker's close-ok.
 pub async fn close(connection: &Connection, code: u16, why: &str) {
     let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(code, why.to_string().into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_while_attempts_fail_and_start_over_after_a_healthy_session() {
+        let mut reconnect = Reconnect::default();
+        // Jitter adds up to the delay itself: compare the bounds, not exact values.
+        let delays: Vec<Duration> = (0..8).map(|_| reconnect.next_delay()).collect();
+        assert!(delays.iter().all(|delay| *delay <= MAX_DELAY * 2), "{delays:?}");
+        assert!(delays[7] >= Duration::from_secs(1), "the back-off grew: {delays:?}");
+        // A session that lasted longer than a healthy one: the next failure retries quickly.
+        reconnect.since = Instant::now() - HEALTHY_SESSION - Duration::from_secs(1);
+        assert!(reconnect.next_delay() <= Duration::from_millis(200));
+        // And a long outage after it keeps growing instead of retrying at the minimum.
+        reconnect.since = Instant::now() - HEALTHY_SESSION - Duration::from_secs(1);
+        reconnect.next_delay();
+        let later: Vec<Duration> = (0..8).map(|_| reconnect.next_delay()).collect();
+        assert!(later[7] >= Duration::from_secs(1), "{later:?}");
+    }
 }
