@@ -121,6 +121,80 @@ pub enum AfterFailure {
     PauseChannel,
 }
 
+/// What the delivery loop does with a message. The pipeline decides; only the loop acts on it
+/// (acks and republishes), after the broker confirmed any republish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Outcome recorded (or nothing to do): acknowledge.
+    Ack,
+    /// Transient failure: republish to the retry tier `tier`, counting `tiers_used`.
+    Retry { tier: Duration, tiers_used: u32 },
+    /// Out of attempts or unreadable: publish to the dead-letter queue, then acknowledge.
+    DeadLetter { reason: String, last_error: String },
+    /// The channel cannot send (account-wide failure) or the database is away: put the message
+    /// back without counting an attempt, and stop consuming the channel for `pause` (none: the
+    /// account-wide back-off, 5 s doubling per consecutive pause).
+    Pause { pause: Option<Duration>, reason: String },
+}
+
+/// The whole consequence of a failed call that ends the delivery's attempt: the delivery row to
+/// write and what becomes of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureOutcome {
+    pub status: DeliveryStatus,
+    pub reason: String,
+    /// Provider calls counted against the delivery (none for an account-wide failure: not the
+    /// message's fault).
+    pub calls: u32,
+    /// When a retry may claim it (the tier's delay).
+    pub retry_after: Option<Duration>,
+    pub decision: Decision,
+}
+
+impl AfterFailure {
+    /// The row and the decision for this step, after a failed call with provider code `code`
+    /// at `attempt`; `None` for [`AfterFailure::CallAgain`], which records nothing yet.
+    /// `last_error` is the (redacted) error text a dead letter carries; `first_tier` is where
+    /// a paused channel's message waits.
+    pub fn outcome(
+        self,
+        code: &str,
+        attempt: Attempt,
+        first_tier: Duration,
+        last_error: &str,
+    ) -> Option<FailureOutcome> {
+        let row = |status, reason: &str, calls, retry_after, decision| {
+            Some(FailureOutcome { status, reason: reason.to_string(), calls, retry_after, decision })
+        };
+        match self {
+            AfterFailure::CallAgain { .. } => None,
+            AfterFailure::Retry { tier } => row(
+                DeliveryStatus::Retrying,
+                code,
+                attempt.calls,
+                Some(tier),
+                Decision::Retry { tier, tiers_used: attempt.tiers_used + 1 },
+            ),
+            AfterFailure::Fail { reason, dead_letter } => {
+                let decision = if dead_letter {
+                    Decision::DeadLetter { reason: reason.clone(), last_error: last_error.to_string() }
+                } else {
+                    Decision::Ack
+                };
+                row(DeliveryStatus::Failed, &reason, attempt.calls, None, decision)
+            }
+            AfterFailure::MaybeSent => row(DeliveryStatus::Unknown, code, attempt.calls, None, Decision::Ack),
+            AfterFailure::PauseChannel => row(
+                DeliveryStatus::Retrying,
+                code,
+                0,
+                Some(first_tier),
+                Decision::Pause { pause: None, reason: code.to_string() },
+            ),
+        }
+    }
+}
+
 /// The counters a retry decision depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
@@ -272,6 +346,50 @@ mod tests {
                 expected,
                 "{class:?} {attempt:?} {resend}"
             );
+        }
+        // The same table, through to what is recorded and what becomes of the message.
+        let first_tier = Duration::from_secs(5);
+        let row = |status, reason: &str, calls, retry_after, decision| {
+            Some(FailureOutcome { status, reason: reason.into(), calls, retry_after, decision })
+        };
+        let dead = |calls| {
+            let decision = Decision::DeadLetter { reason: reasons::MAX_ATTEMPTS.into(), last_error: "err".into() };
+            row(DeliveryStatus::Failed, reasons::MAX_ATTEMPTS, calls, None, decision)
+        };
+        let retry = |calls, tier: u64, tiers_used| {
+            let tier = Duration::from_secs(tier);
+            row(DeliveryStatus::Retrying, "Timeout", calls, Some(tier), Decision::Retry { tier, tiers_used })
+        };
+        let rejected = |calls| row(DeliveryStatus::Failed, "MessageRejected", calls, None, Decision::Ack);
+        let paused = row(
+            DeliveryStatus::Retrying,
+            "Timeout",
+            0,
+            Some(first_tier),
+            Decision::Pause { pause: None, reason: "Timeout".into() },
+        );
+        let maybe = |calls| row(DeliveryStatus::Unknown, "Timeout", calls, None, Decision::Ack);
+        let outcomes = [
+            (ErrorClass::Transient, first, false, None),
+            (ErrorClass::Transient, end_of_burst, false, retry(3, 30, 2)),
+            (ErrorClass::Transient, last, false, dead(3)),
+            (ErrorClass::Permanent, first, false, rejected(1)),
+            (ErrorClass::Permanent, end_of_burst, true, rejected(3)),
+            (ErrorClass::Permanent, last, false, rejected(3)),
+            (ErrorClass::AccountWide, first, false, paused.clone()),
+            (ErrorClass::AccountWide, end_of_burst, true, paused.clone()),
+            (ErrorClass::AccountWide, last, false, paused),
+            (ErrorClass::MaybeDelivered, first, false, maybe(1)),
+            (ErrorClass::MaybeDelivered, end_of_burst, false, maybe(3)),
+            (ErrorClass::MaybeDelivered, last, false, maybe(3)),
+            (ErrorClass::MaybeDelivered, first, true, None),
+            (ErrorClass::MaybeDelivered, end_of_burst, true, retry(3, 30, 2)),
+            (ErrorClass::MaybeDelivered, last, true, dead(3)),
+        ];
+        for (class, attempt, resend, expected) in outcomes {
+            let code = if class == ErrorClass::Permanent { "MessageRejected" } else { "Timeout" };
+            let after = policy.after_failure(class, code, attempt, resend, 0.5);
+            assert_eq!(after.outcome(code, attempt, first_tier, "err"), expected, "{class:?} {attempt:?} {resend}");
         }
         // A delivery whose earlier claims used up the attempts is not called again in-process.
         let spent = Attempt { earlier_calls: 11, calls: 1, tiers_used: 2 };

@@ -22,20 +22,7 @@ use crate::providers::transmit::{self, TransmitGate};
 use crate::providers::{EmailMessage, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
 use crate::resolve::{Resolved, resolve};
 
-/// What the delivery loop does with the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Outcome recorded (or nothing to do): acknowledge.
-    Ack,
-    /// Transient failure: republish to the retry tier `tier`, counting `tiers_used`.
-    Retry { tier: Duration, tiers_used: u32 },
-    /// Out of attempts or unreadable: publish to the dead-letter queue, then acknowledge.
-    DeadLetter { reason: String, last_error: String },
-    /// The channel cannot send (account-wide failure) or the database is away: put the message
-    /// back without counting an attempt, and stop consuming the channel for `pause` (none: the
-    /// account-wide back-off, 5 s doubling per consecutive pause).
-    Pause { pause: Option<Duration>, reason: String },
-}
+pub use herald_core::delivery::Decision;
 
 /// A campaign as the worker caches it: the record and the live version's compiled content.
 #[derive(Debug)]
@@ -478,22 +465,20 @@ impl Pipeline {
             // Stored and shown to operators (dead letters): provider messages can quote the recipient.
             let last_error = herald_telemetry::redact::redact(&error.to_string()).into_owned();
             let attempt = Attempt { earlier_calls: u32::try_from(earlier_calls).unwrap_or(0), calls, tiers_used };
-            let failed = |status, reason, calls, retry_after| {
-                outcome(status, Some(reason), calls, Some(last_error.clone()), retry_after)
+            let after =
+                self.settings.policy.after_failure(error.class, &error.code, attempt, resend_maybe_sent, jitter());
+            if let AfterFailure::CallAgain { delay } = after {
+                observe::retry(self.metrics(), envelope.channel, None);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let Some(failed) = after.clone().outcome(&error.code, attempt, self.first_tier(), &last_error) else {
+                continue;
             };
-            match self.settings.policy.after_failure(error.class, &error.code, attempt, resend_maybe_sent, jitter()) {
-                AfterFailure::CallAgain { delay } => {
-                    observe::retry(self.metrics(), envelope.channel, None);
-                    tokio::time::sleep(delay).await;
-                }
-                AfterFailure::Retry { tier } => {
-                    self.finish(failed(DeliveryStatus::Retrying, error.code.clone(), calls_i32, Some(tier))).await;
-                    observe::retry(self.metrics(), envelope.channel, Some(tiers_used + 1));
-                    return Ok(Decision::Retry { tier, tiers_used: tiers_used + 1 });
-                }
-                AfterFailure::Fail { reason, dead_letter } => {
-                    if error.token_dead
-                        && let Some(push) = &job.resolved.push
+            // What follows is the decision's side effects: the push token, logs and metrics.
+            match &after {
+                AfterFailure::Fail { .. } if error.token_dead => {
+                    if let Some(push) = &job.resolved.push
                         && let Err(store_error) = self
                             .store
                             .mark_push_token_dead(&envelope.sandbox, &push.application_arn, &push.token, now)
@@ -501,22 +486,23 @@ impl Pipeline {
                     {
                         tracing::warn!(error = %store_error, "could not mark a push token dead");
                     }
-                    self.finish(failed(DeliveryStatus::Failed, reason.clone(), calls_i32, None)).await;
-                    return Ok(if dead_letter { Decision::DeadLetter { reason, last_error } } else { Decision::Ack });
                 }
                 AfterFailure::MaybeSent => {
                     tracing::warn!(execution_id = %key.execution_id, code = %error.code, channel = %envelope.channel,
                         "the provider may have delivered this message (no usable answer); recorded unknown, not resent");
-                    self.finish(failed(DeliveryStatus::Unknown, error.code.clone(), calls_i32, None)).await;
-                    return Ok(Decision::Ack);
                 }
                 AfterFailure::PauseChannel => {
-                    // Not the message's fault: the calls are not counted against it.
-                    self.finish(failed(DeliveryStatus::Retrying, error.code.clone(), 0, Some(self.first_tier()))).await;
                     tracing::warn!(channel = %envelope.channel, code = %error.code, "account-wide provider failure; pausing the channel");
-                    return Ok(Decision::Pause { pause: None, reason: error.code });
                 }
+                _ => {}
             }
+            let counted = i32::try_from(failed.calls).unwrap_or(i32::MAX);
+            let row = outcome(failed.status, Some(failed.reason), counted, Some(last_error), failed.retry_after);
+            self.finish(row).await;
+            if let Decision::Retry { tiers_used, .. } = &failed.decision {
+                observe::retry(self.metrics(), envelope.channel, Some(*tiers_used));
+            }
+            return Ok(failed.decision);
         }
     }
 
