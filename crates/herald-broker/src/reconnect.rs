@@ -54,6 +54,17 @@ impl Reconnect {
     }
 }
 
+/// Whether `url` is an AMQP URL at all: a malformed one is a configuration error to refuse at
+/// start-up, not an outage to retry for ever. The reason never quotes the URL (it may hold a
+/// password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(_) => Ok(()),
+        Err(reason) if reason.contains(url) => Err("not an absolute URL".into()),
+        Err(reason) => Err(reason),
+    }
+}
+
 /// The error of a connection that is gone (or never came).
 pub fn connection_closed() -> lapin::Error {
     lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed))
@@ -73,6 +84,16 @@ pub async fn close(connection: &Connection, code: u16, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_urls_are_refused_without_quoting_them() {
+        assert!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(check_url("amqp://127.0.0.1").is_ok());
+        for bad in ["amqp//guest:hunter2@@127.0.0.1:x/", "http://guest:hunter2@127.0.0.1/", "mailto:hunter2"] {
+            let reason = check_url(bad).expect_err(bad);
+            assert!(!reason.contains("hunter2"), "{bad}: {reason}");
+        }
+    }
 
     #[test]
     fn delays_grow_while_attempts_fail_and_start_over_after_a_healthy_session() {

@@ -353,7 +353,11 @@ pub async fn purge_expired_executions(store: Store, retention: Duration) {
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tick.tick().await;
-        let before = Utc::now() - retention;
+        // Bounded by its setting; a window reaching before the calendar purges nothing.
+        let Some(before) = chrono::Duration::from_std(retention).ok().and_then(|d| Utc::now().checked_sub_signed(d))
+        else {
+            continue;
+        };
         match store.purge_executions(before).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged executions past the idempotency window"),

@@ -277,8 +277,8 @@ pub struct ApiArgs {
     #[arg(long, env = "HERALD_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
     pub confirm_timeout_ms: u64,
     /// How long an accepted requestId is remembered (a retry within it gets the same execution);
-    /// at least the 24 h Herald promises.
-    #[arg(long, env = "HERALD_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..))]
+    /// at least the 24 h Herald promises, at most ten years.
+    #[arg(long, env = "HERALD_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..=87_600))]
     pub idempotency_retention_hours: u64,
     /// Rows per batched idempotency write (claims and completions of executions).
     #[arg(long, env = "HERALD_INGEST_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -330,11 +330,11 @@ pub struct WorkerTuning {
     pub provider_timeout_ms: u64,
     /// How long connecting to the provider may take; a connection that fails sent nothing, so
     /// the send is retried.
-    #[arg(long, env = "HERALD_PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 3_000)]
+    #[arg(long, env = "HERALD_PROVIDER_CONNECT_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub provider_connect_timeout_ms: u64,
     /// How long a channel pauses after the database failed during a delivery (the message goes
     /// back to a retry tier without using an attempt).
-    #[arg(long, env = "HERALD_DATABASE_PAUSE_MS", default_value_t = 2_000)]
+    #[arg(long, env = "HERALD_DATABASE_PAUSE_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
     pub database_pause_ms: u64,
     /// Rows per batched delivery write (claims, call marks, outcomes).
     #[arg(long, env = "HERALD_WORKER_BATCH_SIZE", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -387,7 +387,7 @@ pub struct StartupArgs {
     pub database_wait_seconds: u64,
     /// How often this process folds pending report rows into the rollups (every process does;
     /// they share the work). Reports read pending rows too, so this bounds work, not freshness.
-    #[arg(long, env = "HERALD_REPORT_ROLLUP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "HERALD_REPORT_ROLLUP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub report_rollup_interval_ms: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -494,6 +494,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn tunables_out_of_their_range_are_refused() {
+        for (flag, value) in [
+            ("--idempotency-retention-hours", "23"),
+            ("--idempotency-retention-hours", "4294967296"),
+            ("--ingest-batch-size", "0"),
+            ("--ingest-batch-writers", "65"),
+            ("--database-pause-ms", "18446744073709551615"),
+            ("--provider-connect-timeout-ms", "0"),
+            ("--report-rollup-interval-ms", "9"),
+        ] {
+            assert!(Cli::try_parse_from(["herald", "dev", flag, value]).is_err(), "{flag} {value}");
+        }
+        assert!(Cli::try_parse_from(["herald", "dev", "--idempotency-retention-hours", "87600"]).is_ok());
     }
 
     #[test]

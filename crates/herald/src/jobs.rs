@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use herald_telemetry::Metrics;
 use herald_telemetry::metrics::JobLabels;
 use tokio::task::JoinSet;
@@ -48,7 +49,15 @@ impl Jobs {
         gauge.inc();
         tracing::info!(job = name, "background job started");
         self.running.spawn(async move {
-            let ended = job.await;
+            // A panicking job ends the process like a failing one, under its own name.
+            let ended = std::panic::AssertUnwindSafe(job).catch_unwind().await.unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(anyhow::anyhow!("panicked: {message}"))
+            });
             gauge.dec();
             (name, ended)
         });
@@ -98,5 +107,36 @@ impl Jobs {
             record(ended.unwrap_or_else(|panic| ("(panicked)", Err(anyhow::anyhow!("{panic}")))), true);
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_stops_the_others_and_fails_under_its_own_name() {
+        let metrics = Arc::new(Metrics::new());
+        let mut jobs = Jobs::new(Arc::clone(&metrics));
+        let stop = jobs.stop_token();
+        jobs.spawn("server", async move {
+            stop.cancelled().await;
+            Ok(())
+        });
+        jobs.spawn_loop("looping", std::future::pending());
+        jobs.spawn("broken", async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("boom");
+        });
+        let text = metrics.encode();
+        assert!(text.contains(r#"herald_background_jobs{job="looping"} 1"#), "{text}");
+        let failed = tokio::time::timeout(Duration::from_secs(5), jobs.run_until(std::future::pending()))
+            .await
+            .expect("the other jobs stopped");
+        let error = format!("{:#}", failed.expect_err("a panic is a failure"));
+        assert!(error.contains("broken failed") && error.contains("boom"), "{error}");
+        assert!(metrics.encode().contains(r#"herald_background_jobs{job="server"} 0"#));
     }
 }

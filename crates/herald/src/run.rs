@@ -68,6 +68,8 @@ async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
 /// Connects to the database, waiting for it with backoff (in compose or Kubernetes it may come
 /// up after us), and applies migrations when configured to.
 async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
+    herald_broker::reconnect::check_url(startup.broker.amqp_url.expose())
+        .map_err(|reason| anyhow::anyhow!("HERALD_AMQP_URL is not an AMQP URL: {reason}"))?;
     let store = store(&startup.database)?;
     let deadline = Instant::now() + Duration::from_secs(startup.database_wait_seconds);
     let ready =
@@ -81,9 +83,18 @@ async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Runs a start-up step unless SIGTERM or Ctrl-C comes first (then `None`: the process exits
+/// cleanly, as it does once running).
+async fn unless_stopped<T>(step: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<Option<T>> {
+    tokio::select! {
+        done = step => done.map(Some),
+        () = shutdown_signal() => Ok(None),
+    }
+}
+
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting api");
-    let store = start(&args.startup).await?;
+    let Some(store) = unless_stopped(start(&args.startup)).await? else { return Ok(()) };
     let metrics = Arc::new(Metrics::new());
     let mut jobs = Jobs::new(Arc::clone(&metrics));
     start_api(&args, store.clone(), metrics, &mut jobs).await?;
@@ -93,6 +104,8 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 
 /// Starts the HTTP API and what it needs (the broker connection, the purges) into `jobs`.
 async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &mut Jobs) -> anyhow::Result<()> {
+    // Before any job starts: a port in use ends start-up with nothing to stop.
+    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         crate::keys::register_bootstrap(&store, &args.bootstrap_sandbox, key.expose(), clock.now()).await?;
@@ -128,7 +141,6 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
     );
     jobs.spawn_loop("rate-limit-purge", Limiter::purge_forever(store.clone()));
     let ingest = Ingest::new(store.clone(), broker, settings);
-    let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
     let public_url = args
         .public_url
         .clone()
@@ -154,7 +166,7 @@ fn start_rollup(startup: &StartupArgs, store: &Store, jobs: &mut Jobs) {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(settings = ?args, "starting worker");
-    let store = start(&args.startup).await?;
+    let Some(store) = unless_stopped(start(&args.startup)).await? else { return Ok(()) };
     let metrics = Arc::new(Metrics::new());
     let mut jobs = Jobs::new(Arc::clone(&metrics));
     let listener =
@@ -177,7 +189,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if args.worker.provider == ProviderKind::Outbox {
         tracing::warn!(path = %args.worker.outbox_path.display(), "provider is the outbox: messages are written to a file, not delivered");
     }
-    let store = start(&args.api.startup).await?;
+    let Some(store) = unless_stopped(start(&args.api.startup)).await? else { return Ok(()) };
     let metrics = Arc::new(Metrics::new());
     let mut jobs = Jobs::new(Arc::clone(&metrics));
     start_worker(&args.worker, &args.api.startup, store.clone(), Arc::clone(&metrics), &mut jobs).await;

@@ -191,6 +191,36 @@ async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
 }
 
 #[tokio::test]
+async fn sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly() {
+    let database = TestDatabase::create().await;
+    let absent = database.url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
+    let mut child = Command::new(HERALD)
+        .env_clear()
+        .args(["api", "--database-wait-seconds", "60", "--http-addr", "127.0.0.1:0"])
+        .env("HERALD_DATABASE_URL", &absent)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let output = sigterm(child, Duration::from_secs(10)).await;
+    // Before, the signal killed it (exit 143) with nothing logged.
+    assert!(output.status.success(), "{:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+}
+
+#[tokio::test]
+async fn a_malformed_broker_url_stops_start_up_without_quoting_it() {
+    let database = TestDatabase::create().await;
+    for url in ["amqp//guest:hunter2@@127.0.0.1:x/", "http://guest:hunter2@127.0.0.1:5672/"] {
+        let output =
+            herald(&database).args(["api", "--http-addr", "127.0.0.1:0"]).env("HERALD_AMQP_URL", url).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url}: {stderr}");
+        assert!(stderr.contains("HERALD_AMQP_URL is not an AMQP URL"), "{url}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{url}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn worker_declares_the_topology_consumes_and_stops_cleanly_on_sigterm() {
     let database = TestDatabase::create().await;
     let topology = herald_tests::broker::TestTopology::new(None);
@@ -244,15 +274,20 @@ fn worker_process(app: &herald_tests::TestApp, moto: &herald_tests::moto::Moto) 
         .unwrap()
 }
 
-/// Sends SIGTERM, waits for a clean exit, and returns the `sent` count the worker logged.
-async fn stop_worker(mut child: std::process::Child) -> u64 {
+/// Sends SIGTERM and waits up to `within` for the process to exit; its output.
+async fn sigterm(mut child: std::process::Child, within: Duration) -> std::process::Output {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + within;
     while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the worker did not stop");
+        assert!(Instant::now() < deadline, "the process did not stop within {within:?} of SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Sends SIGTERM, waits for a clean exit, and returns the `sent` count the worker logged.
+async fn stop_worker(child: std::process::Child) -> u64 {
+    let output = sigterm(child, Duration::from_secs(30)).await;
     let logs = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{logs}");
     logs.lines()
