@@ -194,7 +194,7 @@ async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
 async fn sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly() {
     let database = TestDatabase::create().await;
     let absent = database.url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
-    let mut child = Command::new(HERALD)
+    let child = Command::new(HERALD)
         .env_clear()
         .args(["api", "--database-wait-seconds", "60", "--http-addr", "127.0.0.1:0"])
         .env("HERALD_DATABASE_URL", &absent)
