@@ -52,7 +52,7 @@ impl fmt::Display for Channel {
 impl FromStr for Channel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Channel::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| format!("unknown channel `{s}`"))
+        Channel::parse(s).ok_or_else(|| format!("unknown channel `{s}`"))
     }
 }
 

@@ -472,10 +472,7 @@ impl Pipeline {
                 tokio::time::sleep(delay).await;
                 continue;
             }
-            let Some(failed) = after.clone().outcome(&error.code, attempt, self.first_tier(), &last_error) else {
-                continue;
-            };
-            // What follows is the decision's side effects: the push token, logs and metrics.
+            // The decision's side effects, before its row is written: the push token, logs.
             match &after {
                 AfterFailure::Fail { .. } if error.token_dead => {
                     if let Some(push) = &job.resolved.push
@@ -496,6 +493,9 @@ impl Pipeline {
                 }
                 _ => {}
             }
+            let Some(failed) = after.outcome(&error.code, attempt, self.first_tier(), &last_error) else {
+                continue;
+            };
             let counted = i32::try_from(failed.calls).unwrap_or(i32::MAX);
             let row = outcome(failed.status, Some(failed.reason), counted, Some(last_error), failed.retry_after);
             self.finish(row).await;

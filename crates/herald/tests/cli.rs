@@ -194,17 +194,21 @@ async fn api_gives_up_on_an_absent_database_after_the_configured_wait() {
 async fn sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly() {
     let database = TestDatabase::create().await;
     let absent = database.url.replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", free_port()), 1);
-    let child = Command::new(HERALD)
-        .env_clear()
-        .args(["api", "--database-wait-seconds", "60", "--http-addr", "127.0.0.1:0"])
-        .env("HERALD_DATABASE_URL", &absent)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let output = sigterm(child, Duration::from_secs(10)).await;
-    // Before, the signal killed it (exit 143) with nothing logged.
-    assert!(output.status.success(), "{:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    for role in ["api", "worker", "dev"] {
+        let child = Command::new(HERALD)
+            .env_clear()
+            .args([role, "--database-wait-seconds", "60"])
+            .env("HERALD_DATABASE_URL", &absent)
+            .env("HERALD_HTTP_ADDR", "127.0.0.1:0")
+            .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let output = sigterm(child, Duration::from_secs(10)).await;
+        // Before, the signal killed it (exit 143) with nothing logged.
+        assert!(output.status.success(), "{role}: {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
 }
 
 #[tokio::test]
