@@ -81,9 +81,7 @@ impl FakeSes {
             .route("/v2/email/outbound-emails", post(send_email))
             .fallback(unsupported)
             .with_state(Arc::clone(&shared));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        tokio::spawn(serve(listener, router));
         Self { url, shared }
     }
 
@@ -107,6 +105,32 @@ impl FakeSes {
     /// Requests received so far, all markers together.
     pub(crate) fn total_calls(&self) -> u64 {
         self.shared.markers.lock().unwrap().values().map(|m| u64::from(m.calls)).sum()
+    }
+}
+
+/// Serves `router`, handling a request to the end even when its client hangs up first.
+///
+/// A real provider that has read a whole request sends the email whether or not the caller is
+/// still connected. hyper's default is the opposite: an HTTP/1 connection whose read side ends
+/// while a request is in flight is closed and the handler dropped. A worker killed just after
+/// writing its request would then go uncounted here, and the suite would take a sent email for
+/// one that never left. With half-close allowed, the handler runs (and counts) regardless.
+async fn serve(listener: tokio::net::TcpListener, router: Router) {
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
