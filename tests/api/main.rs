@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod migrations;
 mod moto;
+mod newcomer;
 mod ownership;
 mod profiles;
 mod report_page;

@@ -212,3 +212,26 @@ async fn a_worker_whose_queue_disappears_declares_it_again_and_goes_on() {
     worker.stop().await;
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn cutting_a_tests_connections_leaves_every_other_connection_on_the_broker_untouched() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+    let user = herald_tests::broker::DedicatedUser::create();
+    let properties = || lapin::ConnectionProperties::default();
+    let ours = lapin::Connection::connect(&user.url(), properties()).await.expect("connect as the test's user");
+    // Someone else's connection on the same broker (the shared guest user, as other tests and
+    // other processes on this machine use it).
+    let bystander = herald_tests::broker::connect().await;
+    user.close_connections().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours.status().connected() {
+        assert!(Instant::now() < deadline, "the test's own connection was not cut");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bystander.status().connected(), "the bystander's connection was cut");
+    let channel = bystander.create_channel().await.expect("the bystander still opens channels");
+    let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare("".into(), options, FieldTable::default()).await.expect("and still declares queues");
+    let _ = bystander.close(200, "done".into()).await;
+}

@@ -42,7 +42,11 @@ fn problem_for(error: IngestError) -> Problem {
         }
         IngestError::ProfilesNotFound(users) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "profile-not-found", "Unknown recipient profiles")
-                .detail("the campaign does not create new profiles, and these recipients have none")
+                .detail(
+                    "the campaign does not create new profiles, and these recipients have none: store their \
+                     profiles first (PUT /profiles/{namespace}/{userId}), or send to an address with a \
+                     recipient of type external",
+                )
                 .with("userIds", users)
         }
         IngestError::KeyReused => Problem::new(
@@ -153,7 +157,8 @@ pub(crate) async fn status(
             entry
         })
         .collect();
-    Ok(Json(json!({
+    let waiting = recipients.iter().any(|r| r["status"] == "queued");
+    let mut body = json!({
         "executionId": record.execution_id,
         "campaignId": record.campaign_id,
         "requestId": record.request_id,
@@ -161,5 +166,38 @@ pub(crate) async fn status(
         "acceptedAt": record.accepted_at,
         "state": record.state,
         "recipients": recipients,
-    })))
+    });
+    if waiting {
+        body["queue"] = queue_view(&state, &caller.sandbox, &record).await?;
+    }
+    Ok(Json(body))
+}
+
+/// For an execution still waiting: its queue as the broker holds it, and how long it has been
+/// waiting. A `queued` status with no consumer on the queue means no worker is running for the
+/// channel, which nothing else shows (the API is ready without one).
+async fn queue_view(state: &AppState, sandbox: &str, record: &herald_store::ExecutionRecord) -> Result<Value, Problem> {
+    let waited = record.accepted_at.map(|at| (state.clock.now() - at).num_seconds().max(0));
+    let (Some(ingest), Some(campaign)) =
+        (state.ingest.as_ref(), state.store.get_campaign(sandbox, record.campaign_id).await?)
+    else {
+        return Ok(json!({ "waitingSeconds": waited }));
+    };
+    let queue = ingest.broker().topology().queue_for(campaign.channel, sandbox);
+    let mut view = json!({ "name": queue, "waitingSeconds": waited });
+    match ingest.broker().queue_state(&queue).await {
+        Some(held) => {
+            view["consumers"] = json!(held.consumers);
+            view["messagesReady"] = json!(held.messages);
+            if held.consumers == 0 {
+                view["warning"] = json!(format!(
+                    "no worker is consuming this queue: start `herald worker` with the {} channel \
+                     (HERALD_WORKER_CHANNELS) against the same broker and HERALD_AMQP_PREFIX",
+                    campaign.channel
+                ));
+            }
+        }
+        None => view["warning"] = json!("the broker could not be asked about this queue"),
+    }
+    Ok(view)
 }

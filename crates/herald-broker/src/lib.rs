@@ -15,5 +15,5 @@ pub mod reconnect;
 pub mod replay;
 pub mod topology;
 
-pub use publisher::{Broker, BrokerSettings, OutgoingMessage, PublishError};
+pub use publisher::{Broker, BrokerSettings, OutgoingMessage, PublishError, QueueState};
 pub use topology::Topology;

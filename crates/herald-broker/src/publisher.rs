@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, Event};
 use tokio::sync::Notify;
@@ -23,6 +23,17 @@ use crate::topology::Topology;
 
 /// How often the supervisor double-checks a session it has not heard of.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Longest wait for [`Broker::queue_state`]: a status page must not hang on a slow broker.
+pub const QUEUE_STATE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A queue as the broker holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (not those a consumer holds unacknowledged).
+    pub messages: u32,
+    pub consumers: u32,
+}
 
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
@@ -201,6 +212,21 @@ impl Broker {
             tracing::warn!("broker session lost; reconnecting");
             reconnect::close(&session.connection, 320, "reconnecting").await;
         }
+    }
+
+    /// What the broker holds for `queue` right now: ready messages and consumers (a passive
+    /// declare, on a channel of its own since a failed one closes its channel), within
+    /// [`QUEUE_STATE_TIMEOUT`]; `None` while there is no session or the queue does not exist.
+    pub async fn queue_state(&self, queue: &str) -> Option<QueueState> {
+        let session = self.current()?;
+        let look = async {
+            let channel = session.connection.create_channel().await.ok()?;
+            let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await.ok();
+            let _ = channel.close(200, "queue state read".into()).await;
+            declared.map(|q| QueueState { messages: q.message_count(), consumers: q.consumer_count() })
+        };
+        tokio::time::timeout(QUEUE_STATE_TIMEOUT, look).await.ok().flatten()
     }
 
     /// Publishes every message (persistent, mandatory) and returns once the broker has

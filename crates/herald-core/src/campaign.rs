@@ -41,6 +41,28 @@ impl Channel {
             Channel::Push => "push",
         }
     }
+
+    /// The identity namespace whose identities are this channel's addresses: an `aep` recipient
+    /// "namespace email, userId jane@example.com" means that address. Push has none (a device
+    /// token is not an identity).
+    pub fn address_namespace(self) -> Option<&'static str> {
+        match self {
+            Channel::Email => Some("email"),
+            Channel::Sms => Some("phone"),
+            Channel::Push => None,
+        }
+    }
+
+    /// `user_id` as this channel's address, when `namespace` is the channel's address namespace
+    /// and `user_id` is a well-formed address for it (`ghost` in `phone` is not a number).
+    pub fn identity_address<'a>(self, namespace: &str, user_id: &'a str) -> Option<&'a str> {
+        let well_formed = match self {
+            Channel::Email => crate::address::is_valid_email(user_id),
+            Channel::Sms => crate::address::is_valid_e164(user_id),
+            Channel::Push => false,
+        };
+        (well_formed && self.address_namespace() == Some(namespace)).then_some(user_id)
+    }
 }
 
 impl fmt::Display for Channel {

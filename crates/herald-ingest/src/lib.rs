@@ -201,7 +201,7 @@ impl Ingest {
         let now = chrono::SubsecRound::trunc_subsecs(now, 6);
         let recipients = execution::prepare(request, &live.facts).map_err(IngestError::Invalid)?;
         if !live.create_new_profiles {
-            self.check_profiles_exist(sandbox, &recipients).await?;
+            self.check_profiles_exist(sandbox, campaign.channel, &recipients).await?;
         }
 
         let body_hash = Sha256::digest(execution::canonical_json(body)).to_vec();
@@ -213,14 +213,17 @@ impl Ingest {
                     Channel::Sms => data.mobile_phone_number.clone(),
                     Channel::Push => data.push_token.clone(),
                 });
-                let address = address.or_else(|| {
-                    (prepared.recipient.kind == RecipientType::External).then(|| prepared.recipient.user_id.clone())
-                });
-                // An external recipient's user id is its address: it is masked like one.
-                let user_id = match prepared.recipient.kind {
-                    RecipientType::External => mask(&prepared.recipient.user_id),
-                    RecipientType::Aep => prepared.recipient.user_id.clone(),
+                // An external recipient's user id is its address, and so is an aep identity in the
+                // channel's address namespace (`email`, `phone`): masked like one.
+                let is_address = match prepared.recipient.kind {
+                    RecipientType::External => true,
+                    RecipientType::Aep => {
+                        campaign.channel.address_namespace() == Some(prepared.recipient.namespace.as_str())
+                    }
                 };
+                let address = address.or_else(|| is_address.then(|| prepared.recipient.user_id.clone()));
+                let user_id =
+                    if is_address { mask(&prepared.recipient.user_id) } else { prepared.recipient.user_id.clone() };
                 json!({
                     "userId": user_id,
                     "type": prepared.recipient.kind,
@@ -327,11 +330,14 @@ impl Ingest {
     async fn check_profiles_exist(
         &self,
         sandbox: &str,
+        channel: Channel,
         recipients: &[execution::PreparedRecipient],
     ) -> Result<(), IngestError> {
+        // An address in the channel's own address namespace is sendable without a profile.
         let identities: Vec<(String, String)> = recipients
             .iter()
             .filter(|p| p.recipient.kind == RecipientType::Aep)
+            .filter(|p| channel.identity_address(&p.recipient.namespace, &p.recipient.user_id).is_none())
             .map(|p| (p.recipient.namespace.clone(), p.recipient.user_id.clone()))
             .collect();
         if identities.is_empty() {

@@ -122,3 +122,44 @@ impl From<PoolError> for StoreError {
         }
     }
 }
+
+/// What to do about a failure that is a common set-up mistake (a database not created yet, a
+/// refused user or password, nothing listening), in words naming the database, user and host of
+/// `config`; `None` for anything else. Never quotes the password.
+pub(crate) fn set_up_hint(error: &StoreError, config: &tokio_postgres::Config) -> Option<String> {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => name.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(no user)");
+    let database = config.get_dbname().unwrap_or(user);
+    let code = match error {
+        StoreError::Database(error) => error.code().map(|code| code.code().to_string()),
+        _ => None,
+    };
+    match (error, code.as_deref()) {
+        (_, Some("3D000")) => {
+            Some(format!("create the database first: createdb -h {host} -p {port} -U {user} {database}"))
+        }
+        (_, Some("28P01")) => Some(format!(
+            "the server refused the password of user \"{user}\": check the password in HERALD_DATABASE_URL"
+        )),
+        (_, Some("28000")) => Some(format!(
+            "the server refused user \"{user}\" (no such role, or no pg_hba.conf entry for it from this host): check the user in HERALD_DATABASE_URL"
+        )),
+        (StoreError::Unavailable(reason), _) if reason.contains("Connection refused") => {
+            Some(format!("nothing accepts connections at {host}:{port}: is PostgreSQL running there?"))
+        }
+        (StoreError::Unavailable(reason), _)
+            if ["lookup address", "timed out", "timeout", "unreachable"]
+                .iter()
+                .any(|cause| reason.to_ascii_lowercase().contains(cause)) =>
+        {
+            Some(format!("{host}:{port} cannot be reached: check the host in HERALD_DATABASE_URL and the network"))
+        }
+        _ => None,
+    }
+}

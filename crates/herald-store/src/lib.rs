@@ -72,6 +72,12 @@ impl Store {
         Ok(())
     }
 
+    /// What to do about `error` when it is a common set-up mistake (no such database, a refused
+    /// user or password, nothing listening), naming this store's database, user and host.
+    pub fn set_up_hint(&self, error: &StoreError) -> Option<String> {
+        error::set_up_hint(error, &self.config)
+    }
+
     /// The connection settings, for callers that need a dedicated connection (LISTEN).
     pub fn connection_config(&self) -> &tokio_postgres::Config {
         &self.config

@@ -496,6 +496,10 @@ impl Pipeline {
             let Some(failed) = after.outcome(&error.code, attempt, self.first_tier(), &last_error) else {
                 continue;
             };
+            // The provider's own words (redacted like every stored error) say why, e.g. an
+            // unverified sender's MessageRejected: operators should not need the database for it.
+            tracing::warn!(execution_id = %key.execution_id, channel = %envelope.channel, code = %error.code,
+                status = failed.status.as_str(), reason = %failed.reason, error = %last_error, "provider call failed");
             let counted = i32::try_from(failed.calls).unwrap_or(i32::MAX);
             let row = outcome(failed.status, Some(failed.reason), counted, Some(last_error), failed.retry_after);
             self.finish(row).await;

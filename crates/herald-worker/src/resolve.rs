@@ -1,5 +1,6 @@
 //! Who a delivery goes to: `channelData` first, then (for `external` recipients) the user id
-//! itself, then the stored profile. The stored profile's attributes, overlaid with the inline
+//! itself, then the stored profile, then (for `aep` recipients in the channel's own address
+//! namespace, `email` or `phone`) the identity itself. The stored profile's attributes, overlaid with the inline
 //! `profile` of the request, are what templates see as `profile`.
 
 use herald_core::address::{is_valid_e164, is_valid_email};
@@ -45,6 +46,12 @@ pub fn resolve(
 ) -> Result<Resolved, &'static str> {
     let data = envelope.recipient.channel_data.clone().unwrap_or_default();
     let external = (envelope.recipient.kind == RecipientType::External).then(|| envelope.recipient.user_id.clone());
+    // "namespace email, userId jane@example.com" names an address: the last resort when neither
+    // channelData nor a stored profile gives one.
+    let identity = (envelope.recipient.kind == RecipientType::Aep)
+        .then(|| envelope.channel.identity_address(&envelope.recipient.namespace, &envelope.recipient.user_id))
+        .flatten()
+        .map(str::to_string);
     let mut profile = stored.map(|p| p.attributes.clone()).unwrap_or_default();
     merge_profile(&mut profile, &envelope.profile);
     let (address, push) = match envelope.channel {
@@ -53,6 +60,7 @@ pub fn resolve(
                 .email_address
                 .or(external)
                 .or_else(|| stored.and_then(|p| p.email_address.clone()))
+                .or_else(|| identity.clone())
                 .ok_or(reasons::NO_ADDRESS)?;
             if !is_valid_email(&address) {
                 return Err(reasons::MALFORMED_ADDRESS);
@@ -64,6 +72,7 @@ pub fn resolve(
                 .mobile_phone_number
                 .or(external)
                 .or_else(|| stored.and_then(|p| p.phone_number.clone()))
+                .or_else(|| identity.clone())
                 .ok_or(reasons::NO_ADDRESS)?;
             if !is_valid_e164(&number) {
                 return Err(reasons::MALFORMED_ADDRESS);
@@ -163,6 +172,31 @@ mod tests {
         let mut bad = stored();
         bad.phone_number = Some("0612".into());
         assert_eq!(resolve(&unknown, &CampaignDefinition::default(), Some(&bad)), Err(reasons::MALFORMED_ADDRESS));
+    }
+
+    #[test]
+    fn an_aep_identity_in_the_channels_address_namespace_is_the_address_of_last_resort() {
+        let definition = CampaignDefinition::default();
+        let mut email = envelope(Channel::Email, RecipientType::Aep, "jane@example.com", None, json!({}));
+        assert_eq!(resolve(&email, &definition, None).unwrap().address, "jane@example.com");
+        // A stored profile's address, then channelData, come first.
+        let mut profile = stored();
+        profile.email_address = Some("stored@example.com".into());
+        assert_eq!(resolve(&email, &definition, Some(&profile)).unwrap().address, "stored@example.com");
+        email.recipient.channel_data =
+            Some(ChannelData { email_address: Some("data@example.com".into()), ..Default::default() });
+        assert_eq!(resolve(&email, &definition, Some(&profile)).unwrap().address, "data@example.com");
+        // Another namespace's identity is not an address; nor is a malformed one sent anywhere.
+        let mut crm = envelope(Channel::Email, RecipientType::Aep, "jane@example.com", None, json!({}));
+        crm.recipient.namespace = "crm".into();
+        assert_eq!(resolve(&crm, &definition, None), Err(reasons::NO_ADDRESS));
+        let not_an_address = envelope(Channel::Email, RecipientType::Aep, "jane", None, json!({}));
+        assert_eq!(resolve(&not_an_address, &definition, None), Err(reasons::NO_ADDRESS));
+        let mut sms = envelope(Channel::Sms, RecipientType::Aep, "+33612345678", None, json!({}));
+        sms.recipient.namespace = "phone".into();
+        assert_eq!(resolve(&sms, &definition, None).unwrap().address, "+33612345678");
+        sms.recipient.namespace = "email".into();
+        assert_eq!(resolve(&sms, &definition, None), Err(reasons::NO_ADDRESS));
     }
 
     #[test]

@@ -36,8 +36,17 @@ pub enum Command {
     /// Manage campaigns through a running API.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Send one message through a running API and follow its status until it is final.
+    Execute(ExecuteArgs),
     /// Exit 0 when URL answers 2xx (container health checks; the image has no curl).
     Probe(ProbeArgs),
+}
+
+impl Command {
+    /// Whether this runs as a service (logs are where its failures are read), not a command.
+    pub fn is_service(&self) -> bool {
+        matches!(self, Command::Migrate(_) | Command::Api(_) | Command::Worker(_) | Command::Dev(_))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +61,17 @@ pub enum CampaignCommand {
     Apply(ApplyArgs),
 }
 
+/// Where a client command finds the API.
+#[derive(Debug, Args)]
+pub struct ApiClientArgs {
+    /// The API to talk to.
+    #[arg(long, env = "HERALD_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+    /// An API key with the scopes the command needs (`--api-key` or HERALD_API_KEY).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    pub api_key: Secret,
+}
+
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// A campaign document (the body of `POST /campaigns`), e.g. examples/otp-sms.json.
@@ -60,12 +80,33 @@ pub struct ApplyArgs {
     /// Activate it after applying (the review runs; problems are printed).
     #[arg(long)]
     pub activate: bool,
-    /// The API to talk to.
-    #[arg(long, env = "HERALD_API_URL", default_value = "http://127.0.0.1:8080")]
-    pub api_url: String,
-    /// An API key with campaigns:read and campaigns:write.
-    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
-    pub api_key: Secret,
+    /// Needs campaigns:read and campaigns:write.
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    /// The campaign's name or id; it must be live.
+    pub campaign: String,
+    /// The recipient's address: an email address, a phone number (E.164) or a device token.
+    #[arg(long)]
+    pub to: String,
+    /// A context variable for the content, e.g. `--context otp=123456` (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+    /// The request id (idempotency key); a fresh one by default.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Print the execution id and exit, without following the status.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// How long to follow the status before giving up.
+    #[arg(long, default_value_t = 30)]
+    pub wait_seconds: u64,
+    /// Needs executions:write and executions:read (campaigns:read to find a campaign by name).
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

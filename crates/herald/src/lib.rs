@@ -3,6 +3,7 @@
 
 mod apply;
 pub mod cli;
+mod execute;
 mod jobs;
 mod keys;
 mod run;

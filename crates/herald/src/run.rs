@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
+        Command::Execute(args) => crate::execute::execute(args).await,
         Command::Probe(args) => probe(&args.url).await,
         Command::Keys(KeysCommand::Create(args)) => crate::keys::create(args).await,
         Command::Keys(KeysCommand::List(args)) => crate::keys::list(args).await,
@@ -59,8 +60,17 @@ fn store(database: &DatabaseArgs) -> anyhow::Result<Store> {
     Store::connect(database.database_url.expose(), database.database_pool_size).context("configuring the database pool")
 }
 
+/// `error` with what to do about it, when it is a set-up mistake the store can name.
+fn explained(store: &Store, error: StoreError) -> anyhow::Error {
+    match store.set_up_hint(&error) {
+        Some(hint) => anyhow::anyhow!("{error}; {hint}"),
+        None => anyhow::Error::new(error),
+    }
+}
+
 async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
-    let applied = store(database)?.migrate().await.context("applying migrations")?;
+    let store = store(database)?;
+    let applied = store.migrate().await.map_err(|error| explained(&store, error)).context("applying migrations")?;
     tracing::info!(?applied, latest = Store::latest_migration(), "database schema is up to date");
     Ok(())
 }
@@ -77,8 +87,12 @@ async fn start(startup: &StartupArgs) -> anyhow::Result<Store> {
     ready
         .retry(STARTUP_BACKOFF)
         .when(|error| matches!(error, StoreError::Unavailable(_)) && Instant::now() < deadline)
-        .notify(|error, delay| tracing::warn!(%error, retry_in = ?delay, "database not ready"))
+        .notify(|error, delay| {
+            let hint = store.set_up_hint(error);
+            tracing::warn!(%error, hint, retry_in = ?delay, "database not ready");
+        })
         .await
+        .map_err(|error| explained(&store, error))
         .context("preparing the database at start-up")?;
     Ok(store)
 }

@@ -390,11 +390,18 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert_eq!((applied["status"].as_str(), applied["created"].as_bool()), (Some("live"), Some(true)));
     let campaign = applied["id"].as_str().unwrap();
 
-    let body = json!({"requestId": "dev-1", "campaignId": campaign, "recipients": [
-        {"type": "external", "userId": "+33612345678", "context": {"otp": "482913"}}
-    ]});
-    let accepted = http.post(format!("{api}/im/executions/unitary")).bearer_auth(key).json(&body).send().await.unwrap();
-    assert_eq!(accepted.status().as_u16(), 202);
+    // As README shows it: the CLI sends, prints the execution id, then follows it to `sent`.
+    let executed = herald(&database)
+        .args(["execute", "otp-sms", "--to", "+33612345678", "--context", "otp=482913"])
+        .env("HERALD_API_URL", &api)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&executed.stdout).to_string();
+    assert!(executed.status.success(), "{stdout}{}", String::from_utf8_lossy(&executed.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(uuid::Uuid::parse_str(lines[0]).is_ok(), "the execution id first: {stdout}");
+    assert_eq!(lines.last(), Some(&"sent"), "{stdout}");
 
     let started = Instant::now();
     let line = loop {

@@ -14,7 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::review::{ReviewProblem, review_content};
 use herald_core::template::{CompiledContent, RENDER_TIME_BUDGET, Rendered, TemplateError};
-use herald_core::{Content, Scope};
+use herald_core::{Channel, Content, Scope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -121,6 +121,33 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
+/// A recipient that is sent to as shown, once its placeholders are filled in: an identity in the
+/// channel's own address namespace (`email`, `phone`) is its address; any other namespace needs a
+/// stored profile, so the sample sends to an address (`external`) instead.
+fn sample_recipient(channel: Channel, definition: &herald_core::CampaignDefinition) -> Value {
+    let namespace = definition.identity_namespace.as_deref();
+    let address = match channel {
+        Channel::Email => "<email address>",
+        Channel::Sms => "<phone number, E.164: +33612345678>",
+        Channel::Push => "<device token>",
+    };
+    if let Some(namespace) = namespace.filter(|n| channel.address_namespace() == Some(*n)) {
+        return json!({ "type": "aep", "namespace": namespace, "userId": address });
+    }
+    let mut recipient = json!({ "type": "external", "userId": address });
+    if channel == Channel::Push {
+        // The token's platform picks the SNS platform application.
+        let platform = definition
+            .surface
+            .platform_application_arn
+            .as_ref()
+            .and_then(|arns| arns.keys().next().cloned())
+            .unwrap_or_else(|| "<platform>".into());
+        recipient["channelData"] = json!({ "pushPlatform": platform });
+    }
+    recipient
+}
+
 pub(crate) async fn curl(
     State(state): State<AppState>,
     caller: Caller,
@@ -162,8 +189,7 @@ pub(crate) async fn curl(
     }
     let context: Map<String, Value> =
         context_keys.iter().map(|key| (key.clone(), Value::String(format!("<{key}>")))).collect();
-    let namespace = live.definition.identity_namespace.clone().unwrap_or_else(|| "<namespace>".into());
-    let mut recipient = json!({ "type": "aep", "namespace": namespace, "userId": "<userId>" });
+    let mut recipient = sample_recipient(record.channel, &live.definition);
     if !profile.is_empty() {
         recipient["profile"] = Value::Object(profile);
     }

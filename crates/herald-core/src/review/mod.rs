@@ -201,9 +201,13 @@ pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<Review
             line: Some(line),
         });
     }
-    let compiled = match CompiledContent::compile(content) {
-        Ok(compiled) => compiled,
+    let (compiled, analysed) = match CompiledContent::compile(content) {
+        Ok(compiled) => {
+            let analysed = compiled.analyse();
+            (Some(compiled), analysed)
+        }
         Err(errors) => {
+            let failed: Vec<String> = errors.iter().map(|error| error.part.clone()).collect();
             for error in errors {
                 problems.push(ReviewProblem {
                     code: error.code,
@@ -212,10 +216,12 @@ pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<Review
                     line: error.line,
                 });
             }
-            return (None, problems);
+            // One part that does not compile must not hide the others' problems: review the rest.
+            let rest = without_parts(content, &failed);
+            (None, CompiledContent::compile(&rest).map(|rest| rest.analyse()).unwrap_or_default())
         }
     };
-    for (part, analysis) in compiled.analyse() {
+    for (part, analysis) in analysed {
         for forbidden in analysis.forbidden {
             let (code, detail) = match forbidden {
                 Forbidden::UnknownVariable(name) => (
@@ -235,7 +241,27 @@ pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<Review
             problems.push(ReviewProblem::new(code, part_pointer(&part), detail));
         }
     }
-    (Some(compiled), problems)
+    (compiled, problems)
+}
+
+/// `content` without the parts named in `parts` (`subject`, `html`, …, `data.KEY`).
+fn without_parts(content: &Content, parts: &[String]) -> Content {
+    let mut rest = content.clone();
+    for part in parts {
+        match part.as_str() {
+            "subject" => rest.subject = None,
+            "html" => rest.html = None,
+            "text" => rest.text = None,
+            "title" => rest.title = None,
+            "body" => rest.body = None,
+            other => {
+                if let (Some(key), Some(data)) = (other.strip_prefix("data."), rest.data.as_mut()) {
+                    data.remove(key);
+                }
+            }
+        }
+    }
+    rest
 }
 
 /// `data.deepLink` → `/content/data/deepLink`; `html` → `/content/html`.

@@ -40,7 +40,7 @@ fn every_problem_is_reported_at_once() {
     definition.schedule =
         Schedule { start_date: Some(now() - Duration::days(1)), end_date: Some(now() - Duration::days(2)) };
     let problems = review(Channel::Email, &definition, now());
-    // The syntax error stops the analysis of every part, so the variable problems come after it is fixed.
+    // The syntax error in the html does not hide the text's problems: both are listed at once.
     assert_eq!(
         codes(&problems),
         [
@@ -48,9 +48,14 @@ fn every_problem_is_reported_at_once() {
             "malformed-sender",
             "schedule-end-not-after-start",
             "schedule-end-in-past",
-            "template-syntax"
+            "template-syntax",
+            "unknown-variable",
+            "context-system",
+            "forbidden-function"
         ]
     );
+    let pointers: Vec<&str> = problems.iter().skip(4).map(|p| p.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/content/html", "/content/text", "/content/text", "/content/text"]);
     definition.content.html = Some("ok".into());
     let problems = review(Channel::Email, &definition, now());
     assert_eq!(

@@ -11,9 +11,21 @@ fn html_is_escaped_and_text_is_not() {
     let compiled =
         CompiledContent::compile(&email("Hi {{ context.x }}", "<p>{{ context.x }}</p>", "{{ context.x }}")).unwrap();
     let rendered = compiled.render(json!({}), json!({"x": "<script>alert(1)</script>"})).unwrap();
-    assert_eq!(rendered["html"], "<p>&lt;script&gt;alert(1)&lt;&#x2F;script&gt;</p>");
+    assert_eq!(rendered["html"], "<p>&lt;script&gt;alert(1)&lt;/script&gt;</p>");
     assert_eq!(rendered["text"], "<script>alert(1)</script>");
     assert_eq!(rendered["subject"], "Hi <script>alert(1)</script>");
+}
+
+#[test]
+fn a_url_in_html_keeps_its_slashes_and_its_quotes_and_ampersands_are_escaped() {
+    let html = "<a href=\"{{ context.url }}\">{{ context.label }}</a>";
+    let compiled = CompiledContent::compile(&email("s", html, "t")).unwrap();
+    let context = json!({"url": "https://example.com/r/abc?x=1&y=2", "label": "it's \"here\""});
+    let rendered = compiled.render(json!({}), context).unwrap();
+    assert_eq!(rendered["html"], "<a href=\"https://example.com/r/abc?x=1&amp;y=2\">it&#x27;s &quot;here&quot;</a>");
+    // Nothing can close the attribute or open a tag.
+    let hostile = compiled.render(json!({}), json!({"url": "\"><script>x</script>", "label": "<"})).unwrap();
+    assert_eq!(hostile["html"], "<a href=\"&quot;&gt;&lt;script&gt;x&lt;/script&gt;\">&lt;</a>");
 }
 
 #[test]
