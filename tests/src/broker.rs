@@ -35,8 +35,18 @@ pub struct DedicatedUser {
     password: String,
 }
 
+/// `rabbitmqctl`, or the command in `HERALD_TEST_RABBITMQCTL` for a broker elsewhere (the compose
+/// one: `docker compose exec -T rabbitmq rabbitmqctl`).
+fn rabbitmqctl_command() -> std::process::Command {
+    let configured = std::env::var("HERALD_TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = configured.split_whitespace();
+    let mut command = std::process::Command::new(words.next().unwrap_or("rabbitmqctl"));
+    command.args(words);
+    command
+}
+
 fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
+    let output = rabbitmqctl_command()
         .args(args)
         .output()
         .unwrap_or_else(|error| panic!("rabbitmqctl must be installed for this test ({error})"));
@@ -55,7 +65,10 @@ impl DedicatedUser {
 
     /// The broker URL with this user's credentials.
     pub fn url(&self) -> String {
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+        // The broker of amqp_url(), with this user's credentials instead of its own.
+        let url = amqp_url();
+        let at = url.rfind('@').map_or_else(|| url.find("://").map_or(0, |i| i + 3), |i| i + 1);
+        format!("amqp://{}:{}@{}", self.name, self.password, &url[at..])
     }
 
     /// Closes every connection this user has, and only those.
@@ -71,7 +84,7 @@ impl DedicatedUser {
 
 impl Drop for DedicatedUser {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl").args(["delete_user", &self.name]).output();
+        let _ = rabbitmqctl_command().args(["delete_user", &self.name]).output();
     }
 }
 

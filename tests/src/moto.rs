@@ -13,17 +13,27 @@ pub struct Moto {
     child: Child,
 }
 
+/// The `moto_server` to run: `HERALD_MOTO_SERVER`, else the one `scripts/bootstrap` installs in
+/// the repository's `.venv`, else whichever is on PATH.
+fn moto_server() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("HERALD_MOTO_SERVER") {
+        return path.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+    if venv.exists() { venv } else { "moto_server".into() }
+}
+
 impl Moto {
-    /// Starts `moto_server`; fails loudly when it is not installed (`pip install 'moto[server]'`).
+    /// Starts `moto_server`; fails loudly when it is not installed (`scripts/bootstrap`).
     pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
+        let child = Command::new(moto_server())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|error| {
-                panic!("moto_server could not start ({error}); install it with `pip install 'moto[server]'`")
+                panic!("moto_server could not start ({error}); install it with `scripts/bootstrap` (or set HERALD_MOTO_SERVER)")
             });
         let moto = Self { url: format!("http://127.0.0.1:{port}"), child };
         let http = reqwest::Client::new();

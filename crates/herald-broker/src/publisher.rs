@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use herald_core::Channel;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, Event};
@@ -227,6 +228,28 @@ impl Broker {
             declared.map(|q| QueueState { messages: q.message_count(), consumers: q.consumer_count() })
         };
         tokio::time::timeout(QUEUE_STATE_TIMEOUT, look).await.ok().flatten()
+    }
+
+    /// Reads the state of every channel's queues (every shard) every `every`, for ever, and
+    /// hands each to `report` (`None` while the broker cannot say). The owner runs it as a job.
+    pub async fn watch_queues<F>(self, every: Duration, report: F)
+    where
+        F: Fn(Channel, &str, Option<QueueState>) + Send + Sync + 'static,
+    {
+        // The first reading as soon as there is a session, not one period late.
+        while !self.is_connected() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for channel in Channel::ALL {
+                for queue in self.topology().channel_queues(channel) {
+                    report(channel, &queue, self.queue_state(&queue).await);
+                }
+            }
+        }
     }
 
     /// Publishes every message (persistent, mandatory) and returns once the broker has

@@ -60,6 +60,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub channel: &'static str,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub job: &'static str,
 }
@@ -94,6 +100,10 @@ pub struct Metrics {
     pub paused: Family<ChannelLabels, Gauge>,
     /// Process-wide background jobs running, by name: each is started once per process.
     pub background_jobs: Family<JobLabels, Gauge>,
+    /// Ready messages and consumers of each work queue, as the API last read them from the
+    /// broker: messages with no consumer mean no worker runs for the channel.
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    pub queue_consumers: Family<QueueLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -159,6 +169,18 @@ impl Metrics {
             "Background jobs running in this process, by job (each runs once per process)",
             background_jobs.clone(),
         );
+        let queue_messages = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "herald_queue_messages",
+            "Messages ready in each work queue (read from the broker by the API every 15 s)",
+            queue_messages.clone(),
+        );
+        let queue_consumers = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "herald_queue_consumers",
+            "Consumers (worker channels) attached to each work queue (read by the API every 15 s)",
+            queue_consumers.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -174,6 +196,24 @@ impl Metrics {
             pauses,
             paused,
             background_jobs,
+            queue_messages,
+            queue_consumers,
+        }
+    }
+
+    /// Sets a work queue's gauges from what the broker said, or removes them while it cannot say
+    /// (a stale zero would raise or hide the no-consumer alert).
+    pub fn queue_state(&self, channel: &'static str, queue: &str, held: Option<(u32, u32)>) {
+        let labels = QueueLabels { channel, queue: queue.to_string() };
+        match held {
+            Some((messages, consumers)) => {
+                self.queue_messages.get_or_create(&labels).set(i64::from(messages));
+                self.queue_consumers.get_or_create(&labels).set(i64::from(consumers));
+            }
+            None => {
+                self.queue_messages.remove(&labels);
+                self.queue_consumers.remove(&labels);
+            }
         }
     }
 

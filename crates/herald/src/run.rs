@@ -29,6 +29,9 @@ use crate::cli::{
     ProviderKind, StartupArgs, WorkerArgs, WorkerTuning,
 };
 
+/// How often the API reads the work queues' depth and consumers for its metrics.
+const QUEUE_WATCH_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Start-up waits: quick first retries for a database that is just starting, capped so a long
 /// outage is polled every few seconds until `HERALD_DATABASE_WAIT_SECONDS` runs out.
 const STARTUP_BACKOFF: ExponentialBuilder = ExponentialBuilder::new()
@@ -154,6 +157,12 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         herald_ingest::purge_expired_executions(store.clone(), settings.idempotency_retention),
     );
     jobs.spawn_loop("rate-limit-purge", Limiter::purge_forever(store.clone()));
+    jobs.spawn_loop("queue-watch", {
+        let metrics = Arc::clone(&metrics);
+        broker.clone().watch_queues(QUEUE_WATCH_INTERVAL, move |channel, queue, held| {
+            metrics.queue_state(channel.as_str(), queue, held.map(|h| (h.messages, h.consumers)));
+        })
+    });
     let ingest = Ingest::new(store.clone(), broker, settings);
     let public_url = args
         .public_url

@@ -423,10 +423,19 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(10), "the send is not on /metrics");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The API reads the queues the worker consumes (every 15 s, the first as soon as it connects).
+    let consumed = format!("herald_queue_consumers{{channel=\"sms\",queue=\"{}.sms\"}} 1", topology.topology.prefix);
+    let started = Instant::now();
+    while !http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap().contains(&consumed) {
+        assert!(started.elapsed() < Duration::from_secs(40), "{consumed} is not on /metrics");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // One job set for the API and the worker: one report rollup (before, each role started its
     // own), one delivery loop, one broker connection for publishing, one server.
     let metrics = http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
-    for job in ["report-rollup", "delivery", "broker-connection", "http", "execution-purge", "rate-limit-purge"] {
+    for job in
+        ["report-rollup", "delivery", "broker-connection", "http", "execution-purge", "rate-limit-purge", "queue-watch"]
+    {
         let line = format!("herald_background_jobs{{job=\"{job}\"}} 1");
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
     }

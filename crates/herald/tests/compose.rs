@@ -55,7 +55,10 @@ fn the_stack_has_every_service_with_an_image_or_a_build() {
     let compose = compose();
     let services = services(&compose);
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
-    assert_eq!(names, ["api", "grafana", "jaeger", "migrate", "moto", "postgres", "prometheus", "rabbitmq", "worker"]);
+    assert_eq!(
+        names,
+        ["api", "grafana", "jaeger", "migrate", "moto", "postgres", "prometheus", "rabbitmq", "tests", "worker"]
+    );
     for (name, service) in &services {
         assert!(service["image"].as_str().is_some() || !service["build"].is_badvalue(), "{name} has no image or build");
         if let Some(dependencies) = service["depends_on"].as_hash() {
@@ -110,6 +113,51 @@ fn urls_and_ports_point_at_the_services_that_serve_them() {
         "api publishes {published:?}, listens on {listen_port}"
     );
     assert!(api["HERALD_BOOTSTRAP_API_KEY"].starts_with("hk_"));
+}
+
+#[test]
+fn no_published_port_clashes_with_a_postgresql_or_rabbitmq_installed_on_the_host() {
+    let compose = compose();
+    let mut host_ports = Vec::new();
+    for (name, service) in services(&compose) {
+        for port in service["ports"].as_vec().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            let host = port.rsplit_once(':').map_or(port, |(host, _)| host);
+            let host = host.rsplit(':').next().unwrap().to_string();
+            host_ports.push((name.clone(), host));
+        }
+    }
+    for (name, host) in &host_ports {
+        // PostgreSQL, RabbitMQ (AMQP, management, Erlang distribution, epmd).
+        assert!(
+            !["5432", "5672", "15672", "25672", "4369"].contains(&host.as_str()),
+            "{name} publishes host port {host}"
+        );
+    }
+    let published = |service: &str| host_ports.iter().filter(|(n, _)| n == service).count();
+    assert_eq!((published("postgres"), published("rabbitmq")), (1, 2), "{host_ports:?}");
+}
+
+#[test]
+fn the_test_profile_runs_the_bootstrap_then_readmes_test_command() {
+    let compose = compose();
+    let services = services(&compose);
+    let tests = &services["tests"];
+    assert_eq!(tests["profiles"].as_vec().unwrap()[0].as_str(), Some("test"), "only with --profile test");
+    let command: Vec<&str> = tests["command"].as_vec().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let script = command.last().unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let test_command = "cargo test --workspace --locked";
+    assert!(readme.contains(&format!("{test_command}   # the whole suite")), "README's test command changed");
+    assert_eq!(*script, format!("scripts/bootstrap && {test_command}"));
+    assert!(root().join("scripts/bootstrap").exists());
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(ci.contains("scripts/bootstrap --ci") && ci.trim_end().ends_with(test_command), "CI takes the same path");
+    let environment = environment(tests);
+    assert!(environment["HERALD_MOTO_SERVER"].starts_with(&environment["HERALD_VENV"]), "{environment:?}");
+    // The repository is mounted, so the bootstrap and the sources are the checkout's own.
+    let volumes: Vec<&str> = tests["volumes"].as_vec().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(volumes.contains(&".:/herald") && tests["working_dir"].as_str() == Some("/herald"), "{volumes:?}");
 }
 
 #[test]
@@ -209,6 +257,8 @@ fn observability_services_start_only_with_their_profile() {
             let image = service["image"].as_str().expect("an image");
             let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("latest");
             assert!(tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()), "{name}: pin a version, not {image}");
+        } else if name == "tests" {
+            assert_eq!(profiles, ["test"], "the test suite runs only with --profile test");
         } else {
             assert!(profiles.is_empty(), "{name} has profiles {profiles:?}: plain `docker compose up` would skip it");
         }

@@ -16,7 +16,7 @@ enum Kind {
 }
 
 /// Every metric Herald exports, as Prometheus names it (counters with their `_total`).
-const METRICS: [(&str, Kind); 12] = [
+const METRICS: [(&str, Kind); 14] = [
     ("herald_http_requests_total", Kind::Counter),
     ("herald_http_request_duration_seconds", Kind::Histogram),
     ("herald_publish_confirm_duration_seconds", Kind::Histogram),
@@ -29,10 +29,12 @@ const METRICS: [(&str, Kind); 12] = [
     ("herald_dead_letters_total", Kind::Counter),
     ("herald_channel_pauses_total", Kind::Counter),
     ("herald_channel_paused", Kind::Gauge),
+    ("herald_queue_messages", Kind::Gauge),
+    ("herald_queue_consumers", Kind::Gauge),
 ];
 
 /// Labels an alert's annotations may show: never an address, a recipient or an instance.
-const ANNOTATION_LABELS: [&str; 7] = ["channel", "reason", "status", "route", "tier", "component", "job"];
+const ANNOTATION_LABELS: [&str; 8] = ["channel", "reason", "status", "route", "tier", "component", "job", "queue"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().parent().unwrap()
