@@ -215,7 +215,12 @@ async fn a_report_matches_a_hand_computed_mix_of_outcomes() {
     let again = app.get(&format!("/campaigns/{sms}/report?from={from}&to={to}&bucketSeconds=3600")).await;
     assert_eq!(again.body, reply.body);
 
-    // The live report (the last 24 hours) also sees the send from three hours before.
+    // The live report (the last 24 hours, for a campaign older than that) also sees the send from
+    // three hours before. (The sends here are back-dated; the campaign is made older to match.)
+    client
+        .execute("UPDATE campaigns SET created_at = now() - interval '30 hours' WHERE id = $1", &[&sms])
+        .await
+        .unwrap();
     let live = app.get(&format!("/campaigns/{sms}/report")).await;
     assert_eq!(live.body["channels"][0]["sent"], 8, "{}", live.body);
     assert_eq!(live.body["channels"][0]["targeted"], 12);
@@ -333,14 +338,44 @@ async fn a_report_counts_what_a_worker_did_end_to_end_and_renders_as_a_page() {
     let html = page.text().await.unwrap();
     assert!(html.contains("<svg id=\"chart\"") && html.contains("fill=\"#2e7d32\""), "no sent bar in {html}");
     assert!(!html.contains("+3361234567"), "the page shows no address");
-    // The page links to other windows; each answers.
-    let week =
-        html.split("href=\"").filter_map(|rest| rest.split('"').next()).find(|href| href.contains("from=")).unwrap();
-    let week = week.replace("&amp;", "&");
-    assert!(week.starts_with("report.html?from="), "{week}");
-    let linked = app.get(&format!("/campaigns/{campaign}/{}", week.replace("report.html", "report"))).await;
-    assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
-    assert_eq!(linked.body["channels"][0]["sent"], 2, "the week includes today's sends");
+    assert!(html.contains("<strong id=\"status\">live</strong>"), "the page shows the campaign's status");
+    // The page links to other windows (the last hour, day, week, month); each answers and holds
+    // the sends of a moment ago.
+    let windows: Vec<String> = html
+        .split("href=\"")
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|href| href.starts_with("report.html?from="))
+        .map(|href| href.replace("&amp;", "&"))
+        .collect();
+    assert_eq!(windows.len(), 4, "{windows:?}");
+    for window in &windows {
+        let linked = app.get(&format!("/campaigns/{campaign}/{}", window.replace("report.html", "report"))).await;
+        assert_eq!(linked.status, StatusCode::OK, "{}", linked.body);
+        assert_eq!(linked.body["channels"][0]["sent"], 2, "{window} includes the sends");
+    }
+}
+
+#[tokio::test]
+async fn a_new_campaigns_report_spans_its_life_so_far_not_a_whole_day() {
+    let app = TestApp::spawn().await;
+    let campaign = app.live_campaign(&otp_sms("fresh")).await;
+    let report = app.get(&format!("/campaigns/{campaign}/report")).await;
+    assert_eq!(report.status, StatusCode::OK, "{}", report.body);
+    assert_eq!(report.body["status"], "live");
+    let at = |field: &str| report.body[field].as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+    let span = at("to") - at("from");
+    // At least the last hour (minute-aligned), not 24 hours with the sends in the last bar.
+    assert!(span >= chrono::Duration::hours(1) && span <= chrono::Duration::minutes(62), "{span}");
+    assert_eq!(report.body["bucketSeconds"], 60, "{}", report.body);
+    // An older campaign gets the last 24 hours; an explicit window is kept as asked.
+    let (client, connection) = tokio_postgres::connect(&app.database.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let id: Uuid = campaign.parse().unwrap();
+    client.execute("UPDATE campaigns SET created_at = now() - interval '5 hours' WHERE id = $1", &[&id]).await.unwrap();
+    let older = app.get(&format!("/campaigns/{campaign}/report")).await;
+    let span = older.body["to"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap()
+        - older.body["from"].as_str().unwrap().parse::<DateTime<Utc>>().unwrap();
+    assert!(span >= chrono::Duration::hours(5) && span <= chrono::Duration::minutes(302), "{span}");
 }
 
 #[tokio::test]

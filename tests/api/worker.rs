@@ -93,11 +93,16 @@ async fn transient_failures_are_retried_in_process_then_sent() {
 #[tokio::test]
 async fn a_permanent_failure_makes_exactly_one_call_and_is_recorded_failed() {
     let (app, campaign, provider) = setup().await;
-    provider.script([Err(ProviderError::new(ErrorClass::Permanent, "InvalidParameter", "bad number"))]);
+    let rejection = "bad number +33612345678 for this account";
+    provider.script([Err(ProviderError::new(ErrorClass::Permanent, "InvalidParameter", rejection))]);
     let worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
     let execution_id = execute(&app, &campaign, "perm", json!("1")).await;
     let recipient = wait_for_status(&app, &execution_id, "failed").await;
     assert_eq!(recipient["reason"], "InvalidParameter");
+    // The status says why in the provider's words, with the number redacted.
+    let last_error = recipient["lastError"].as_str().unwrap_or_default();
+    assert!(last_error.contains("bad number") && last_error.contains("for this account"), "{recipient}");
+    assert!(!last_error.contains("+33612345678"), "{recipient}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(provider.call_count(), 1, "a permanent failure is never retried");
     worker.stop().await;

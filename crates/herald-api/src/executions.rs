@@ -153,6 +153,8 @@ pub(crate) async fn status(
             entry["status"] = json!(status);
             entry["reason"] = json!(delivery.and_then(|d| d.reason.clone()));
             entry["attempts"] = json!(delivery.map_or(0, |d| d.attempts));
+            // The provider's own words, redacted when stored: why a send failed or is retried.
+            entry["lastError"] = json!(delivery.and_then(|d| d.last_error.clone()));
             entry["updatedAt"] = json!(delivery.map(|d| d.updated_at));
             entry
         })

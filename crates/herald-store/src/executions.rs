@@ -61,6 +61,8 @@ pub struct DeliveryRow {
     pub status: DeliveryStatus,
     pub reason: Option<String>,
     pub attempts: i32,
+    /// The provider's last error (redacted when it was written), for failed and retried sends.
+    pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -231,7 +233,7 @@ impl Store {
         };
         let deliveries = client
             .query(
-                "SELECT recipient_index, status, reason, attempts, created_at, updated_at FROM deliveries WHERE execution_id = $1 ORDER BY recipient_index",
+                "SELECT recipient_index, status, reason, attempts, created_at, updated_at, last_error FROM deliveries WHERE execution_id = $1 ORDER BY recipient_index",
                 &[&execution_id],
             )
             .await?
@@ -242,6 +244,7 @@ impl Store {
                     status: row.try_get(1)?,
                     reason: row.get(2),
                     attempts: row.get(3),
+                    last_error: row.get(6),
                     created_at: row.get(4),
                     updated_at: row.get(5),
                 })

@@ -77,7 +77,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let name = document["name"].as_str().context("the campaign document needs a name")?.to_string();
     let base = args.api.api_url.trim_end_matches('/');
     let client = reqwest::Client::new();
-    let key = args.api.api_key.expose();
+    let key = args.api.key()?;
     let existing = find_campaign(&client, base, key, &name).await?;
     let (status, campaign) = match &existing {
         None => call(client.post(format!("{base}/campaigns")).bearer_auth(key).json(&document)).await?,

@@ -69,7 +69,17 @@ pub struct ApiClientArgs {
     pub api_url: String,
     /// An API key with the scopes the command needs (`--api-key` or HERALD_API_KEY).
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
-    pub api_key: Secret,
+    pub api_key: Option<Secret>,
+}
+
+impl ApiClientArgs {
+    /// The key, or an error naming both ways to give it (clap's own names only the flag).
+    pub fn key(&self) -> anyhow::Result<&str> {
+        self.api_key
+            .as_ref()
+            .map(Secret::expose)
+            .ok_or_else(|| anyhow::anyhow!("no API key: pass --api-key KEY or set HERALD_API_KEY"))
+    }
 }
 
 #[derive(Debug, Args)]

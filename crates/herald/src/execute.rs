@@ -31,7 +31,7 @@ fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
     let base = args.api.api_url.trim_end_matches('/').to_string();
-    let key = args.api.api_key.expose().to_string();
+    let key = args.api.key()?.to_string();
     let client = reqwest::Client::new();
     let campaign = match uuid::Uuid::parse_str(&args.campaign) {
         Ok(id) => id.to_string(),

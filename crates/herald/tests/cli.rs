@@ -50,6 +50,16 @@ async fn keys_create_prints_only_the_key_and_stores_only_its_hash() {
 }
 
 #[tokio::test]
+async fn a_client_command_without_a_key_names_the_flag_and_the_variable_once() {
+    let database = TestDatabase::create().await;
+    let output = herald(&database).args(["execute", "otp-sms", "--to", "+33612345678"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--api-key") && stderr.contains("HERALD_API_KEY"), "{stderr}");
+    assert_eq!(stderr.matches("no API key").count(), 1, "said once, not also logged: {stderr}");
+}
+
+#[tokio::test]
 async fn keys_create_refuses_unknown_scopes() {
     let database = TestDatabase::create().await;
     let output =

@@ -23,7 +23,7 @@ use crate::auth::Caller;
 use crate::json::ApiQuery;
 use crate::problem::Problem;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ReportQuery {
     from: Option<DateTime<Utc>>,
@@ -63,6 +63,8 @@ impl ReportQuery {
 pub(crate) struct CampaignReport {
     campaign_id: Uuid,
     name: String,
+    /// Where the campaign is in its lifecycle now (a report of a stopped campaign says so).
+    status: herald_core::CampaignStatus,
     channel: Channel,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -78,10 +80,21 @@ async fn campaign_report(
 ) -> Result<CampaignReport, Problem> {
     caller.require(Scope::CampaignsRead)?;
     let record: CampaignRecord = crate::campaigns::load(state, caller, id).await?;
-    let window = query.window(state.clock.now())?;
+    let now = state.clock.now();
+    let window = match (query.from, query.to) {
+        // No window asked for: the last 24 hours, or, for a campaign younger than that, from its
+        // creation (at least the last hour), so a new campaign's first sends fill the chart
+        // instead of one thin bar at the right edge of a day.
+        (None, None) => {
+            let from = record.created_at.clamp(now - chrono::Duration::hours(24), now - chrono::Duration::hours(1));
+            ReportQuery { from: Some(from), ..query.clone() }.window(now)?
+        }
+        _ => query.window(now)?,
+    };
     let rows = state.store.report_rows(&caller.sandbox, Some(record.id), &window).await?;
     Ok(CampaignReport {
         campaign_id: record.id,
+        status: record.status(now),
         name: record.name,
         channel: record.channel,
         from: window.from,

@@ -34,8 +34,9 @@ pub(super) fn render(report: &CampaignReport) -> String {
          table{{border-collapse:collapse;margin:12px 0}}td,th{{padding:4px 12px;border-bottom:1px solid #e0e0e0;text-align:left}}\
          td.n{{text-align:right;font-variant-numeric:tabular-nums}}.legend span{{display:inline-block;margin-right:16px}}\
          .swatch{{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}}</style></head><body>\
-         <h1>{title}</h1><p>Campaign <code>{id}</code> · {channel} · {from} to {to} (UTC) · buckets of {bucket} min</p>",
+         <h1>{title}</h1><p>Campaign <code>{id}</code> · <strong id=\"status\">{status}</strong> · {channel} · {from} to {to} (UTC) · buckets of {bucket} min</p>",
         id = report.campaign_id,
+        status = report.status.as_str(),
         channel = report.channel,
         from = report.from.format("%Y-%m-%d %H:%M"),
         to = report.to.format("%Y-%m-%d %H:%M"),
@@ -47,8 +48,10 @@ pub(super) fn render(report: &CampaignReport) -> String {
         |days: i64| format!("from={}&amp;to={}", stamp(report.to - chrono::Duration::days(days)), stamp(report.to));
     let _ = write!(
         html,
-        "<p id=\"windows\"><a href=\"report.html\">last 24 hours</a> · <a href=\"report.html?{week}\">last 7 days</a> · \
+        "<p id=\"windows\"><a href=\"report.html?{hour}\">last hour</a> · <a href=\"report.html?{day}\">last 24 hours</a> · <a href=\"report.html?{week}\">last 7 days</a> · \
          <a href=\"report.html?{month}\">last 30 days</a> · <a href=\"report?from={from}&amp;to={to}\">this report as JSON</a></p>",
+        hour = format!("from={}&amp;to={}", stamp(report.to - chrono::Duration::hours(1)), stamp(report.to)),
+        day = window(1),
         week = window(7),
         month = window(30),
         from = stamp(report.from),
