@@ -44,16 +44,15 @@ pub(super) fn render(report: &CampaignReport) -> String {
     );
     // Other windows ending at the same instant; relative links keep whatever proxy served this page.
     let stamp = |at: chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let window =
-        |days: i64| format!("from={}&amp;to={}", stamp(report.to - chrono::Duration::days(days)), stamp(report.to));
+    let window = |span: chrono::Duration| format!("from={}&amp;to={}", stamp(report.to - span), stamp(report.to));
     let _ = write!(
         html,
         "<p id=\"windows\"><a href=\"report.html?{hour}\">last hour</a> · <a href=\"report.html?{day}\">last 24 hours</a> · <a href=\"report.html?{week}\">last 7 days</a> · \
          <a href=\"report.html?{month}\">last 30 days</a> · <a href=\"report?from={from}&amp;to={to}\">this report as JSON</a></p>",
-        hour = format!("from={}&amp;to={}", stamp(report.to - chrono::Duration::hours(1)), stamp(report.to)),
-        day = window(1),
-        week = window(7),
-        month = window(30),
+        hour = window(chrono::Duration::hours(1)),
+        day = window(chrono::Duration::days(1)),
+        week = window(chrono::Duration::days(7)),
+        month = window(chrono::Duration::days(30)),
         from = stamp(report.from),
         to = stamp(report.to),
     );
