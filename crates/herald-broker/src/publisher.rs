@@ -7,6 +7,7 @@
 //! answers 503), because a client retrying against another instance is faster than one waiting
 //! on this one.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -27,6 +28,9 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Longest wait for [`Broker::queue_state`]: a status page must not hang on a slow broker.
 pub const QUEUE_STATE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one reading of a queue's state is reused.
+pub const QUEUE_STATE_FRESH: Duration = Duration::from_secs(1);
 
 /// A queue as the broker holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +87,9 @@ struct Inner {
     broken: Notify,
     next_channel: AtomicUsize,
     sessions: AtomicUsize,
+    /// The last reading of each queue, reused for [`QUEUE_STATE_FRESH`]: a status polled in a
+    /// tight loop must not open a broker channel per request.
+    queue_states: std::sync::Mutex<HashMap<String, (tokio::time::Instant, Option<QueueState>)>>,
 }
 
 /// A handle on the broker; cheap to clone.
@@ -107,6 +114,7 @@ impl Broker {
                 broken: Notify::new(),
                 next_channel: AtomicUsize::new(0),
                 sessions: AtomicUsize::new(0),
+                queue_states: std::sync::Mutex::default(),
             }),
         }
     }
@@ -219,6 +227,21 @@ impl Broker {
     /// declare, on a channel of its own since a failed one closes its channel), within
     /// [`QUEUE_STATE_TIMEOUT`]; `None` while there is no session or the queue does not exist.
     pub async fn queue_state(&self, queue: &str) -> Option<QueueState> {
+        let now = tokio::time::Instant::now();
+        let cached = |states: &HashMap<String, (tokio::time::Instant, Option<QueueState>)>| {
+            states.get(queue).filter(|(at, _)| now.duration_since(*at) < QUEUE_STATE_FRESH).map(|(_, state)| *state)
+        };
+        if let Some(state) = cached(&self.inner.queue_states.lock().unwrap_or_else(|p| p.into_inner())) {
+            return state;
+        }
+        let state = self.read_queue_state(queue).await;
+        let mut states = self.inner.queue_states.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the queues of the topology (the names come from it, not from callers).
+        states.insert(queue.to_string(), (tokio::time::Instant::now(), state));
+        state
+    }
+
+    async fn read_queue_state(&self, queue: &str) -> Option<QueueState> {
         let session = self.current()?;
         let look = async {
             let channel = session.connection.create_channel().await.ok()?;

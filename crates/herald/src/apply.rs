@@ -7,6 +7,14 @@ use serde_json::{Value, json};
 
 use crate::cli::ApplyArgs;
 
+/// An HTTP client for the API that gives up on an answer after [`CALL_TIMEOUT`]: a command a
+/// person typed must not hang on an API that accepts connections and never answers.
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(CALL_TIMEOUT).build().context("building the HTTP client")
+}
+
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub(crate) async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
     let response = request.send().await.context("calling the API")?;
     let status = response.status().as_u16();
@@ -76,7 +84,7 @@ pub(crate) async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", args.file.display()))?;
     let name = document["name"].as_str().context("the campaign document needs a name")?.to_string();
     let base = args.api.api_url.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = crate::apply::client()?;
     let key = args.api.key()?;
     let existing = find_campaign(&client, base, key, &name).await?;
     let (status, campaign) = match &existing {

@@ -32,7 +32,7 @@ fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
     let base = args.api.api_url.trim_end_matches('/').to_string();
     let key = args.api.key()?.to_string();
-    let client = reqwest::Client::new();
+    let client = crate::apply::client()?;
     let campaign = match uuid::Uuid::parse_str(&args.campaign) {
         Ok(id) => id.to_string(),
         Err(_) => find_campaign(&client, &base, &key, &args.campaign)
