@@ -45,7 +45,8 @@ fn problem_for(error: IngestError) -> Problem {
                 .detail(
                     "the campaign does not create new profiles, and these recipients have none: store their \
                      profiles first (PUT /profiles/{namespace}/{userId}), or send to an address with a \
-                     recipient of type external",
+                     recipient of type external (an identity in the `email` or `phone` namespace needs no \
+                     profile when it is a well-formed address for the campaign's channel)",
                 )
                 .with("userIds", users)
         }
@@ -189,8 +190,9 @@ async fn queue_view(state: &AppState, sandbox: &str, record: &herald_store::Exec
     let mut view = json!({ "name": queue, "waitingSeconds": waited });
     match ingest.broker().queue_state(&queue).await {
         Some(held) => {
+            // Not the queue's depth: a shard queue is shared by sandboxes, and its depth would tell
+            // one tenant about another's traffic.
             view["consumers"] = json!(held.consumers);
-            view["messagesReady"] = json!(held.messages);
             if held.consumers == 0 {
                 view["warning"] = json!(format!(
                     "no worker is consuming this queue: start `herald worker` with the {} channel \

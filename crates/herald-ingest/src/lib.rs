@@ -215,10 +215,14 @@ impl Ingest {
                 });
                 // An external recipient's user id is its address, and so is an aep identity in the
                 // channel's address namespace (`email`, `phone`): masked like one.
+                // And any aep identity that looks like an address, whatever its namespace.
+                let user = prepared.recipient.user_id.as_str();
                 let is_address = match prepared.recipient.kind {
                     RecipientType::External => true,
                     RecipientType::Aep => {
                         campaign.channel.address_namespace() == Some(prepared.recipient.namespace.as_str())
+                            || herald_core::address::is_valid_email(user)
+                            || herald_core::address::is_valid_e164(user)
                     }
                 };
                 let address = address.or_else(|| is_address.then(|| prepared.recipient.user_id.clone()));

@@ -133,6 +133,15 @@ pub(crate) fn set_up_hint(error: &StoreError, config: &tokio_postgres::Config) -
         Some(Host::Unix(path)) => path.display().to_string(),
         None => "localhost".into(),
     };
+    // A password with an unencoded `@` makes the URL parser take the rest of it for the host:
+    // never echo such a "host", say what is wrong instead.
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/' | '[' | ']')) {
+        return Some(
+            "the host in HERALD_DATABASE_URL is not a host name: characters such as @ : / # in a password \
+             must be percent-encoded (@ is %40)"
+                .into(),
+        );
+    }
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().unwrap_or("(no user)");
     let database = config.get_dbname().unwrap_or(user);

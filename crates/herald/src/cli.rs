@@ -78,6 +78,7 @@ impl ApiClientArgs {
         self.api_key
             .as_ref()
             .map(Secret::expose)
+            .filter(|key| !key.trim().is_empty())
             .ok_or_else(|| anyhow::anyhow!("no API key: pass --api-key KEY or set HERALD_API_KEY"))
     }
 }
@@ -102,6 +103,10 @@ pub struct ExecuteArgs {
     /// The recipient's address: an email address, a phone number (E.164) or a device token.
     #[arg(long)]
     pub to: String,
+    /// For a push campaign: the device token's platform (the key of the campaign's
+    /// platformApplicationArn, e.g. `fcm`); by default its only platform.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// A context variable for the content, e.g. `--context otp=123456` (repeatable).
     #[arg(long = "context", value_name = "KEY=VALUE")]
     pub context: Vec<String>,

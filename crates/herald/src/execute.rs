@@ -41,11 +41,11 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
             .with_context(|| format!("no campaign named {} (give its name or id)", args.campaign))?,
     };
     let request_id = args.request_id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
-    let body = json!({
-        "requestId": request_id,
-        "campaignId": campaign,
-        "recipients": [{ "type": "external", "userId": args.to, "context": context(&args.context)? }],
-    });
+    let mut recipient = json!({ "type": "external", "userId": args.to, "context": context(&args.context)? });
+    if let Some(platform) = push_platform(&client, &base, &key, &campaign, args.platform.as_deref()).await {
+        recipient["channelData"] = json!({ "pushPlatform": platform });
+    }
+    let body = json!({ "requestId": request_id, "campaignId": campaign, "recipients": [recipient] });
     let (status, accepted) =
         call(client.post(format!("{base}/im/executions/unitary")).bearer_auth(&key).json(&body)).await?;
     if status != 202 {
@@ -57,6 +57,28 @@ pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     follow(&client, &base, &key, &execution, Duration::from_secs(args.wait_seconds)).await
+}
+
+/// The platform of a push recipient: `--platform`, else the campaign's only one. `None` for
+/// other channels, or when the campaign cannot be read (the key may only execute): the API then
+/// says what is missing.
+async fn push_platform(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    campaign: &str,
+    given: Option<&str>,
+) -> Option<String> {
+    if let Some(platform) = given {
+        return Some(platform.to_string());
+    }
+    let (status, record) = call(client.get(format!("{base}/campaigns/{campaign}")).bearer_auth(key)).await.ok()?;
+    let live = &record["liveVersion"]["definition"];
+    let platforms = live["surface"]["platformApplicationArn"].as_object().filter(|_| status == 200)?;
+    match (record["channel"].as_str(), platforms.len()) {
+        (Some("push"), 1) => platforms.keys().next().cloned(),
+        _ => None,
+    }
 }
 
 /// Prints the recipient's status each time it changes, until it is final or `wait` has passed;

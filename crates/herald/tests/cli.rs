@@ -412,6 +412,26 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(uuid::Uuid::parse_str(lines[0]).is_ok(), "the execution id first: {stdout}");
     assert_eq!(lines.last(), Some(&"sent"), "{stdout}");
+    // A push campaign: the token's platform is the campaign's only one unless --platform says.
+    let push = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/push-alert.json");
+    let applied = herald(&database)
+        .args(["campaign", "apply", "-f", push.to_str().unwrap(), "--activate"])
+        .env("HERALD_API_URL", &api)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let context = ["--context", "device=Pixel", "--context", "time=12:00", "--context", "signInId=s-1"];
+    let pushed = herald(&database)
+        .args(["execute", "security-alert-push", "--to", "device-token-1"])
+        .args(context)
+        .env("HERALD_API_URL", &api)
+        .env("HERALD_API_KEY", key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&pushed.stdout).to_string();
+    assert!(pushed.status.success(), "{stdout}{}", String::from_utf8_lossy(&pushed.stderr));
+    assert_eq!(stdout.lines().last(), Some("sent"), "{stdout}");
 
     let started = Instant::now();
     let line = loop {

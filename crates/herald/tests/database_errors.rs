@@ -120,3 +120,10 @@ async fn a_host_where_nothing_listens_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_password_with_an_unencoded_at_sign_is_never_echoed_as_the_host() {
+    let stderr = failure(&migrate("postgres://postgres:s3cret@s3cret-pw@127.0.0.1:5432/herald").await);
+    assert!(!stderr.contains("s3cret"), "part of the password is printed: {stderr}");
+    assert!(stderr.contains("must be percent-encoded"), "{stderr}");
+}

@@ -2,7 +2,8 @@
 //! `Exception` suffix) and transport failures mapped to transient, permanent, account-wide or
 //! maybe-delivered. Only a failure before the request left the process is transient: after that,
 //! neither SES nor SNS deduplicates, so a resend could deliver the message twice.
-//! Messages are built from codes only, never from the provider's text, which can echo addresses.
+//! Messages are the code and the provider's own words, redacted (they can echo addresses) and cut
+//! to [`MAX_PROVIDER_TEXT`] characters: "Email address is not verified" is what an operator needs.
 
 use herald_core::delivery::{ErrorClass, ProviderError};
 
@@ -21,6 +22,20 @@ pub enum Failure<'a> {
     Response,
     /// The SDK refused to build the request: a bug or bad input, not worth retrying.
     Construction,
+}
+
+/// The longest piece of a provider's message kept in an error.
+const MAX_PROVIDER_TEXT: usize = 300;
+
+/// `service answered CODE: message`, the message redacted and cut short.
+fn answered(service: &str, code: &str, message: Option<&str>) -> String {
+    match message.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(message) => {
+            let short: String = message.chars().take(MAX_PROVIDER_TEXT).collect();
+            format!("{service} answered {code}: {}", herald_telemetry::redact::redact(&short))
+        }
+        None => format!("{service} answered {code}"),
+    }
 }
 
 fn strip(code: &str) -> &str {
@@ -83,7 +98,7 @@ pub fn ses(failure: &Failure<'_>) -> ProviderError {
     } else {
         class
     };
-    ProviderError::new(class, code, format!("ses answered {code}"))
+    ProviderError::new(class, code, answered("ses", code, *message))
 }
 
 /// SNS (`Publish`, `CreatePlatformEndpoint`).
@@ -126,7 +141,7 @@ pub fn sns(failure: &Failure<'_>) -> ProviderError {
     } else {
         class
     };
-    let mut error = ProviderError::new(class, code, format!("sns answered {code}"));
+    let mut error = ProviderError::new(class, code, answered("sns", code, *message));
     error.token_dead = strip(code) == "EndpointDisabled";
     error
 }
@@ -218,12 +233,25 @@ mod tests {
     }
 
     #[test]
-    fn messages_never_carry_the_provider_text() {
+    fn messages_carry_the_providers_words_with_addresses_redacted_and_cut_short() {
         let failure = Failure::Service {
             code: Some("MessageRejected"),
             status: Some(400),
             message: Some("Email address is not verified: jane@example.com"),
         };
-        assert!(!ses(&failure).message.contains("jane"));
+        let message = ses(&failure).message;
+        assert!(message.starts_with("ses answered MessageRejected: Email address is not verified"), "{message}");
+        assert!(!message.contains("jane@example.com"), "{message}");
+        let number = Failure::Service {
+            code: Some("InvalidParameter"),
+            status: Some(400),
+            message: Some("Invalid parameter: PhoneNumber Reason: +33612345678 is not valid"),
+        };
+        assert!(!sns(&number).message.contains("+33612345678"), "{}", sns(&number).message);
+        let long = "x".repeat(10_000);
+        let failure = Failure::Service { code: Some("BadRequest"), status: Some(400), message: Some(&long) };
+        assert!(ses(&failure).message.len() < MAX_PROVIDER_TEXT + 40);
+        let silent = Failure::Service { code: Some("BadRequest"), status: Some(400), message: None };
+        assert_eq!(ses(&silent).message, "ses answered BadRequest");
     }
 }
