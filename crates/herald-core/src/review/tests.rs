@@ -198,3 +198,15 @@ fn javascript_urls_in_html_are_flagged_however_they_are_spelled() {
         assert!(codes(&problems) != ["javascript-url"] || html.contains("notes"), "{html}: {problems:?}");
     }
 }
+
+#[test]
+fn an_unknown_filter_blocks_activation_instead_of_failing_every_send() {
+    let mut definition = valid_email();
+    definition.content.text = Some("{{ profile.a | nosuchfilter }}".into());
+    let problems = review(Channel::Email, &definition, now());
+    assert_eq!(codes(&problems), ["unknown-filter"]);
+    assert_eq!(problems[0].pointer, "/content/text");
+    // The other parts are still reviewed.
+    definition.content.html = Some("{{ nobody }}".into());
+    assert_eq!(codes(&review(Channel::Email, &definition, now())), ["unknown-filter", "unknown-variable"]);
+}

@@ -66,6 +66,8 @@ pub enum Forbidden {
 pub struct Analysis {
     pub variables: BTreeSet<VariableUse>,
     pub forbidden: BTreeSet<Forbidden>,
+    /// Every filter the template applies, by name (compiling checks they exist).
+    pub filters: BTreeSet<String>,
 }
 
 fn root_of(path: &str) -> &str {
@@ -125,6 +127,7 @@ impl Walker {
                 }
             }
             Node::FilterSection(_, section, _) => {
+                self.analysis.filters.insert(section.filter.name.clone());
                 self.call_args(&section.filter);
                 self.nodes(&section.body);
             }
@@ -177,6 +180,7 @@ impl Walker {
         let guarded = guarded || expr.has_default_filter();
         self.value(&expr.val, guarded);
         for filter in &expr.filters {
+            self.analysis.filters.insert(filter.name.clone());
             self.call_args(filter);
         }
     }

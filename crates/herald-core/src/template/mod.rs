@@ -61,8 +61,8 @@ pub struct TemplateError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
     pub message: String,
-    /// What kind of failure: `template-syntax`, `template-too-deep`, `template-too-complex`
-    /// or `forbidden-tag` when compiling (the review's problem codes); `render-budget` or
+    /// What kind of failure: `template-syntax`, `template-too-deep`, `template-too-complex`,
+    /// `forbidden-tag` or `unknown-filter` when compiling (the review's problem codes); `render-budget` or
     /// `render-error` when rendering.
     pub code: &'static str,
 }
@@ -113,6 +113,25 @@ impl CompiledContent {
                 }
             };
             let analysis = analysis::analyse(&template.ast);
+            // tera finds out only when it renders: a campaign with an unknown filter would go live
+            // and fail every send.
+            // (`default` and `safe` are tera's own syntax, not registered filters.)
+            let unknown: Vec<&String> = analysis
+                .filters
+                .iter()
+                .filter(|f| !matches!(f.as_str(), "default" | "safe") && !tera.filters.contains_key(*f))
+                .collect();
+            if !unknown.is_empty() {
+                for filter in unknown {
+                    errors.push(TemplateError::new(
+                        &part,
+                        None,
+                        format!("there is no filter `{filter}`"),
+                        "unknown-filter",
+                    ));
+                }
+                continue;
+            }
             // What tera would recurse on, and what would go over the budget whatever the input:
             // no render of it can succeed, so none starts.
             let mut refused = false;

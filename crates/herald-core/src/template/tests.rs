@@ -29,6 +29,18 @@ fn a_url_in_html_keeps_its_slashes_and_its_quotes_and_ampersands_are_escaped() {
 }
 
 #[test]
+fn an_unknown_filter_does_not_compile_and_the_known_ones_do() {
+    let errors =
+        CompiledContent::compile(&email("s", "{{ context.x | nosuchfilter }}", "{% filter nope %}x{% endfilter %}"))
+            .unwrap_err();
+    let found: Vec<(&str, &str)> = errors.iter().map(|e| (e.part.as_str(), e.code)).collect();
+    assert_eq!(found, [("html", "unknown-filter"), ("text", "unknown-filter")]);
+    assert!(errors[0].message.contains("nosuchfilter"), "{errors:?}");
+    let known = "{{ context.x | upper | trim | default(value=\"y\") | safe }}{% filter lower %}X{% endfilter %}";
+    assert!(CompiledContent::compile(&email("s", known, "{{ context.x | length }}")).is_ok());
+}
+
+#[test]
 fn get_env_cannot_render() {
     let compiled =
         CompiledContent::compile(&Content { body: Some("{{ get_env(name=\"PATH\") }}".into()), ..Default::default() })
