@@ -11,14 +11,11 @@
 //! the caller responsive should a single step of a render be slower than that; the permits stay
 //! with the thread, so such renders still count against the limits.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::delivery::{DeliveryStatus, reasons};
-use herald_core::template::{
-    CompiledContent, RENDER_TIME_BUDGET, RenderTurn, Rendered, TemplateError, is_control, single_line,
-};
+use herald_core::template::{CompiledContent, RENDER_TIME_BUDGET, RenderTurn, Rendered, TemplateError, is_control};
 use herald_store::{DeliveryKey, StoreError};
 use serde_json::Value;
 use tracing::Instrument;
@@ -139,15 +136,8 @@ impl Pipeline {
             tracing::warn!(%error, execution_id = %key.execution_id, "could not clear a redelivered message's render count");
         }
         match result {
-            Ok(mut rendered) => {
-                // Caller data may hold line breaks; in a header they would start new headers.
-                if let Some(subject) = rendered.get_mut("subject")
-                    && let Cow::Owned(line) = single_line(subject)
-                {
-                    *subject = line;
-                }
-                Ok(Ok(rendered))
-            }
+            // The subject is already on one line (`CompiledContent::render` folds it).
+            Ok(rendered) => Ok(Ok(rendered)),
             Err(error) => {
                 let part = if error.part.is_empty() { String::new() } else { format!("{}: ", error.part) };
                 failed(format!("{part}{}", error.message), false).await

@@ -205,8 +205,15 @@ impl CompiledContent {
             if let Some((message, code)) = failure {
                 return Err(TemplateError::new(part, None, message, code));
             }
-            let text = String::from_utf8(output.bytes)
+            let mut text = String::from_utf8(output.bytes)
                 .map_err(|_| TemplateError::new(part, None, "rendered output is not valid UTF-8", "render-error"))?;
+            // Caller data may hold line breaks; in a header they would start new headers. Here,
+            // so that a preview shows the subject exactly as it is sent.
+            if part == "subject"
+                && let std::borrow::Cow::Owned(line) = single_line(&text)
+            {
+                text = line;
+            }
             rendered.insert(part.clone(), text);
         }
         Ok(rendered)

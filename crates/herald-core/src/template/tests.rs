@@ -41,6 +41,15 @@ fn an_unknown_filter_does_not_compile_and_the_known_ones_do() {
 }
 
 #[test]
+fn a_subject_from_caller_data_renders_on_one_line_so_the_preview_shows_what_is_sent() {
+    let compiled =
+        CompiledContent::compile(&email("Hello {{ context.x }}", "<p>{{ context.x }}</p>", "{{ context.x }}")).unwrap();
+    let rendered = compiled.render(json!({}), json!({"x": "hi\r\nBcc: evil@example.com"})).unwrap();
+    assert_eq!(rendered["subject"], "Hello hi Bcc: evil@example.com");
+    assert_eq!(rendered["text"], "hi\r\nBcc: evil@example.com", "only the header is folded");
+}
+
+#[test]
 fn get_env_cannot_render() {
     let compiled =
         CompiledContent::compile(&Content { body: Some("{{ get_env(name=\"PATH\") }}".into()), ..Default::default() })
