@@ -116,6 +116,8 @@ async fn an_aep_recipient_named_by_its_address_needs_no_profile() {
     let execution = accepted.body["executionId"].as_str().unwrap().to_string();
     let status = app.get(&format!("/im/executions/{execution}")).await;
     assert!(!status.body.to_string().contains("john@example.com"), "{}", status.body);
+    // Its address comes from the profile when the worker sends: the crm id is not an address.
+    assert!(status.body["recipients"][0]["address"].is_null(), "{}", status.body);
 
     // A phone number in the `phone` namespace is an SMS address.
     let mut otp = example("otp-sms");
@@ -158,6 +160,13 @@ async fn with_no_worker_running_the_status_says_no_consumer_is_attached() {
     wait_for_status(&app, &execution, "sent").await;
     let status = app.get(&format!("/im/executions/{execution}")).await;
     assert!(status.body.get("queue").is_none(), "{}", status.body);
+    // What the broker holds: the message was taken and acknowledged, nothing is left behind.
+    let queue = app.topology().queue(herald_core::Channel::Sms);
+    let started = std::time::Instant::now();
+    while app.topology().count(&queue).await != 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{queue} did not drain");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     worker.stop().await;
     app.stop().await;
 }

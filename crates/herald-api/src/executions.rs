@@ -181,9 +181,11 @@ pub(crate) async fn status(
 /// channel, which nothing else shows (the API is ready without one).
 async fn queue_view(state: &AppState, sandbox: &str, record: &herald_store::ExecutionRecord) -> Result<Value, Problem> {
     let waited = record.accepted_at.map(|at| (state.clock.now() - at).num_seconds().max(0));
-    let (Some(ingest), Some(campaign)) =
-        (state.ingest.as_ref(), state.store.get_campaign(sandbox, record.campaign_id).await?)
-    else {
+    // The ingest's campaign cache, as for an execution: no database round trip per poll.
+    let Some(ingest) = state.ingest.as_ref() else {
+        return Ok(json!({ "waitingSeconds": waited }));
+    };
+    let Some(campaign) = ingest.campaigns().get(sandbox, record.campaign_id).await? else {
         return Ok(json!({ "waitingSeconds": waited }));
     };
     let queue = ingest.broker().topology().queue_for(campaign.channel, sandbox);

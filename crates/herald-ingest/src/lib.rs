@@ -214,20 +214,18 @@ impl Ingest {
                     Channel::Push => data.push_token.clone(),
                 });
                 // An external recipient's user id is its address, and so is an aep identity in the
-                // channel's address namespace (`email`, `phone`): masked like one.
-                // And any aep identity that looks like an address, whatever its namespace.
+                // channel's address namespace (`Channel::identity_address`, as the worker reads it).
                 let user = prepared.recipient.user_id.as_str();
-                let is_address = match prepared.recipient.kind {
-                    RecipientType::External => true,
-                    RecipientType::Aep => {
-                        campaign.channel.address_namespace() == Some(prepared.recipient.namespace.as_str())
-                            || herald_core::address::is_valid_email(user)
-                            || herald_core::address::is_valid_e164(user)
-                    }
+                let identity = match prepared.recipient.kind {
+                    RecipientType::External => Some(user),
+                    RecipientType::Aep => campaign.channel.identity_address(&prepared.recipient.namespace, user),
                 };
-                let address = address.or_else(|| is_address.then(|| prepared.recipient.user_id.clone()));
-                let user_id =
-                    if is_address { mask(&prepared.recipient.user_id) } else { prepared.recipient.user_id.clone() };
+                let address = address.or_else(|| identity.map(str::to_string));
+                // Any user id that is or looks like an address is masked, whatever its namespace.
+                let masked = identity.is_some()
+                    || herald_core::address::is_valid_email(user)
+                    || herald_core::address::is_valid_e164(user);
+                let user_id = if masked { mask(user) } else { user.to_string() };
                 json!({
                     "userId": user_id,
                     "type": prepared.recipient.kind,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
-use crate::apply::{call, find_campaign, human_problem};
+use crate::api_client::{call, client, find_campaign, human_problem};
 use crate::cli::ExecuteArgs;
 
 /// How often the status is read while following it.
@@ -17,22 +17,24 @@ const POLL: Duration = Duration::from_millis(250);
 const FINAL: [&str; 4] = ["sent", "failed", "excluded", "unknown"];
 
 fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
-    pairs
-        .iter()
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').with_context(|| format!("--context {pair}: expected key=value"))?;
-            if key.is_empty() {
-                bail!("--context {pair}: the key is empty");
-            }
-            Ok((key.to_string(), Value::String(value.to_string())))
-        })
-        .collect()
+    let mut context = Map::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').with_context(|| format!("--context {pair}: expected key=value"))?;
+        if key.is_empty() {
+            bail!("--context {pair}: the key is empty");
+        }
+        // A second value for a key would silently replace the first.
+        if context.insert(key.to_string(), Value::String(value.to_string())).is_some() {
+            bail!("--context {key} is given twice");
+        }
+    }
+    Ok(context)
 }
 
 pub(crate) async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
     let base = args.api.api_url.trim_end_matches('/').to_string();
     let key = args.api.key()?.to_string();
-    let client = crate::apply::client()?;
+    let client = client()?;
     let campaign = match uuid::Uuid::parse_str(&args.campaign) {
         Ok(id) => id.to_string(),
         Err(_) => find_campaign(&client, &base, &key, &args.campaign)
@@ -134,5 +136,7 @@ mod tests {
         );
         assert!(context(&["novalue".to_string()]).unwrap_err().to_string().contains("expected key=value"));
         assert!(context(&["=x".to_string()]).unwrap_err().to_string().contains("key is empty"));
+        let twice = ["otp=1".to_string(), "otp=2".to_string()];
+        assert!(context(&twice).unwrap_err().to_string().contains("given twice"));
     }
 }

@@ -1,6 +1,7 @@
 //! The `herald` binary's wiring: command line, logging, and the subcommands. Logic lives in the
 //! library crates; this crate only builds them from configuration and runs them.
 
+mod api_client;
 mod apply;
 pub mod cli;
 mod execute;
