@@ -116,6 +116,17 @@ async fn an_aep_recipient_named_by_its_address_needs_no_profile() {
     let execution = accepted.body["executionId"].as_str().unwrap().to_string();
     let status = app.get(&format!("/im/executions/{execution}")).await;
     assert!(!status.body.to_string().contains("john@example.com"), "{}", status.body);
+    // An id in an address namespace is masked whatever its spelling (this one is not E.164).
+    let mut creating = example("otp-sms");
+    creating["name"] = json!("otp-sms-creating");
+    let otp = app.live_campaign(&creating).await;
+    let loose = json!({"requestId": "loose-number", "campaignId": otp, "recipients": [
+        {"type": "aep", "namespace": "phone", "userId": "0033612340010", "context": {"otp": "1"}}
+    ]});
+    let accepted = app.post("/im/executions/unitary", &loose).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{}", accepted.body);
+    let loose = app.get(&format!("/im/executions/{}", accepted.body["executionId"].as_str().unwrap())).await;
+    assert!(!loose.body.to_string().contains("0033612340010"), "{}", loose.body);
     // Its address comes from the profile when the worker sends: the crm id is not an address.
     assert!(status.body["recipients"][0]["address"].is_null(), "{}", status.body);
 

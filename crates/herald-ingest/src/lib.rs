@@ -221,10 +221,11 @@ impl Ingest {
                     RecipientType::Aep => campaign.channel.identity_address(&prepared.recipient.namespace, user),
                 };
                 let address = address.or_else(|| identity.map(str::to_string));
-                // Any user id that is or looks like an address is masked, whatever its namespace.
-                let masked = identity.is_some()
-                    || herald_core::address::is_valid_email(user)
-                    || herald_core::address::is_valid_e164(user);
+                // Any user id that is, or might be, an address is masked: in an address namespace
+                // (`email`, `phone`) whatever its form, elsewhere when it looks like contact data.
+                let address_namespace =
+                    Channel::ALL.iter().any(|c| c.address_namespace() == Some(prepared.recipient.namespace.as_str()));
+                let masked = identity.is_some() || address_namespace || looks_like_contact(user);
                 let user_id = if masked { mask(user) } else { user.to_string() };
                 json!({
                     "userId": user_id,
@@ -352,6 +353,13 @@ impl Ingest {
     }
 }
 
+/// Whether `id` may be an email address or a phone number in any spelling (`Lee <lee@x>`, `x@y`,
+/// a full-width at sign, `+33 6 12 34 56 78`, `0612345678`, `tel:…`): an at sign, or six digits
+/// or more. Wider than the validators on purpose: it decides what is masked, not what is sent.
+fn looks_like_contact(id: &str) -> bool {
+    id.contains(['@', '\u{FF20}']) || id.contains("%40") || id.chars().filter(char::is_ascii_digit).count() >= 6
+}
+
 /// How often old executions are purged; a few minutes' lag only keeps a key a little longer.
 const PURGE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -383,4 +391,30 @@ fn outgoing(envelope: &Envelope, routing_key: String, traceparent: &str) -> Resu
         headers: headers::for_envelope(envelope, traceparent),
         timestamp_secs: u64::try_from(envelope.accepted_at.timestamp()).unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+mod contact_tests {
+    use super::looks_like_contact;
+
+    #[test]
+    fn contact_data_in_any_spelling_is_recognised_and_plain_ids_are_not() {
+        for id in [
+            "quentin.tarantino@localhost",
+            "Lee Sun <lee.sun@example.com>",
+            "x@y",
+            "pierre\u{FF20}example.com",
+            "zed.q%40example.com",
+            "33612349876",
+            "0612340001",
+            "+33 6 12 34 00 02",
+            "tel:+33612340003",
+            "+1-202-555-0199",
+        ] {
+            assert!(looks_like_contact(id), "{id}");
+        }
+        for id in ["jane", "user-42", "crm:12345", "a1b2c3"] {
+            assert!(!looks_like_contact(id), "{id}");
+        }
+    }
 }
