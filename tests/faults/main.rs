@@ -18,10 +18,8 @@ mod fake_ses;
 mod herald;
 mod hostile_templates;
 mod infra_faults;
-mod postgres;
 mod process_faults;
 mod provider_faults;
-mod rabbit;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use accounting::Report;
+use herald_tests::{postgres, rabbit};
 use run::{Env, Run};
 
 /// Every scenario, in the order they run (they take turns: a broker or database restart must
@@ -64,7 +63,7 @@ async fn run_scenario(name: &str, env: &Env) -> Report {
 
 /// A loopback port nobody listens on right now.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+    herald_tests::free_port()
 }
 
 const RUN_DIR_PREFIX: &str = "herald-faults-";

@@ -9,8 +9,8 @@ use crate::accounting::{self, Evidence, Expect, Probe, Report, Sampler};
 use crate::client::{ApiClient, Load, RequestRecord};
 use crate::fake_ses::{Behaviour, FakeSes, MarkerCalls};
 use crate::herald::{Settings, Stack};
-use crate::postgres::PgCluster;
-use crate::rabbit::RabbitNode;
+use herald_tests::postgres::PgCluster;
+use herald_tests::rabbit::RabbitNode;
 
 /// What the whole suite shares: the private broker and database, the fake provider, the logs.
 #[derive(Debug)]
@@ -125,7 +125,7 @@ impl Run {
             (pg.url(&database), pg.url("postgres"))
         };
         let amqp_url = env.node.lock().unwrap().amqp_url();
-        crate::postgres::create_database(&admin_url, &database).await;
+        herald_tests::postgres::create_database(&admin_url, &database).await;
         let prefix = format!("faults-{}", tag.replace('_', "-"));
         let settings = Settings {
             database_url: database_url.clone(),

@@ -6,6 +6,8 @@
 
 pub mod broker;
 pub mod moto;
+pub mod postgres;
+pub mod rabbit;
 pub mod worker;
 
 use std::sync::Arc;
@@ -20,6 +22,11 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
 
 /// The server to create test databases on, from `HERALD_TEST_DATABASE_URL`.
 pub fn admin_database_url() -> String {

@@ -38,6 +38,11 @@ pub enum Command {
     Campaign(CampaignCommand),
     /// Send one message through a running API and follow its status until it is final.
     Execute(ExecuteArgs),
+    /// Executions at a constant rate (or as fast as answered) against a running API, and what a
+    /// `herald fake-provider` received from the workers: for sizing a deployment.
+    Loadtest(crate::loadtest::args::LoadtestArgs),
+    /// A fast stand-in for SES v2 and SNS that records load-test markers (AWS_ENDPOINT_URL).
+    FakeProvider(crate::loadtest::args::FakeProviderArgs),
     /// Exit 0 when URL answers 2xx (container health checks; the image has no curl).
     Probe(ProbeArgs),
 }

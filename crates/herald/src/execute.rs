@@ -16,7 +16,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// Statuses after which nothing more happens to a recipient.
 const FINAL: [&str; 4] = ["sent", "failed", "excluded", "unknown"];
 
-fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+pub(crate) fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut context = Map::new();
     for pair in pairs {
         let (key, value) = pair.split_once('=').with_context(|| format!("--context {pair}: expected key=value"))?;

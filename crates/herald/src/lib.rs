@@ -7,6 +7,7 @@ pub mod cli;
 mod execute;
 mod jobs;
 mod keys;
+pub mod loadtest;
 mod run;
 pub mod telemetry;
 

@@ -49,6 +49,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
         Command::Execute(args) => crate::execute::execute(args).await,
+        Command::Loadtest(args) => crate::loadtest::loadtest(args).await,
+        Command::FakeProvider(args) => crate::loadtest::fake_provider::serve(args, shutdown_signal()).await,
         Command::Probe(args) => probe(&args.url).await,
         Command::Keys(KeysCommand::Create(args)) => crate::keys::create(args).await,
         Command::Keys(KeysCommand::List(args)) => crate::keys::list(args).await,

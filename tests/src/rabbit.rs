@@ -22,11 +22,11 @@ const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug)]
-pub(crate) struct RabbitNode {
+pub struct RabbitNode {
     /// `herald-faults-<pid>@localhost`.
-    pub(crate) name: String,
+    pub name: String,
     /// The AMQP port.
-    pub(crate) port: u16,
+    pub port: u16,
     dist_port: u16,
     dir: PathBuf,
     server: Option<Child>,
@@ -34,7 +34,7 @@ pub(crate) struct RabbitNode {
 
 impl RabbitNode {
     /// Writes the node's files under `dir` and boots it. Blocking (run it off the runtime).
-    pub(crate) fn start(dir: &Path) -> Self {
+    pub fn start(dir: &Path) -> Self {
         assert!(
             Path::new(SERVER).exists(),
             "{SERVER} is missing: the fault suite needs the rabbitmq-server package (apt-get install rabbitmq-server)"
@@ -67,7 +67,12 @@ impl RabbitNode {
         node
     }
 
-    pub(crate) fn amqp_url(&self) -> String {
+    /// The server process's id (the Erlang VM is in its process tree), while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().map(Child::id)
+    }
+
+    pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
@@ -124,7 +129,7 @@ impl RabbitNode {
     }
 
     /// Runs `rabbitmqctl -n NODE args`; the error is its output.
-    pub(crate) fn ctl(&self, args: &[&str]) -> Result<String, String> {
+    pub fn ctl(&self, args: &[&str]) -> Result<String, String> {
         let mut command = Command::new(CTL);
         self.environment(&mut command);
         let output = command.arg("-n").arg(&self.name).args(args).output().map_err(|error| error.to_string())?;
@@ -133,26 +138,26 @@ impl RabbitNode {
     }
 
     /// Names of every queue on the node (empty if the node does not answer).
-    pub(crate) fn queue_names(&self) -> Vec<String> {
+    pub fn queue_names(&self) -> Vec<String> {
         let listed = self.ctl(&["list_queues", "--quiet", "name"]).unwrap_or_default();
         listed.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_string).collect()
     }
 
     /// "Broker stop": the RabbitMQ application stops (every connection drops, ports close) while
     /// the Erlang node keeps running.
-    pub(crate) fn stop_app(&self) {
+    pub fn stop_app(&self) {
         self.ctl(&["stop_app"]).expect("stop_app");
     }
 
     /// "Broker start" after [`RabbitNode::stop_app`].
-    pub(crate) fn start_app(&self) {
+    pub fn start_app(&self) {
         self.ctl(&["start_app"]).expect("start_app");
         self.ctl(&["await_startup", "--timeout", "60"]).expect("await_startup after start_app");
     }
 
     /// A full node restart with the same data directory: the Erlang VM exits and boots again,
     /// recovering the durable quorum queues from disk.
-    pub(crate) fn restart_node(&mut self) {
+    pub fn restart_node(&mut self) {
         self.stop_node();
         self.boot();
     }
@@ -199,7 +204,7 @@ fn write_cookie(path: &Path) {
 }
 
 /// Stops the node a killed earlier run left behind in `dir` (its pid is in the directory name).
-pub(crate) fn stop_leftover(dir: &Path, pid: u32) {
+pub fn stop_leftover(dir: &Path, pid: u32) {
     let mut command = Command::new(CTL);
     command
         .env("HOME", dir.join("home"))

@@ -1,19 +1,23 @@
 //! A private PostgreSQL cluster for the fault suite, so that restarting "the database" never
-//! touches the machine's shared server on 5432.
+//! touches the machine's shared server on 5432, and for the end-to-end benchmark, so that the
+//! database's CPU is its own and its settings are known.
 //!
 //! `initdb` and `postgres` refuse to run as root, so when the suite runs as root the cluster
 //! belongs to the `postgres` OS user (`runuser -u postgres`), in a directory chowned to it;
-//! otherwise it belongs to the current user. Trust authentication on loopback
-//! only. `fsync=off`: the suite restarts the server cleanly (`-m fast` flushes everything), it
-//! never crashes the machine, and the 2-core box is shared with the broker and five processes.
+//! otherwise it belongs to the current user. Trust authentication on loopback only.
+//!
+//! The fault suite's cluster has `fsync=off` ([`PgCluster::start`]): the suite restarts the
+//! server cleanly (`-m fast` flushes everything), it never crashes the machine, and the 2-core
+//! box is shared with the broker and five processes. The benchmark's keeps the durable defaults
+//! ([`PgCluster::start_durable`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[derive(Debug)]
-pub(crate) struct PgCluster {
-    pub(crate) port: u16,
+pub struct PgCluster {
+    pub port: u16,
     bin: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -59,8 +63,19 @@ fn binaries() -> PathBuf {
 }
 
 impl PgCluster {
-    /// Creates and starts a cluster under `dir`. Blocking (run it off the runtime).
-    pub(crate) fn start(dir: &Path) -> Self {
+    /// Creates and starts a cluster under `dir`, with `fsync=off`. Blocking (run it off the
+    /// runtime).
+    pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "fsync = off\n")
+    }
+
+    /// A cluster with PostgreSQL's durable defaults (`fsync`, `synchronous_commit` on) and
+    /// `settings` appended to its configuration: what a benchmark measures.
+    pub fn start_durable(dir: &Path, settings: &str) -> Self {
+        Self::start_with(dir, settings)
+    }
+
+    fn start_with(dir: &Path, extra: &str) -> Self {
         let bin = binaries();
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("create the PostgreSQL data directory");
@@ -78,7 +93,7 @@ impl PgCluster {
             .expect("run initdb");
         assert!(initdb.status.success(), "initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
         let settings = format!(
-            "\n# herald fault suite\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nmax_connections = 300\n",
+            "\n# herald fault suite\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nmax_connections = 300\n{extra}",
             dir.display()
         );
         let conf = cluster.data.join("postgresql.conf");
@@ -117,25 +132,31 @@ impl PgCluster {
         }
     }
 
-    pub(crate) fn start_server(&mut self) {
+    pub fn start_server(&mut self) {
         self.pg_ctl(&["start"]).unwrap_or_else(|error| panic!("{error}; see {}", self.log.display()));
         self.running = true;
     }
 
     /// A clean stop (`-m fast`: sessions are cut, the server checkpoints and exits).
-    pub(crate) fn stop_server(&mut self) {
+    pub fn stop_server(&mut self) {
         self.pg_ctl(&["-m", "fast", "stop"]).unwrap_or_else(|error| panic!("{error}; see {}", self.log.display()));
         self.running = false;
     }
 
     /// Stops the server, leaves it down for `down`, starts it again. Blocking.
-    pub(crate) fn restart(&mut self, down: Duration) {
+    pub fn restart(&mut self, down: Duration) {
         self.stop_server();
         std::thread::sleep(down);
         self.start_server();
     }
 
-    pub(crate) fn url(&self, database: &str) -> String {
+    /// The postmaster's process id (its backends are its children), while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let pid = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        pid.lines().next()?.trim().parse().ok()
+    }
+
+    pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 }
@@ -150,7 +171,7 @@ impl Drop for PgCluster {
 }
 
 /// Creates an empty database on the cluster at `admin_url` (the herald processes migrate it).
-pub(crate) async fn create_database(admin_url: &str, name: &str) {
+pub async fn create_database(admin_url: &str, name: &str) {
     let (client, connection) =
         tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.expect("connect to the private cluster");
     tokio::spawn(connection);
@@ -158,7 +179,7 @@ pub(crate) async fn create_database(admin_url: &str, name: &str) {
 }
 
 /// Stops the cluster a killed earlier run left behind in `dir`.
-pub(crate) fn stop_leftover(dir: &Path) {
+pub fn stop_leftover(dir: &Path) {
     let data = dir.join("data");
     if data.join("postmaster.pid").exists() {
         let _ = as_postgres(&binaries().join("pg_ctl"))

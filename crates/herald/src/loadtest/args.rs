@@ -1,0 +1,68 @@
+//! The settings of `herald loadtest` and `herald fake-provider` (declared here rather than in
+//! `cli.rs`: they are tools for sizing a deployment, not settings of a service).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::cli::ApiClientArgs;
+
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// The campaign's name or id; it must be live, and its content must render
+    /// `{{ context.marker }}` for `--provider` to count its messages.
+    pub campaign: String,
+    /// The recipient of each call (an external recipient); `{seq}` is replaced by the call's
+    /// number.
+    #[arg(long, default_value = "loadtest+{seq}@example.com")]
+    pub to: String,
+    /// For a push campaign: the device token's platform.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Calls per second, started on schedule whatever the answers (open loop); 0 runs a closed
+    /// loop of `--connections` clients instead, as fast as they are answered (saturation).
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// Clients of the closed loop (`--rate 0`).
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// Calls outstanding at most in the open loop; a call over that waits, and the wait counts
+    /// in its latency.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: u32,
+    #[arg(long, default_value_t = 10)]
+    pub duration_seconds: u64,
+    /// A call not answered within this counts as an error.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_seconds: u64,
+    /// A context variable for the content, e.g. `--context otp=123456` (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+    /// The `herald fake-provider` the workers send to: read back what it received (sent, lost,
+    /// duplicated, latency to the provider).
+    #[arg(long, value_name = "URL")]
+    pub provider: Option<String>,
+    /// How long to wait, once the calls are done, for the provider to receive no more.
+    #[arg(long, default_value_t = 30)]
+    pub drain_seconds: u64,
+    /// Also write the summary as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Needs executions:write (campaigns:read to find a campaign by name).
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FakeProviderArgs {
+    /// Where to listen; point workers at it with AWS_ENDPOINT_URL=http://ADDR.
+    #[arg(long, default_value = "127.0.0.1:4566")]
+    pub addr: String,
+    /// Answer every Nth call with success but record nothing (a provider that loses messages;
+    /// for testing the load test's counters).
+    #[arg(long, default_value_t = 0)]
+    pub drop_every: u64,
+    /// Record every Nth call twice (a provider that delivers twice; for testing the counters).
+    #[arg(long, default_value_t = 0)]
+    pub repeat_every: u64,
+}

@@ -1,0 +1,205 @@
+//! `herald fake-provider`: a fast stand-in for SES v2 `SendEmail` and SNS `Publish` that workers
+//! reach through `AWS_ENDPOINT_URL` with the real aws-sdk clients, for sizing a deployment
+//! without sending anything (and for the end-to-end benchmark).
+//!
+//! It answers every call at once with a static success and records the load-test marker each
+//! message carries (`hlm.<run>.<seq>.<intended µs>`, see `loadtest`): how many calls carried it
+//! and when the first arrived. `herald loadtest --provider URL` reads that back to count what
+//! was sent, lost and duplicated. The marker is found by scanning the raw request for `hlm.`;
+//! it uses only characters that neither JSON nor form encoding escape, so one scan serves both
+//! the SES JSON body and the SNS form body without parsing either.
+//!
+//! `--drop-every N` and `--repeat-every N` make it lie on purpose (answer success but record
+//! nothing, or record a call twice), so a test can prove the load test's loss and duplicate
+//! counters are able to fail.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::args::FakeProviderArgs;
+
+/// The prefix of every load-test marker.
+pub(crate) const MARKER_PREFIX: &str = "hlm.";
+
+/// What one marker went through.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    calls: u32,
+    first_arrival_us: i64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    markers: Mutex<HashMap<String, Seen>>,
+    calls: AtomicU64,
+    /// Calls whose body held no marker (another client of the same fake, a template without
+    /// `context.marker`): answered, counted, not recorded.
+    unmarked: AtomicU64,
+    drop_every: AtomicU64,
+    repeat_every: AtomicU64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Lies {
+    #[serde(default)]
+    drop_every: u64,
+    #[serde(default)]
+    repeat_every: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct MarkerQuery {
+    /// Only markers starting with this (one load-test run's).
+    #[serde(default)]
+    prefix: String,
+}
+
+/// Serves until `stop` completes (SIGTERM or Ctrl-C for the command).
+pub(crate) async fn serve(
+    args: FakeProviderArgs,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+    let shared = Arc::new(Shared::default());
+    shared.drop_every.store(args.drop_every, Ordering::Relaxed);
+    shared.repeat_every.store(args.repeat_every, Ordering::Relaxed);
+    let router = Router::new()
+        .route("/v2/email/outbound-emails", post(send_email))
+        .route("/", post(publish))
+        .route("/_fake/markers", get(markers))
+        .route("/_fake/reset", post(reset))
+        .with_state(shared);
+    // The bound address on stdout, so a caller that asked for port 0 learns the port.
+    println!("fake provider listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router).with_graceful_shutdown(stop).await?;
+    Ok(())
+}
+
+/// The first marker in `body`, if any.
+fn marker(body: &[u8]) -> Option<&str> {
+    let prefix = MARKER_PREFIX.as_bytes();
+    let start = body.windows(prefix.len()).position(|window| window == prefix)?;
+    let rest = &body[start..];
+    let end = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'.')).unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Records the call's marker (or lies about it); returns the call's number.
+fn record(shared: &Shared, body: &[u8]) -> u64 {
+    let number = shared.calls.fetch_add(1, Ordering::Relaxed) + 1;
+    let Some(marker) = marker(body) else {
+        shared.unmarked.fetch_add(1, Ordering::Relaxed);
+        return number;
+    };
+    let every = |setting: &AtomicU64| {
+        let n = setting.load(Ordering::Relaxed);
+        n > 0 && number.is_multiple_of(n)
+    };
+    if every(&shared.drop_every) {
+        return number;
+    }
+    let calls = if every(&shared.repeat_every) { 2 } else { 1 };
+    let mut markers = shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    markers
+        .entry(marker.to_string())
+        .and_modify(|seen| seen.calls += calls)
+        .or_insert(Seen { calls, first_arrival_us: now_us() });
+    number
+}
+
+async fn send_email(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let number = record(&shared, &body);
+    let body = format!(r#"{{"MessageId":"fake-{number:012}"}}"#);
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// SNS's query protocol: every call is a form POST to `/`; only `Publish` is sent by workers.
+async fn publish(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    if !body.windows(14).any(|window| window == b"Action=Publish") {
+        let error = "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code>\
+                     <Message>the fake provider only publishes</Message></Error></ErrorResponse>";
+        return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/xml")], error).into_response();
+    }
+    let number = record(&shared, &body);
+    let body = format!(
+        "<PublishResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult>\
+         <MessageId>fake-{number:012}</MessageId></PublishResult><ResponseMetadata>\
+         <RequestId>fake-{number:012}</RequestId></ResponseMetadata></PublishResponse>"
+    );
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
+}
+
+/// `{"calls", "unmarked", "markers": [[marker, calls, firstArrivalMicros], …]}`.
+async fn markers(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQuery>) -> Response {
+    let markers: Vec<_> = {
+        let markers = shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        markers
+            .iter()
+            .filter(|(marker, _)| marker.starts_with(&query.prefix))
+            .map(|(marker, seen)| json!([marker, seen.calls, seen.first_arrival_us]))
+            .collect()
+    };
+    let body = json!({
+        "calls": shared.calls.load(Ordering::Relaxed),
+        "unmarked": shared.unmarked.load(Ordering::Relaxed),
+        "markers": markers,
+    });
+    axum::Json(body).into_response()
+}
+
+/// Forgets everything recorded and sets how the fake lies from now on.
+async fn reset(State(shared): State<Arc<Shared>>, Query(lies): Query<Lies>) -> StatusCode {
+    shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    shared.calls.store(0, Ordering::Relaxed);
+    shared.unmarked.store(0, Ordering::Relaxed);
+    shared.drop_every.store(lies.drop_every, Ordering::Relaxed);
+    shared.repeat_every.store(lies.repeat_every, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_found_in_a_json_body_and_in_a_form_body() {
+        let ses = br#"{"Content":{"Simple":{"Body":{"Text":{"Data":"code hlm.ab12.7.1700000000000000"}}}}}"#;
+        assert_eq!(marker(ses), Some("hlm.ab12.7.1700000000000000"));
+        let sns = b"Action=Publish&Message=hlm.ab12.8.1700000000000001%20is%20your%20code&Version=2010-03-31";
+        assert_eq!(marker(sns), Some("hlm.ab12.8.1700000000000001"));
+        assert_eq!(marker(b"no marker here"), None);
+    }
+
+    #[test]
+    fn dropping_and_repeating_change_what_is_recorded_not_what_is_answered() {
+        let shared = Shared::default();
+        shared.drop_every.store(2, Ordering::Relaxed);
+        shared.repeat_every.store(3, Ordering::Relaxed);
+        for seq in 1..=6 {
+            record(&shared, format!("hlm.r.{seq}.0").as_bytes());
+        }
+        let markers = shared.markers.lock().unwrap();
+        let calls = |seq: u32| markers.get(&format!("hlm.r.{seq}.0")).map(|seen| seen.calls);
+        // Call 2, 4 and 6 are dropped (6 is also a repeat: dropping wins); call 3 is recorded twice.
+        assert_eq!(
+            [calls(1), calls(2), calls(3), calls(4), calls(5), calls(6)],
+            [Some(1), None, Some(2), None, Some(1), None]
+        );
+        assert_eq!(shared.calls.load(Ordering::Relaxed), 6);
+    }
+}
