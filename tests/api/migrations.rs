@@ -52,3 +52,22 @@ async fn purging_forgets_only_accepted_executions_past_the_window() {
     );
     assert!(store.execution_status("a", claims[2].execution_id).await.unwrap().is_some());
 }
+
+/// Herald's connections plan every statement with its parameters: a generic plan kept from when
+/// `deliveries` was empty would scan the whole table for each batch (see `Store::connect`).
+/// Options the operator put in the URL are kept.
+#[tokio::test]
+async fn store_connections_plan_each_statement_and_keep_the_urls_own_options() {
+    let database = TestDatabase::create().await;
+    let url = format!("{}?options=-c%20statement_timeout%3D4321", database.url);
+    let store = herald_store::Store::connect(&url, 2).unwrap();
+    let (client, connection) =
+        store.connection_config().connect(tokio_postgres::NoTls).await.expect("connect with the store's settings");
+    tokio::spawn(connection);
+    let show = |name: &'static str| {
+        let client = &client;
+        async move { client.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get::<_, String>(0) }
+    };
+    assert_eq!(show("plan_cache_mode").await, "force_custom_plan");
+    assert_eq!(show("statement_timeout").await, "4321ms");
+}

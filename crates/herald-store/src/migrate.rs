@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (9, "render_attempts", include_str!("../migrations/0009_render_attempts.sql")),
     (10, "api_key_lifecycle", include_str!("../migrations/0010_api_key_lifecycle.sql")),
     (11, "ingest_limits", include_str!("../migrations/0011_ingest_limits.sql")),
+    (12, "hot_updates", include_str!("../migrations/0012_hot_updates.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.
