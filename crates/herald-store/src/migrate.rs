@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "api_key_lifecycle", include_str!("../migrations/0010_api_key_lifecycle.sql")),
     (11, "ingest_limits", include_str!("../migrations/0011_ingest_limits.sql")),
     (12, "hot_updates", include_str!("../migrations/0012_hot_updates.sql")),
+    (13, "trigger_plans", include_str!("../migrations/0013_trigger_plans.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

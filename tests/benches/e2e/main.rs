@@ -6,7 +6,8 @@
 //! per process and per message, read from /proc.
 //!
 //! `cargo bench -p herald-tests --bench e2e`. Settings: `HERALD_E2E_PHASES` (default
-//! `500,2000,max`: a rate per second, or `max` for 64 connections in a closed loop),
+//! `idle,500,2000,max`: `idle` measures what the stack spends with no load, a number is a rate
+//! per second, `max` is 64 connections in a closed loop),
 //! `HERALD_E2E_SECONDS` (15 per phase), `HERALD_E2E_OUT` (default `target/e2e/results.json`),
 //! `HERALD_BIN` (a herald binary to measure; by default the bench builds
 //! `cargo build --release -p herald` and measures that), `HERALD_E2E_PG_SETTINGS` (lines added
@@ -130,7 +131,7 @@ fn cpu(pids: &[(&'static str, u32)], ticks: f64) -> Cpu {
 
 async fn run() {
     let seconds: u64 = std::env::var("HERALD_E2E_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
-    let phases = std::env::var("HERALD_E2E_PHASES").unwrap_or_else(|_| "500,2000,max".into());
+    let phases = std::env::var("HERALD_E2E_PHASES").unwrap_or_else(|_| "idle,500,2000,max".into());
     let pg_settings = std::env::var("HERALD_E2E_PG_SETTINGS").unwrap_or_default().replace(';', "\n");
     let binary = herald_binary();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").to_path_buf();
@@ -199,6 +200,10 @@ async fn run() {
 
     let mut results = Vec::new();
     for phase in phases.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if phase == "idle" {
+            results.push(idle(&pids, ticks, seconds).await);
+            continue;
+        }
         let rate = if phase == "max" { "0" } else { phase };
         let before = cpu(&pids, ticks);
         let (mut summary, loadgen_cpu) = loadtest(
@@ -255,6 +260,22 @@ async fn run() {
     drop((node, pg));
     let _ = std::fs::remove_dir_all(dir.join("pg/data"));
     let _ = std::fs::remove_dir_all(dir.join("rabbit/mnesia"));
+}
+
+/// What the stack spends with nothing to do (the rollup and queue-watch jobs, the database's
+/// and the broker's housekeeping): the floor under every per-message figure.
+async fn idle(pids: &[(&'static str, u32)], ticks: f64, seconds: u64) -> Value {
+    let before = cpu(pids, ticks);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = cpu(pids, ticks);
+    let mut processes = serde_json::Map::new();
+    let mut line = format!("e2e idle: cpu-seconds in {seconds}s:");
+    for ((name, start), (_, end)) in before.parts.iter().zip(&after.parts) {
+        processes.insert(name.to_string(), json!({ "cpuSeconds": round(end - start, 2) }));
+        line.push_str(&format!(" {name} {:.2}", end - start));
+    }
+    println!("{line}");
+    json!({ "phase": "idle", "seconds": seconds, "processes": processes })
 }
 
 fn round(value: f64, places: i32) -> f64 {
