@@ -150,7 +150,7 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         limits: args.limits(),
         lease: Duration::from_secs(args.ingest_lease_seconds.max(1)),
         max_batch: usize::try_from(args.ingest_batch_size).unwrap_or(256),
-        batch_workers: usize::try_from(args.ingest_batch_writers).unwrap_or(2),
+        batch_workers: usize::try_from(args.ingest_batch_writers).unwrap_or(1),
         idempotency_retention: Duration::from_secs(args.idempotency_retention_hours * 3600),
         metrics: Arc::clone(&metrics),
     };
@@ -258,7 +258,7 @@ async fn start_worker(
             stale_claim: chrono::Duration::seconds(i64::try_from(tuning.stale_claim_seconds).unwrap_or(i64::MAX)),
             database_pause: Duration::from_millis(tuning.database_pause_ms),
             max_batch: usize::try_from(tuning.worker_batch_size).unwrap_or(256),
-            batch_writers: usize::try_from(tuning.worker_batch_writers).unwrap_or(2),
+            batch_writers: usize::try_from(tuning.worker_batch_writers).unwrap_or(1),
             channel_rates: vec![
                 (Channel::Email, tuning.email_rate_per_sec),
                 (Channel::Sms, tuning.sms_rate_per_sec),

@@ -11,7 +11,8 @@
 //! `HERALD_E2E_SECONDS` (15 per phase), `HERALD_E2E_OUT` (default `target/e2e/results.json`),
 //! `HERALD_BIN` (a herald binary to measure; by default the bench builds
 //! `cargo build --release -p herald` and measures that), `HERALD_E2E_PG_SETTINGS` (lines added
-//! to postgresql.conf, e.g. `synchronous_commit = off`, to measure a setting).
+//! to postgresql.conf, `;`-separated, e.g. `synchronous_commit = off`, to measure a setting),
+//! `HERALD_E2E_HERALD_ENV` (`NAME=VALUE;…` added to the herald processes' environment).
 
 mod procfs;
 
@@ -73,8 +74,8 @@ fn herald_binary() -> PathBuf {
 }
 
 /// The environment every herald process of the bench gets: nothing inherited but PATH.
-fn environment(database_url: &str, amqp_url: &str, provider_url: &str) -> Vec<(&'static str, String)> {
-    vec![
+fn environment(database_url: &str, amqp_url: &str, provider_url: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
         ("PATH", std::env::var("PATH").unwrap_or_default()),
         ("HERALD_DATABASE_URL", database_url.into()),
         ("HERALD_AMQP_URL", amqp_url.into()),
@@ -91,13 +92,23 @@ fn environment(database_url: &str, amqp_url: &str, provider_url: &str) -> Vec<(&
         ("AWS_SECRET_ACCESS_KEY", "e2e-bench".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
     ]
+    .into_iter()
+    .map(|(name, value): (&str, String)| (name.to_string(), value))
+    .collect();
+    // Settings under measurement, e.g. HERALD_E2E_HERALD_ENV="HERALD_WORKER_BATCH_WRITERS=1".
+    let extra = std::env::var("HERALD_E2E_HERALD_ENV").unwrap_or_default();
+    for pair in extra.split(';').filter(|pair| !pair.trim().is_empty()) {
+        let (name, value) = pair.split_once('=').expect("HERALD_E2E_HERALD_ENV: NAME=VALUE;…");
+        env.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    env
 }
 
-fn spawn(name: &'static str, binary: &Path, args: &[&str], env: &[(&str, String)], logs: &Path) -> Process {
+fn spawn(name: &'static str, binary: &Path, args: &[&str], env: &[(String, String)], logs: &Path) -> Process {
     let log = std::fs::File::create(logs.join(format!("{name}.log"))).expect("create a log file");
     let child = Command::new(binary)
         .env_clear()
-        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
+        .envs(env.iter().map(|(name, value)| (name.as_str(), value.as_str())))
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("a log handle"))
@@ -165,22 +176,22 @@ async fn run() {
     let api_addr = format!("127.0.0.1:{}", herald_tests::free_port());
     let api_url = format!("http://{api_addr}");
     let mut api_env = env.clone();
-    api_env.push(("HERALD_HTTP_ADDR", api_addr));
+    api_env.push(("HERALD_HTTP_ADDR".into(), api_addr));
     let mut api = spawn("api", &binary, &["api"], &api_env, &logs);
     wait_ready(&format!("{api_url}/readyz"), &mut api).await;
     let metrics_addr = format!("127.0.0.1:{}", herald_tests::free_port());
     let mut worker_env = env.clone();
-    worker_env.push(("HERALD_METRICS_ADDR", metrics_addr.clone()));
+    worker_env.push(("HERALD_METRICS_ADDR".into(), metrics_addr.clone()));
     let mut worker = spawn("worker", &binary, &["worker"], &worker_env, &logs);
     wait_ready(&format!("http://{metrics_addr}/metrics"), &mut worker).await;
 
     let mut client_env = env.clone();
-    client_env.push(("HERALD_API_URL", api_url.clone()));
-    client_env.push(("HERALD_API_KEY", API_KEY.into()));
+    client_env.push(("HERALD_API_URL".into(), api_url.clone()));
+    client_env.push(("HERALD_API_KEY".into(), API_KEY.into()));
     let example = workspace.join("examples/loadtest-email.json");
     let applied = Command::new(&binary)
         .env_clear()
-        .envs(client_env.iter().map(|(n, v)| (*n, v.as_str())))
+        .envs(client_env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .args(["campaign", "apply", "--activate", "-f"])
         .arg(&example)
         .output()
@@ -286,7 +297,7 @@ fn round(value: f64, places: i32) -> f64 {
 /// Runs `herald loadtest` for one phase; its summary, and the CPU-seconds it spent itself.
 async fn loadtest(
     binary: &Path,
-    env: &[(&str, String)],
+    env: &[(String, String)],
     provider_url: &str,
     rate: &str,
     seconds: u64,
@@ -296,7 +307,7 @@ async fn loadtest(
     let mut command = Command::new(binary);
     command
         .env_clear()
-        .envs(env.iter().map(|(n, v)| (*n, v.as_str())))
+        .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .args(["loadtest", "loadtest-email", "--rate", rate, "--duration-seconds", &seconds.to_string()])
         .args(["--provider", provider_url, "--drain-seconds", "20", "--json"])
         .arg(json_path)
