@@ -98,6 +98,12 @@ async fn loadtest_counts_what_the_provider_received_and_catches_a_lost_or_repeat
     assert_eq!((summary["accepted"].as_u64(), summary["sent"].as_u64()), (Some(100), Some(100)), "{summary}");
     assert_eq!((summary["lost"].as_u64(), summary["duplicated"].as_u64()), (Some(0), Some(0)), "{summary}");
     assert!(summary["dueToProviderMs"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{summary}");
+    // The run's markers are forgotten once read: a fake serving many runs does not grow.
+    let left: Value =
+        http.get(format!("{provider}/_fake/markers?prefix=hlm.")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((left["count"].as_u64(), left["calls"].as_u64()), (Some(0), Some(101)), "{left}");
+    let refused = http.delete(format!("{provider}/_fake/markers?prefix=hlm.")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "forgetting every run at once is refused");
 
     // Every 25th call answered 200 and thrown away: 4 of the 101 calls after the reset (the
     // load test's own first call among them, perhaps, which is not counted).

@@ -63,6 +63,9 @@ struct MarkerQuery {
     /// Only markers starting with this (one load-test run's).
     #[serde(default)]
     prefix: String,
+    /// Only how many there are, not the list (what a load test polls while it waits).
+    #[serde(default)]
+    count_only: bool,
 }
 
 /// Serves until `stop` completes (SIGTERM or Ctrl-C for the command).
@@ -77,7 +80,7 @@ pub(crate) async fn serve(
     let router = Router::new()
         .route("/v2/email/outbound-emails", post(send_email))
         .route("/", post(publish))
-        .route("/_fake/markers", get(markers))
+        .route("/_fake/markers", get(markers).delete(forget))
         .route("/_fake/reset", post(reset))
         .with_state(shared);
     // The bound address on stdout, so a caller that asked for port 0 learns the port.
@@ -144,22 +147,40 @@ async fn publish(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
 }
 
-/// `{"calls", "unmarked", "markers": [[marker, calls, firstArrivalMicros], …]}`.
+/// `{"calls", "unmarked", "count", "markers": [[marker, calls, firstArrivalMicros], …]}`
+/// (`markers` omitted with `countOnly=true`).
 async fn markers(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQuery>) -> Response {
-    let markers: Vec<_> = {
+    let (count, markers) = {
         let markers = shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        markers
-            .iter()
-            .filter(|(marker, _)| marker.starts_with(&query.prefix))
-            .map(|(marker, seen)| json!([marker, seen.calls, seen.first_arrival_us]))
-            .collect()
+        let matching = markers.iter().filter(|(marker, _)| marker.starts_with(&query.prefix));
+        if query.count_only {
+            (matching.count(), None)
+        } else {
+            let list: Vec<_> =
+                matching.map(|(marker, seen)| json!([marker, seen.calls, seen.first_arrival_us])).collect();
+            (list.len(), Some(list))
+        }
     };
-    let body = json!({
+    let mut body = json!({
         "calls": shared.calls.load(Ordering::Relaxed),
         "unmarked": shared.unmarked.load(Ordering::Relaxed),
-        "markers": markers,
+        "count": count,
     });
+    if let Some(markers) = markers {
+        body["markers"] = json!(markers);
+    }
     axum::Json(body).into_response()
+}
+
+/// Forgets the markers starting with `prefix` (a finished run's), so that a fake serving many
+/// runs does not grow without bound; `prefix` must name a run (`hlm.` and more).
+async fn forget(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQuery>) -> StatusCode {
+    if query.prefix.len() <= MARKER_PREFIX.len() || !query.prefix.starts_with(MARKER_PREFIX) {
+        return StatusCode::BAD_REQUEST;
+    }
+    let mut markers = shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    markers.retain(|marker, _| !marker.starts_with(&query.prefix));
+    StatusCode::NO_CONTENT
 }
 
 /// Forgets everything recorded and sets how the fake lies from now on.

@@ -199,7 +199,8 @@ async fn open_loop(
         }
         drop(sender);
     };
-    let mut answers = Vec::with_capacity(total as usize);
+    // Not `total`: a typo'd rate must not reserve terabytes up front.
+    let mut answers = Vec::with_capacity(total.min(1 << 20) as usize);
     let collect = async {
         while let Some(answer) = receiver.recv().await {
             answers.push(answer);
@@ -238,17 +239,25 @@ async fn wait_for_provider(
     let prefix = format!("hlm.{run}.");
     // The run is hex: nothing in the prefix needs escaping.
     let url = format!("{}/_fake/markers?prefix={prefix}", provider.trim_end_matches('/'));
-    let (mut last_count, mut last_progress) = (0usize, Instant::now());
+    let read = |url: String| async move {
+        let answer = http.get(&url).send().await.context("reading the fake provider")?;
+        anyhow::ensure!(answer.status().is_success(), "the fake provider answered {}", answer.status());
+        anyhow::Ok(answer.json::<Value>().await?)
+    };
+    // Counts while waiting (a run's list can be megabytes), the list once.
+    let (mut last_count, mut last_progress) = (0u64, Instant::now());
     loop {
-        let answer: Value = http.get(&url).send().await.context("reading the fake provider")?.json().await?;
-        let received = Received::from_answer(&answer, &prefix);
-        let arrived = received.len();
-        if arrived >= accepted as usize || last_progress.elapsed() >= Duration::from_secs(drain_seconds) {
-            return Ok(received);
+        let arrived = read(format!("{url}&countOnly=true")).await?["count"].as_u64().unwrap_or(0);
+        if arrived >= accepted || last_progress.elapsed() >= Duration::from_secs(drain_seconds) {
+            break;
         }
         if arrived > last_count {
             (last_count, last_progress) = (arrived, Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let received = Received::from_answer(&read(url.clone()).await?, &prefix);
+    // This run's markers (its first call's too) are of no more use to the fake.
+    let _ = http.delete(format!("{}/_fake/markers?prefix=hlm.{run}", provider.trim_end_matches('/'))).send().await;
+    Ok(received)
 }

@@ -40,10 +40,6 @@ impl Received {
         }
         Self { by_seq }
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.by_seq.len()
-    }
 }
 
 /// p50, p99, p99.9 and max of `values` (µs), in milliseconds; nearest rank.
