@@ -214,21 +214,12 @@ impl Store {
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
         let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();
-        // ORDER BY: rows are inserted (and conflicting rows locked) in key order.
+        // Rows are inserted (and conflicting rows locked) in key order. The statements of the hot
+        // writes are functions with cached plans that cannot go stale (migration 0014).
         let claim = client
             .prepare_cached(
-                "INSERT INTO deliveries (execution_id, recipient_index, status, attempts, campaign_version_id, campaign_id, channel,
-                                         claim_token, claimed_at, created_at, updated_at, accepted_at)
-                 SELECT e, i, 'sending', 0, v, c, ch, t, n, n, n, a
-                   FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::timestamptz[],
-                               $8::timestamptz[]) AS u(e, i, v, c, ch, t, n, a)
-                  ORDER BY e, i
-                 ON CONFLICT (execution_id, recipient_index) DO UPDATE
-                    SET status = 'sending', claim_token = EXCLUDED.claim_token, claimed_at = EXCLUDED.claimed_at,
-                        campaign_version_id = EXCLUDED.campaign_version_id, updated_at = EXCLUDED.updated_at,
-                        call_started_at = NULL
-                  WHERE deliveries.status = 'retrying' AND (deliveries.not_before IS NULL OR deliveries.not_before <= now())
-                 RETURNING claim_token, attempts",
+                "SELECT token, earlier_attempts FROM herald_claim_deliveries($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[],
+                                                                    $6::uuid[], $7::timestamptz[], $8::timestamptz[])",
             )
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
@@ -302,10 +293,7 @@ impl Store {
         let client = self.client().await?;
         let mark = client
             .prepare_cached(
-                "UPDATE deliveries AS d SET call_started_at = u.n
-                   FROM (SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::timestamptz[]) AS u(e, i, t, n) ORDER BY e, i) AS u
-                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t AND d.status = 'sending'
-                 RETURNING d.claim_token",
+                "SELECT token FROM herald_mark_calls_started($1::uuid[], $2::int[], $3::uuid[], $4::timestamptz[]) AS token",
             )
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [&executions, &indexes, &tokens, &nows];
@@ -341,15 +329,8 @@ impl Store {
         let client = self.client().await?;
         let finish = client
             .prepare_cached(
-                "UPDATE deliveries AS d
-                    SET status = u.s, reason = u.r, provider_message_id = u.p, attempts = d.attempts + u.c, last_error = u.l,
-                        updated_at = u.n, not_before = CASE WHEN u.nb IS NULL THEN NULL ELSE now() + make_interval(secs => u.nb) END
-                   FROM (SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[],
-                                              $8::text[], $9::timestamptz[], $10::float8[]) AS u(e, i, t, s, r, p, c, l, n, nb)
-                          ORDER BY e, i) AS u
-                  WHERE d.execution_id = u.e AND d.recipient_index = u.i AND d.claim_token = u.t
-                    AND (d.status = 'sending' OR (d.status = 'unknown' AND d.reason = $11))
-                 RETURNING d.claim_token",
+                "SELECT token FROM herald_finish_deliveries($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int[],
+                                                 $8::text[], $9::timestamptz[], $10::float8[], $11::text) AS token",
             )
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [

@@ -100,12 +100,8 @@ impl Store {
         // Prepared once per pooled connection: the hot statements skip a parse and plan per batch.
         let insert = client
             .prepare_cached(
-                "INSERT INTO executions (execution_id, sandbox, campaign_id, request_id, body_hash, state, recipients, created_at, lease_until)
-                 SELECT e, s, c, r, h, 'accepting', rc, ca, lu
-                   FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[], $6::jsonb[], $7::timestamptz[], $8::timestamptz[])
-                        AS t(e, s, c, r, h, rc, ca, lu)
-                 ON CONFLICT (sandbox, campaign_id, request_id) DO NOTHING
-                 RETURNING execution_id",
+                "SELECT id FROM herald_claim_executions($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[], $6::jsonb[],
+                                                $7::timestamptz[], $8::timestamptz[]) AS id",
             )
             .await?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
@@ -184,9 +180,7 @@ impl Store {
     pub async fn complete_executions(&self, execution_ids: &[Uuid], now: DateTime<Utc>) -> Result<(), StoreError> {
         let client = self.client().await?;
         let complete = client
-            .prepare_cached(
-                "UPDATE executions SET state = $3, accepted_at = $2 WHERE execution_id = ANY($1) AND state = $4",
-            )
+            .prepare_cached("SELECT herald_complete_executions($1::uuid[], $2::timestamptz, $3::text, $4::text)")
             .await?;
         client
             .execute(&complete, &[&execution_ids, &now, &ExecutionState::Accepted, &ExecutionState::Accepting])
