@@ -21,19 +21,20 @@ pub struct LoadtestArgs {
     pub platform: Option<String>,
     /// Calls per second, started on schedule whatever the answers (open loop); 0 runs a closed
     /// loop of `--connections` clients instead, as fast as they are answered (saturation).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub rate: u32,
     /// Clients of the closed loop (`--rate 0`).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub connections: u32,
     /// Calls outstanding at most in the open loop; a call over that waits, and the wait counts
     /// in its latency.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_in_flight: u32,
-    #[arg(long, default_value_t = 10)]
+    /// How long calls are started for (at most a day).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration_seconds: u64,
     /// A call not answered within this counts as an error.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub timeout_seconds: u64,
     /// A context variable for the content, e.g. `--context otp=123456` (repeatable).
     #[arg(long = "context", value_name = "KEY=VALUE")]
@@ -42,8 +43,9 @@ pub struct LoadtestArgs {
     /// duplicated, latency to the provider).
     #[arg(long, value_name = "URL")]
     pub provider: Option<String>,
-    /// How long to wait, once the calls are done, for the provider to receive no more.
-    #[arg(long, default_value_t = 30)]
+    /// Once the calls are done, how long the provider may receive nothing new before the
+    /// messages still missing count as lost.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub drain_seconds: u64,
     /// Also write the summary as JSON to this file.
     #[arg(long, value_name = "PATH")]

@@ -47,6 +47,9 @@ struct Shared {
     unmarked: AtomicU64,
     drop_every: AtomicU64,
     repeat_every: AtomicU64,
+    /// Changes when the fake starts or is reset: a load test that sees it change knows the
+    /// markers it is waiting for were forgotten, not lost.
+    instance: Mutex<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +62,7 @@ struct Lies {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct MarkerQuery {
     /// Only markers starting with this (one load-test run's).
     #[serde(default)]
@@ -77,6 +81,7 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared::default());
     shared.drop_every.store(args.drop_every, Ordering::Relaxed);
     shared.repeat_every.store(args.repeat_every, Ordering::Relaxed);
+    *shared.instance.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = uuid::Uuid::new_v4().to_string();
     let router = Router::new()
         .route("/v2/email/outbound-emails", post(send_email))
         .route("/", post(publish))
@@ -89,13 +94,29 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// The first marker in `body`, if any.
+/// The longest marker recorded: `hlm.` + run + `.` + seq + `.` + due time is far shorter, and a
+/// body full of marker-like text must not grow the fake's memory by megabytes.
+const MAX_MARKER: usize = 64;
+
+/// The first load-test marker in `body`: `hlm.`, a run of 8 lowercase hex digits, then `.` and
+/// the rest, or `check` (the load test's first call). Other text starting with `hlm.` (a context
+/// value, say) is not a marker.
 fn marker(body: &[u8]) -> Option<&str> {
     let prefix = MARKER_PREFIX.as_bytes();
-    let start = body.windows(prefix.len()).position(|window| window == prefix)?;
-    let rest = &body[start..];
-    let end = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'.')).unwrap_or(rest.len());
-    std::str::from_utf8(&rest[..end]).ok()
+    let mut from = 0;
+    while let Some(at) = body[from..].windows(prefix.len()).position(|window| window == prefix) {
+        let rest = &body[from + at..];
+        let end = rest.iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'.')).unwrap_or(rest.len());
+        let candidate = &rest[..end.min(MAX_MARKER)];
+        let run = candidate.get(prefix.len()..prefix.len() + 8);
+        let after = candidate.get(prefix.len() + 8..).unwrap_or_default();
+        let is_run = run.is_some_and(|run| run.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)));
+        if is_run && (after.starts_with(b".") || after == b"check") {
+            return std::str::from_utf8(candidate).ok();
+        }
+        from += at + prefix.len();
+    }
+    None
 }
 
 fn now_us() -> i64 {
@@ -131,8 +152,20 @@ async fn send_email(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// SNS's query protocol: every call is a form POST to `/`; only `Publish` is sent by workers.
+/// SNS's query protocol: every call is a form POST to `/`; workers send `Publish`, and
+/// `CreatePlatformEndpoint` for push.
 async fn publish(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    if body.windows(30).any(|window| window == b"Action=CreatePlatformEndpoint") {
+        // Push: the worker registers the device token, then publishes to the endpoint.
+        let number = shared.calls.load(Ordering::Relaxed);
+        let body = format!(
+            "<CreatePlatformEndpointResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\">\
+             <CreatePlatformEndpointResult><EndpointArn>arn:aws:sns:us-east-1:000000000000:endpoint/fake/{number}\
+             </EndpointArn></CreatePlatformEndpointResult><ResponseMetadata><RequestId>fake</RequestId>\
+             </ResponseMetadata></CreatePlatformEndpointResponse>"
+        );
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml")], body).into_response();
+    }
     if !body.windows(14).any(|window| window == b"Action=Publish") {
         let error = "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidAction</Code>\
                      <Message>the fake provider only publishes</Message></Error></ErrorResponse>";
@@ -161,7 +194,9 @@ async fn markers(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQu
             (list.len(), Some(list))
         }
     };
+    let instance = shared.instance.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
     let mut body = json!({
+        "instance": instance,
         "calls": shared.calls.load(Ordering::Relaxed),
         "unmarked": shared.unmarked.load(Ordering::Relaxed),
         "count": count,
@@ -173,9 +208,10 @@ async fn markers(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQu
 }
 
 /// Forgets the markers starting with `prefix` (a finished run's), so that a fake serving many
-/// runs does not grow without bound; `prefix` must name a run (`hlm.` and more).
+/// runs does not grow without bound; `prefix` must be one run's (`hlm.` and its 8 hex digits).
 async fn forget(State(shared): State<Arc<Shared>>, Query(query): Query<MarkerQuery>) -> StatusCode {
-    if query.prefix.len() <= MARKER_PREFIX.len() || !query.prefix.starts_with(MARKER_PREFIX) {
+    let run = query.prefix.strip_prefix(MARKER_PREFIX).unwrap_or_default();
+    if run.len() != 8 || !run.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return StatusCode::BAD_REQUEST;
     }
     let mut markers = shared.markers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -190,6 +226,7 @@ async fn reset(State(shared): State<Arc<Shared>>, Query(lies): Query<Lies>) -> S
     shared.unmarked.store(0, Ordering::Relaxed);
     shared.drop_every.store(lies.drop_every, Ordering::Relaxed);
     shared.repeat_every.store(lies.repeat_every, Ordering::Relaxed);
+    *shared.instance.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = uuid::Uuid::new_v4().to_string();
     StatusCode::NO_CONTENT
 }
 
@@ -199,11 +236,17 @@ mod tests {
 
     #[test]
     fn the_marker_is_found_in_a_json_body_and_in_a_form_body() {
-        let ses = br#"{"Content":{"Simple":{"Body":{"Text":{"Data":"code hlm.ab12.7.1700000000000000"}}}}}"#;
-        assert_eq!(marker(ses), Some("hlm.ab12.7.1700000000000000"));
-        let sns = b"Action=Publish&Message=hlm.ab12.8.1700000000000001%20is%20your%20code&Version=2010-03-31";
-        assert_eq!(marker(sns), Some("hlm.ab12.8.1700000000000001"));
+        let ses = br#"{"Content":{"Simple":{"Body":{"Text":{"Data":"code hlm.ab12cd34.7.1700000000000000"}}}}}"#;
+        assert_eq!(marker(ses), Some("hlm.ab12cd34.7.1700000000000000"));
+        let sns = b"Action=Publish&Message=hlm.ab12cd34.8.1700000000000001%20is%20your%20code&Version=2010-03-31";
+        assert_eq!(marker(sns), Some("hlm.ab12cd34.8.1700000000000001"));
+        assert_eq!(marker(b"first call hlm.ab12cd34check"), Some("hlm.ab12cd34check"));
         assert_eq!(marker(b"no marker here"), None);
+        // Text of the tenant's that starts like a marker does not hide the real one.
+        assert_eq!(marker(b"hlm.zz then hlm.x then hlm.ab12cd34.9.1"), Some("hlm.ab12cd34.9.1"));
+        assert_eq!(marker(b"hlm.AB12CD34.1.1 hlm.ab12cd3"), None);
+        let long = format!("hlm.ab12cd34.{}", "1".repeat(10_000));
+        assert_eq!(marker(long.as_bytes()).map(str::len), Some(MAX_MARKER));
     }
 
     #[test]
@@ -212,10 +255,10 @@ mod tests {
         shared.drop_every.store(2, Ordering::Relaxed);
         shared.repeat_every.store(3, Ordering::Relaxed);
         for seq in 1..=6 {
-            record(&shared, format!("hlm.r.{seq}.0").as_bytes());
+            record(&shared, format!("hlm.0000000a.{seq}.0").as_bytes());
         }
         let markers = shared.markers.lock().unwrap();
-        let calls = |seq: u32| markers.get(&format!("hlm.r.{seq}.0")).map(|seen| seen.calls);
+        let calls = |seq: u32| markers.get(&format!("hlm.0000000a.{seq}.0")).map(|seen| seen.calls);
         // Call 2, 4 and 6 are dropped (6 is also a repeat: dropping wins); call 3 is recorded twice.
         assert_eq!(
             [calls(1), calls(2), calls(3), calls(4), calls(5), calls(6)],

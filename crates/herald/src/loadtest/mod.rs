@@ -11,8 +11,10 @@
 
 pub mod args;
 pub(crate) mod fake_provider;
+mod provider;
 mod results;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::api_client::{find_campaign, human_problem};
 use args::LoadtestArgs;
-use results::{Call, Received};
+use results::Call;
 
 /// One finished call.
 struct Answer {
@@ -55,15 +57,10 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         bail!("--context marker is the load test's own");
     }
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    if let Some(provider) = &args.provider {
-        // Only a check that the fake is there (nothing is reset: a run's markers are told apart
-        // by `run`, and how the fake behaves is its operator's choice).
-        let probe = http.get(format!("{}/_fake/markers?prefix=none", provider.trim_end_matches('/'))).send().await;
-        probe
-            .ok()
-            .filter(|answer| answer.status().is_success())
-            .with_context(|| format!("no herald fake-provider answers at {provider}"))?;
-    }
+    let fake = match &args.provider {
+        Some(url) => Some(provider::FakeProvider::connect(&http, url).await?),
+        None => None,
+    };
     let template = Arc::new(Template {
         base,
         key,
@@ -76,6 +73,9 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
     // One call first, outside the measurement: a campaign that is not live, a key without the
     // scope or a template error stops here with the API's answer instead of N failures.
     template.check(&http).await?;
+    if let Some(fake) = &fake {
+        fake.wait_for_first(&run, Duration::from_secs(args.drain_seconds.max(5))).await?;
+    }
 
     let started_us = chrono::Utc::now().timestamp_micros();
     let answers = if args.rate == 0 {
@@ -87,10 +87,14 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|a| Call { seq: a.seq, due_us: a.due_us, status: a.status, answered_us: a.answered_us })
         .collect();
-    let accepted = calls.iter().filter(|call| call.status == 202).count() as u64;
-    let received = match &args.provider {
-        Some(provider) => Some(wait_for_provider(&http, provider, &run, accepted, args.drain_seconds).await?),
-        None => None,
+    let accepted: HashSet<u64> = calls.iter().filter(|call| call.status == 202).map(|call| call.seq).collect();
+    // A provider that cannot be read at the end still leaves the calls' own figures.
+    let (received, provider_error) = match &fake {
+        Some(fake) => match fake.received(&run, &accepted, Duration::from_secs(args.drain_seconds)).await {
+            Ok(received) => (Some(received), None),
+            Err(error) => (None, Some(error)),
+        },
+        None => (None, None),
     };
     let summary = results::summarise(&args, &run, started_us, &calls, received.as_ref());
     println!("{}", results::human(&summary));
@@ -98,10 +102,21 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    // A load test that lost or duplicated a message failed, whatever its throughput.
+    if let Some(error) = provider_error {
+        return Err(error.context("reading what the fake provider received"));
+    }
+    // A load test that lost or duplicated a message failed, whatever its throughput; so did one
+    // whose calls were refused (a rate limit, a quota) or failed.
     let (lost, duplicated) = (summary["lost"].as_u64().unwrap_or(0), summary["duplicated"].as_u64().unwrap_or(0));
     if lost > 0 || duplicated > 0 {
-        bail!("{lost} accepted message(s) never reached the provider and {duplicated} reached it more than once");
+        bail!(
+            "{lost} accepted message(s) had not reached the provider within --drain-seconds and {duplicated} reached \
+             it more than once"
+        );
+    }
+    let refused = calls.len() - accepted.len();
+    if refused > 0 {
+        bail!("{refused} of {} calls were not accepted (statuses {})", calls.len(), summary["statuses"]);
     }
     Ok(())
 }
@@ -225,39 +240,4 @@ async fn closed_loop(http: &reqwest::Client, template: &Template, connections: u
     };
     let all = futures_util::future::join_all((0..connections).map(client)).await;
     all.into_iter().flatten().collect()
-}
-
-/// Reads the fake provider until every accepted message has arrived, or nothing new has arrived
-/// for `drain_seconds`.
-async fn wait_for_provider(
-    http: &reqwest::Client,
-    provider: &str,
-    run: &str,
-    accepted: u64,
-    drain_seconds: u64,
-) -> anyhow::Result<Received> {
-    let prefix = format!("hlm.{run}.");
-    // The run is hex: nothing in the prefix needs escaping.
-    let url = format!("{}/_fake/markers?prefix={prefix}", provider.trim_end_matches('/'));
-    let read = |url: String| async move {
-        let answer = http.get(&url).send().await.context("reading the fake provider")?;
-        anyhow::ensure!(answer.status().is_success(), "the fake provider answered {}", answer.status());
-        anyhow::Ok(answer.json::<Value>().await?)
-    };
-    // Counts while waiting (a run's list can be megabytes), the list once.
-    let (mut last_count, mut last_progress) = (0u64, Instant::now());
-    loop {
-        let arrived = read(format!("{url}&countOnly=true")).await?["count"].as_u64().unwrap_or(0);
-        if arrived >= accepted || last_progress.elapsed() >= Duration::from_secs(drain_seconds) {
-            break;
-        }
-        if arrived > last_count {
-            (last_count, last_progress) = (arrived, Instant::now());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let received = Received::from_answer(&read(url.clone()).await?, &prefix);
-    // This run's markers (its first call's too) are of no more use to the fake.
-    let _ = http.delete(format!("{}/_fake/markers?prefix=hlm.{run}", provider.trim_end_matches('/'))).send().await;
-    Ok(received)
 }

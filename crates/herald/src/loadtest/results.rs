@@ -40,6 +40,11 @@ impl Received {
         }
         Self { by_seq }
     }
+
+    /// How many of `seqs` have arrived.
+    pub(crate) fn arrived_of(&self, seqs: &std::collections::HashSet<u64>) -> usize {
+        seqs.iter().filter(|seq| self.by_seq.contains_key(seq)).count()
+    }
 }
 
 /// p50, p99, p99.9 and max of `values` (µs), in milliseconds; nearest rank.
@@ -76,7 +81,7 @@ pub(crate) fn summarise(
     let last_answer = calls.iter().map(|call| call.answered_us).max().unwrap_or(started_us);
     let mut summary = json!({
         "run": run,
-        "mode": if args.rate == 0 { format!("closed loop, {} connections", args.connections) } else { format!("open loop, {}/s", args.rate) },
+        "mode": if args.rate == 0 { format!("closed loop, {} connection(s)", args.connections) } else { format!("open loop, {}/s", args.rate) },
         "offeredRate": args.rate,
         "durationSeconds": args.duration_seconds,
         "calls": calls.len(),
@@ -130,7 +135,8 @@ pub(crate) fn human(summary: &Value) -> String {
         format!("p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms", value["p50"], value["p99"], value["p999"], value["max"])
     };
     let mut text = format!(
-        "{}: {} calls, {} accepted ({}/s), statuses {}\naccept latency: {}",
+        "run {}, {}: {} calls, {} accepted ({}/s), statuses {}\ndue → 202: {}",
+        summary["run"].as_str().unwrap_or(""),
         summary["mode"].as_str().unwrap_or(""),
         summary["calls"],
         summary["accepted"],
@@ -140,7 +146,7 @@ pub(crate) fn human(summary: &Value) -> String {
     );
     if summary.get("sent").is_some() {
         text.push_str(&format!(
-            "\nprovider: {} sent ({}/s), {} lost, {} duplicated, {} sent without a 202\ndue → provider: {}\n202 → provider: {}",
+            "\nprovider: {} sent ({}/s), {} not received within --drain-seconds, {} duplicated, {} sent without a 202\ndue → provider: {}\n202 → provider: {}",
             summary["sent"],
             summary["sentPerSecond"],
             summary["lost"],
