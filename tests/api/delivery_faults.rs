@@ -129,6 +129,7 @@ fn claim_request(key: &DeliveryKey) -> ClaimRequest {
         now,
         accepted_at: now,
         resend_abandoned: false,
+        suppression: None,
     }
 }
 

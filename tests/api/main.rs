@@ -6,6 +6,7 @@ mod campaign_tools;
 mod delivery_faults;
 mod errors;
 mod executions;
+mod feedback;
 mod fuzz;
 mod hostile_input;
 mod idempotency;

@@ -66,6 +66,7 @@ async fn a_corrupt_delivery_status_is_an_error_not_a_final_state() {
         now: Utc::now(),
         accepted_at: now,
         resend_abandoned: false,
+        suppression: None,
     };
     app.store.claim_deliveries(&[request()], chrono::Duration::seconds(60)).await.unwrap();
     // What a bad migration or a hand edit could leave behind.

@@ -353,6 +353,7 @@ async fn claim_as_a_dead_worker(app: &TestApp, campaign: &str, execution_id: &st
                 now: long_ago,
                 accepted_at: long_ago,
                 resend_abandoned: false,
+                suppression: None,
             }],
             chrono::Duration::seconds(60),
         )
@@ -454,6 +455,7 @@ async fn a_campaign_that_opts_in_resends_a_delivery_abandoned_by_a_dead_worker()
                 now: long_ago,
                 accepted_at: long_ago,
                 resend_abandoned: false,
+                suppression: None,
             }],
             chrono::Duration::seconds(60),
         )
@@ -480,6 +482,7 @@ async fn with_the_database_gone_a_worker_pauses_without_calling_the_provider() {
         max_batch: 256,
         batch_writers: 2,
         channel_rates: Vec::new(),
+        ses_configuration_set: None,
         metrics: Arc::default(),
     };
     let pipeline = Pipeline::new(store, provider.clone(), Arc::new(herald_core::SystemClock), settings);

@@ -58,6 +58,7 @@ impl TestWorker {
             max_batch: 256,
             batch_writers: 2,
             channel_rates: Vec::new(),
+            ses_configuration_set: None,
             metrics: Arc::clone(&app.metrics),
         };
         let pipeline = Arc::new(Pipeline::new(app.database.store(), provider, app.clock.clone(), settings));

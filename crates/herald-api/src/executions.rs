@@ -157,6 +157,17 @@ pub(crate) async fn status(
             // The provider's own words, redacted when stored: why a send failed or is retried.
             entry["lastError"] = json!(delivery.and_then(|d| d.last_error.clone()));
             entry["updatedAt"] = json!(delivery.map(|d| d.updated_at));
+            // After the send, what the provider said (SES events): the status moves on from
+            // `sent` to delivered, delayed, bounced, rejected or complained.
+            if let Some((feedback, detail, at)) = delivery.and_then(|d| d.feedback.as_ref()) {
+                entry["status"] = json!(feedback);
+                entry["feedback"] = json!({ "status": feedback, "detail": detail, "at": at });
+                if feedback == "bounced"
+                    && let Some((kind, sub_kind)) = detail.as_deref().and_then(|d| d.split_once('/'))
+                {
+                    entry["bounce"] = json!({ "type": kind, "subType": sub_kind, "hard": kind == "Permanent" });
+                }
+            }
             entry
         })
         .collect();

@@ -114,6 +114,10 @@ pub struct Surface {
     /// SNS platform application per push platform (`apns`, `fcm`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_application_arn: Option<BTreeMap<String, String>>,
+    /// The SES configuration set each email names, so that SES publishes its events (delivery,
+    /// bounce, complaint) where Herald takes them in; `HERALD_SES_CONFIGURATION_SET` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration_set: Option<String>,
 }
 
 /// The message content; every string is a tera template over `profile` and `context`.
@@ -160,6 +164,11 @@ pub struct CampaignDefinition {
     /// provider call). Off by default: for an OTP a duplicate is worse than a retry by the user.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resend_maybe_sent: bool,
+    /// Send to addresses that are suppressed only because their owner complained (a password
+    /// reset the user asked for). Transactional campaigns only; hard-bounced, opted-out and
+    /// operator-suppressed addresses are never sent to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub send_to_complained_addresses: bool,
 }
 
 /// A structural problem found when a definition is saved (as opposed to the review problems that
@@ -224,6 +233,22 @@ impl CampaignDefinition {
             errors.push(FieldError {
                 pointer: "/identityNamespace".into(),
                 detail: "must be 1 to 100 characters".into(),
+            });
+        }
+        if self.send_to_complained_addresses && self.category != Category::Transactional {
+            errors.push(FieldError {
+                pointer: "/sendToComplainedAddresses".into(),
+                detail: "only a transactional campaign may send to addresses that complained".into(),
+            });
+        }
+        if let Some(set) = &self.surface.configuration_set
+            && (set.is_empty()
+                || set.len() > 64
+                || !set.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            errors.push(FieldError {
+                pointer: "/surface/configurationSet".into(),
+                detail: "an SES configuration set name: 1 to 64 letters, digits, `-` or `_`".into(),
             });
         }
         errors

@@ -102,6 +102,8 @@ pub mod reasons {
     pub const MAX_ATTEMPTS: &str = "max-attempts";
     pub const INVALID_MESSAGE: &str = "invalid-message";
     pub const MAYBE_SENT: &str = "worker-died-during-send";
+    /// The address is on the sandbox's suppression list (AJO's EmailSuppressed).
+    pub const SUPPRESSED: &str = "suppressed";
 }
 
 /// What happens to a delivery after a failed provider call: the one decision table of the

@@ -9,6 +9,7 @@ pub mod campaign;
 pub mod clock;
 pub mod delivery;
 pub mod execution;
+pub mod feedback;
 pub mod lifecycle;
 pub mod report;
 pub mod review;

@@ -147,6 +147,29 @@ pub struct SeriesPoint {
     pub unknown: i64,
     pub retries: i64,
     pub dead_lettered: i64,
+    pub delivered: i64,
+    /// Hard and soft.
+    pub bounced: i64,
+    pub complained: i64,
+}
+
+/// Bounces after the send: hard (permanent: the address is suppressed) and soft, by sub-type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Bounces {
+    pub total: i64,
+    pub hard: Breakdown,
+    pub soft: Breakdown,
+}
+
+/// Feedback as fractions of the messages sent in the window (`None` before any was sent). SES
+/// reviews an account at a 5% bounce rate or a 0.1% complaint rate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub delivery: Option<f64>,
+    pub bounce: Option<f64>,
+    pub complaint: Option<f64>,
 }
 
 /// What one channel's recipients became over the window.
@@ -164,6 +187,16 @@ pub struct ChannelReport {
     pub dead_lettered: Breakdown,
     /// The worker died during the provider call: maybe sent.
     pub unknown: i64,
+    /// After the send (SES events): accepted by the receiving server.
+    pub delivered: i64,
+    pub bounces: Bounces,
+    /// Marked as spam, by feedback type.
+    pub complaints: Breakdown,
+    /// Delivery delayed (the receiving server deferred it), by delay type.
+    pub delayed: Breakdown,
+    /// Refused by SES after the call (Reject, RenderingFailure).
+    pub rejected: Breakdown,
+    pub rates: Rates,
     pub latency_ms: LatencySummary,
     pub series: Vec<SeriesPoint>,
 }
@@ -183,10 +216,17 @@ pub enum ReportEvent {
     DeadLettered,
     /// An accept→sent latency observation (its histogram bucket), not a count.
     Latency,
+    /// Feedback after the send, counted when the event is recorded (herald-store `feedback.rs`).
+    Delivered,
+    BouncedHard,
+    BouncedSoft,
+    Complained,
+    Delayed,
+    Rejected,
 }
 
 impl ReportEvent {
-    pub const ALL: [ReportEvent; 8] = [
+    pub const ALL: [ReportEvent; 14] = [
         ReportEvent::Targeted,
         ReportEvent::Sent,
         ReportEvent::Failed,
@@ -195,7 +235,26 @@ impl ReportEvent {
         ReportEvent::Retry,
         ReportEvent::DeadLettered,
         ReportEvent::Latency,
+        ReportEvent::Delivered,
+        ReportEvent::BouncedHard,
+        ReportEvent::BouncedSoft,
+        ReportEvent::Complained,
+        ReportEvent::Delayed,
+        ReportEvent::Rejected,
     ];
+
+    /// Written when a provider's feedback is recorded, not by the outcome triggers.
+    pub fn is_feedback(self) -> bool {
+        matches!(
+            self,
+            ReportEvent::Delivered
+                | ReportEvent::BouncedHard
+                | ReportEvent::BouncedSoft
+                | ReportEvent::Complained
+                | ReportEvent::Delayed
+                | ReportEvent::Rejected
+        )
+    }
 
     /// The name the triggers write.
     pub fn as_str(self) -> &'static str {
@@ -208,6 +267,12 @@ impl ReportEvent {
             ReportEvent::Retry => "retry",
             ReportEvent::DeadLettered => "dead_lettered",
             ReportEvent::Latency => "latency",
+            ReportEvent::Delivered => "delivered",
+            ReportEvent::BouncedHard => "bounced_hard",
+            ReportEvent::BouncedSoft => "bounced_soft",
+            ReportEvent::Complained => "complained",
+            ReportEvent::Delayed => "delayed",
+            ReportEvent::Rejected => "rejected",
         }
     }
 
@@ -221,6 +286,7 @@ impl ReportEvent {
             ReportEvent::Retry => "retries",
             ReportEvent::DeadLettered => "deadLettered",
             ReportEvent::Latency => "latencyMs",
+            ReportEvent::BouncedHard | ReportEvent::BouncedSoft => "bounced",
             other => other.as_str(),
         }
     }
@@ -273,6 +339,12 @@ pub fn channel_reports(
                 retries: 0,
                 dead_lettered: Breakdown::default(),
                 unknown: 0,
+                delivered: 0,
+                bounces: Bounces::default(),
+                complaints: Breakdown::default(),
+                delayed: Breakdown::default(),
+                rejected: Breakdown::default(),
+                rates: Rates::default(),
                 latency_ms: latency_summary(latency.iter().filter(|row| row.channel == name)),
                 series: window
                     .bucket_starts()
@@ -291,8 +363,16 @@ pub fn channel_reports(
                     ReportEvent::DeadLettered => report.dead_lettered.add(&row.reason, row.count),
                     // Latencies come as histogram rows, never as counts.
                     ReportEvent::Latency => {}
+                    ReportEvent::Delivered => report.delivered += row.count,
+                    ReportEvent::BouncedHard => report.bounces.hard.add(&row.reason, row.count),
+                    ReportEvent::BouncedSoft => report.bounces.soft.add(&row.reason, row.count),
+                    ReportEvent::Complained => report.complaints.add(&row.reason, row.count),
+                    ReportEvent::Delayed => report.delayed.add(&row.reason, row.count),
+                    ReportEvent::Rejected => report.rejected.add(&row.reason, row.count),
                 }
             }
+            report.bounces.total = report.bounces.hard.total + report.bounces.soft.total;
+            report.rates = rates(&report);
             let width = window.bucket.num_seconds().max(1);
             for row in series.iter().filter(|row| row.channel == name) {
                 let index = usize::try_from((row.start - window.from).num_seconds() / width).ok();
@@ -305,13 +385,28 @@ pub fn channel_reports(
                     ReportEvent::Unknown => &mut point.unknown,
                     ReportEvent::Retry => &mut point.retries,
                     ReportEvent::DeadLettered => &mut point.dead_lettered,
-                    ReportEvent::Latency => continue,
+                    ReportEvent::Delivered => &mut point.delivered,
+                    ReportEvent::BouncedHard | ReportEvent::BouncedSoft => &mut point.bounced,
+                    ReportEvent::Complained => &mut point.complained,
+                    ReportEvent::Latency | ReportEvent::Delayed | ReportEvent::Rejected => continue,
                 };
                 *slot += row.count;
             }
             report
         })
         .collect()
+}
+
+/// Delivered, bounced and complained per message sent, rounded to 0.01%.
+fn rates(report: &ChannelReport) -> Rates {
+    #[allow(clippy::cast_precision_loss)]
+    let of_sent =
+        |count: i64| (report.sent > 0).then(|| (count as f64 / report.sent as f64 * 10_000.0).round() / 10_000.0);
+    Rates {
+        delivery: of_sent(report.delivered),
+        bounce: of_sent(report.bounces.total),
+        complaint: of_sent(report.complaints.total),
+    }
 }
 
 /// Percentiles read off the histogram: the upper bound of the bucket holding each rank.

@@ -37,6 +37,9 @@ pub enum DeliveryClaim {
     /// A claim older than the stale limit whose worker had started a provider call: it died
     /// during the call, so the message may have been sent. Recorded `unknown`, not resent.
     Abandoned,
+    /// The address is on the sandbox's suppression list: recorded `excluded`/`suppressed` by the
+    /// claim itself; acknowledge without calling the provider.
+    Suppressed,
 }
 
 /// One claim in a batch: `token` is chosen by the caller and identifies the claim if taken.
@@ -50,6 +53,18 @@ pub struct ClaimRequest {
     pub accepted_at: DateTime<Utc>,
     /// Take over an abandoned claim (maybe sent) instead of recording it `unknown`.
     pub resend_abandoned: bool,
+    /// The suppression list entry the claim consults (in the same statement), if the channel has one.
+    pub suppression: Option<SuppressionCheck>,
+}
+
+/// What a claim looks up on the suppression list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionCheck {
+    pub sandbox: String,
+    /// As `herald_core::feedback::suppression_address` normalises it.
+    pub address: String,
+    /// The campaign sends to addresses suppressed only for a complaint.
+    pub allow_complained: bool,
 }
 
 /// One outcome in a batch, written only if `token` still holds the claim.
@@ -214,21 +229,41 @@ impl Store {
         let tokens: Vec<Uuid> = first.iter().map(|r| r.token).collect();
         let nows: Vec<DateTime<Utc>> = first.iter().map(|r| r.now).collect();
         let accepted: Vec<DateTime<Utc>> = first.iter().map(|r| r.accepted_at).collect();
+        let sandboxes: Vec<Option<&str>> =
+            first.iter().map(|r| r.suppression.as_ref().map(|c| c.sandbox.as_str())).collect();
+        let addresses: Vec<Option<&str>> =
+            first.iter().map(|r| r.suppression.as_ref().map(|c| c.address.as_str())).collect();
+        let allow: Vec<bool> =
+            first.iter().map(|r| r.suppression.as_ref().is_some_and(|c| c.allow_complained)).collect();
         // Rows are inserted (and conflicting rows locked) in key order. The statements of the hot
-        // writes are functions with cached plans that cannot go stale (migration 0014).
+        // writes are functions with cached plans that cannot go stale (migration 0014); the claim
+        // consults the suppression list in the same statement (migration 0015).
         let claim = client
             .prepare_cached(
-                "SELECT token, earlier_attempts FROM herald_claim_deliveries($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[],
-                                                                    $6::uuid[], $7::timestamptz[], $8::timestamptz[])",
+                "SELECT token, earlier_attempts, suppressed
+                   FROM herald_claim_deliveries($1::uuid[], $2::int[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[],
+                                                $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::boolean[])",
             )
             .await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
-            [&executions, &indexes, &versions, &campaigns, &channels, &tokens, &nows, &accepted];
-        let claimed: HashMap<Uuid, i32> = retry_contention("claiming deliveries", || client.query(&claim, &params))
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &executions,
+            &indexes,
+            &versions,
+            &campaigns,
+            &channels,
+            &tokens,
+            &nows,
+            &accepted,
+            &sandboxes,
+            &addresses,
+            &allow,
+        ];
+        let claimed: HashMap<Uuid, (i32, bool)> =
+            retry_contention("claiming deliveries", || client.query(&claim, &params))
+                .await?
+                .iter()
+                .map(|row| (row.get(0), (row.get(1), row.get(2))))
+                .collect();
         let missed: Vec<&ClaimRequest> = first.iter().copied().filter(|r| !claimed.contains_key(&r.token)).collect();
         let states = Self::current_states(&client, &missed).await?;
         let mut outcomes = Vec::with_capacity(requests.len());
@@ -239,10 +274,15 @@ impl Store {
                 match earlier {
                     DeliveryClaim::Final(status) => DeliveryClaim::Final(*status),
                     DeliveryClaim::Abandoned => DeliveryClaim::Final(DeliveryStatus::Unknown),
+                    DeliveryClaim::Suppressed => DeliveryClaim::Final(DeliveryStatus::Excluded),
                     DeliveryClaim::Claimed { .. } | DeliveryClaim::Busy => DeliveryClaim::Busy,
                 }
-            } else if let Some(attempts) = claimed.get(&request.token) {
-                DeliveryClaim::Claimed { token: request.token, attempts: *attempts }
+            } else if let Some((attempts, suppressed)) = claimed.get(&request.token) {
+                if *suppressed {
+                    DeliveryClaim::Suppressed
+                } else {
+                    DeliveryClaim::Claimed { token: request.token, attempts: *attempts }
+                }
             } else {
                 Self::unclaimed(&client, request, states.get(&key), stale_after).await?
             };

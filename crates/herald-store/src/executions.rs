@@ -65,6 +65,8 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What the provider said after the send (delivered, bounced, ...), its detail and time.
+    pub feedback: Option<(String, Option<String>, Option<DateTime<Utc>>)>,
 }
 
 type Key = (String, Uuid, String);
@@ -227,7 +229,8 @@ impl Store {
         };
         let deliveries = client
             .query(
-                "SELECT recipient_index, status, reason, attempts, created_at, updated_at, last_error FROM deliveries WHERE execution_id = $1 ORDER BY recipient_index",
+                "SELECT recipient_index, status, reason, attempts, created_at, updated_at, last_error, feedback, feedback_detail, feedback_at
+                   FROM deliveries WHERE execution_id = $1 ORDER BY recipient_index",
                 &[&execution_id],
             )
             .await?
@@ -241,6 +244,7 @@ impl Store {
                     last_error: row.get(6),
                     created_at: row.get(4),
                     updated_at: row.get(5),
+                    feedback: row.get::<_, Option<String>>(7).map(|status| (status, row.get(8), row.get(9))),
                 })
             })
             .collect::<Result<_, StoreError>>()?;

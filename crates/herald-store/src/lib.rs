@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod deliveries;
 mod error;
 pub mod executions;
+pub mod feedback;
 mod listen;
 pub mod migrate;
 pub mod profiles;
@@ -29,9 +30,10 @@ pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord,
 };
 pub use dead_letters::{DeadLetter, NewDeadLetter};
-pub use deliveries::{CallStart, ClaimRequest, DeliveryClaim, DeliveryKey, Finish};
+pub use deliveries::{CallStart, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, SuppressionCheck};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
+pub use feedback::{FeedbackOutcome, Suppression};
 pub use profiles::{Profile, PushToken};
 pub use quotas::QuotaLease;
 pub use rate_limits::TokenLease;

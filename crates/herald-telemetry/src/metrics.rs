@@ -66,6 +66,16 @@ pub struct QueueLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    /// `sqs` or `sns-push`.
+    pub source: &'static str,
+    /// SES's event type (`Bounce`, `Delivery`, ...), or `unreadable`.
+    pub event: &'static str,
+    /// `recorded`, `duplicate`, `unmatched`, `ignored` or `invalid`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub job: &'static str,
 }
@@ -104,6 +114,8 @@ pub struct Metrics {
     /// broker: messages with no consumer mean no worker runs for the channel.
     pub queue_messages: Family<QueueLabels, Gauge>,
     pub queue_consumers: Family<QueueLabels, Gauge>,
+    /// Provider feedback events taken in (SES through SQS or an SNS push), by what became of them.
+    pub feedback_events: Family<FeedbackLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -181,6 +193,12 @@ impl Metrics {
             "Consumers (worker channels) attached to each work queue (read by the API every 15 s)",
             queue_consumers.clone(),
         );
+        let feedback_events = Family::<FeedbackLabels, Counter>::default();
+        registry.register(
+            "herald_feedback_events",
+            "Provider feedback events taken in (delivery, bounce, complaint), by source, event and outcome",
+            feedback_events.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -198,7 +216,13 @@ impl Metrics {
             background_jobs,
             queue_messages,
             queue_consumers,
+            feedback_events,
         }
+    }
+
+    /// Counts one feedback event.
+    pub fn feedback(&self, source: &'static str, event: &'static str, outcome: &'static str) {
+        self.feedback_events.get_or_create(&FeedbackLabels { source, event, outcome }).inc();
     }
 
     /// Sets a work queue's gauges from what the broker said, or removes them while it cannot say

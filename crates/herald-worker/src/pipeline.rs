@@ -8,11 +8,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use herald_core::delivery::{AfterFailure, Attempt, DeliveryStatus, ErrorClass, ProviderError, RetryPolicy, reasons};
 use herald_core::execution::{ENVELOPE_VERSION, Envelope, RecipientType};
+use herald_core::feedback::{self, SuppressionReason};
 use herald_core::template::{CompiledContent, Rendered};
 use herald_core::{CampaignStatus, Channel, Clock};
 use herald_store::batch::Batcher;
 use herald_store::{
     CallStart, CampaignCache, CampaignRecord, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, Store, StoreError,
+    SuppressionCheck,
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -80,6 +82,9 @@ pub struct PipelineSettings {
     /// Provider send rates per channel (e.g. the SES account's maximum send rate), shared by
     /// every worker. A channel without an entry is not limited here.
     pub channel_rates: Vec<(Channel, f64)>,
+    /// The SES configuration set of emails whose campaign names none
+    /// (`HERALD_SES_CONFIGURATION_SET`): where SES publishes their feedback events.
+    pub ses_configuration_set: Option<String>,
     pub metrics: Arc<herald_telemetry::Metrics>,
 }
 
@@ -283,10 +288,23 @@ impl Pipeline {
             now: self.clock.now(),
             accepted_at: envelope.accepted_at,
             resend_abandoned,
+            // Consulted by the claim statement itself: no extra round trip.
+            suppression: herald_core::feedback::suppression_address(envelope.channel, &resolved.address).map(
+                |address| SuppressionCheck {
+                    sandbox: envelope.sandbox.clone(),
+                    address,
+                    allow_complained: live.definition.send_to_complained_addresses,
+                },
+            ),
         };
         let (token, attempts) = match self.claims.submit(request).await.map_err(unbatched)? {
             DeliveryClaim::Claimed { token, attempts } => (token, attempts),
             DeliveryClaim::Final(_) => return Ok(Decision::Ack),
+            DeliveryClaim::Suppressed => {
+                tracing::debug!(execution_id = %key.execution_id, "the address is suppressed; excluded without a call");
+                observe::outcome(self.metrics(), key.channel, DeliveryStatus::Excluded, Some(reasons::SUPPRESSED));
+                return Ok(Decision::Ack);
+            }
             DeliveryClaim::Abandoned => {
                 // This copy found a dead worker's claim with its call started: maybe sent.
                 tracing::warn!(execution_id = %key.execution_id, "a worker died during the provider call; recorded unknown, not resent");
@@ -484,6 +502,23 @@ impl Pipeline {
                         tracing::warn!(error = %store_error, "could not mark a push token dead");
                     }
                 }
+                AfterFailure::Fail { .. } if error.code.trim_end_matches("Exception") == "OptedOut" => {
+                    // The number opted out of SMS: later sends are excluded before any call.
+                    if let Some(number) = feedback::suppression_address(envelope.channel, &job.resolved.address)
+                        && let Err(store_error) = self
+                            .store
+                            .suppress(
+                                &envelope.sandbox,
+                                envelope.channel,
+                                &number,
+                                (SuppressionReason::OptedOut, "sns:OptedOut", None),
+                                now,
+                            )
+                            .await
+                    {
+                        tracing::warn!(error = %store_error, "could not suppress an opted-out number");
+                    }
+                }
                 AfterFailure::MaybeSent => {
                     tracing::warn!(execution_id = %key.execution_id, code = %error.code, channel = %envelope.channel,
                         "the provider may have delivered this message (no usable answer); recorded unknown, not resent");
@@ -545,10 +580,16 @@ impl Pipeline {
                     subject: part("subject").unwrap_or_default(),
                     html: part("html"),
                     text: part("text"),
+                    // SES returns them in every event about the message (herald_core::feedback).
                     tags: vec![
-                        ("herald-execution-id".into(), envelope.execution_id.to_string()),
-                        ("herald-campaign-id".into(), envelope.campaign_id.to_string()),
+                        (feedback::TAG_EXECUTION_ID.into(), envelope.execution_id.to_string()),
+                        (feedback::TAG_CAMPAIGN_ID.into(), envelope.campaign_id.to_string()),
+                        (feedback::TAG_RECIPIENT_INDEX.into(), envelope.recipient_index.to_string()),
                     ],
+                    configuration_set: surface
+                        .configuration_set
+                        .clone()
+                        .or_else(|| self.settings.ses_configuration_set.clone()),
                 };
                 self.provider.send_email(&message).await
             }

@@ -421,6 +421,17 @@ pub struct WorkerTuning {
     /// The file the `outbox` provider appends JSON lines to.
     #[arg(long, env = "HERALD_OUTBOX_PATH", default_value = "herald-outbox.jsonl")]
     pub outbox_path: std::path::PathBuf,
+    /// The SES configuration set named by emails whose campaign names none: its event
+    /// destination (an SNS topic) is where SES publishes deliveries, bounces and complaints.
+    #[arg(long, env = "HERALD_SES_CONFIGURATION_SET")]
+    pub ses_configuration_set: Option<String>,
+    /// The SQS queue (subscribed to that SNS topic) this worker long-polls for SES events; unset:
+    /// no feedback is pulled by this worker.
+    #[arg(long, env = "HERALD_FEEDBACK_SQS_QUEUE_URL")]
+    pub feedback_sqs_queue_url: Option<String>,
+    /// How long a feedback event's identity is kept to recognise a second copy of it, in days.
+    #[arg(long, env = "HERALD_FEEDBACK_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=365))]
+    pub feedback_retention_days: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,7 +14,10 @@ use crate::cli::ExecuteArgs;
 const POLL: Duration = Duration::from_millis(250);
 
 /// Statuses after which nothing more happens to a recipient.
-const FINAL: [&str; 4] = ["sent", "failed", "excluded", "unknown"];
+const FINAL: [&str; 9] =
+    ["sent", "failed", "excluded", "unknown", "delivered", "delayed", "bounced", "rejected", "complained"];
+/// Final statuses in which the message reached the provider and was not refused after.
+const SENT: [&str; 4] = ["sent", "delivered", "delayed", "complained"];
 
 pub(crate) fn context(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut context = Map::new();
@@ -114,7 +117,7 @@ async fn follow(
             warned = true;
         }
         if FINAL.contains(&state.as_str()) {
-            return if state == "sent" { Ok(()) } else { bail!("the message was not sent: {shown}") };
+            return if SENT.contains(&state.as_str()) { Ok(()) } else { bail!("the message was not sent: {shown}") };
         }
         if started.elapsed() >= wait {
             bail!("still {state} after {}s (follow it with GET /im/executions/{execution})", wait.as_secs());

@@ -15,6 +15,7 @@ use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
 use herald_telemetry::Metrics;
 use herald_worker::consumer::{self, ConsumerSettings};
+use herald_worker::feedback::{SqsFeedback, SqsFeedbackSettings};
 use herald_worker::pipeline::{Pipeline, PipelineSettings};
 use herald_worker::providers::Provider;
 use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
@@ -249,6 +250,7 @@ async fn start_worker(
     let topology = startup.broker.topology();
     let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
     policy.max_attempts = tuning.max_attempts;
+    let store_for_feedback = store.clone();
     let pipeline = Arc::new(Pipeline::new(
         store,
         provider(tuning).await,
@@ -264,9 +266,13 @@ async fn start_worker(
                 (Channel::Sms, tuning.sms_rate_per_sec),
                 (Channel::Push, tuning.push_rate_per_sec),
             ],
-            metrics,
+            ses_configuration_set: tuning.ses_configuration_set.clone(),
+            metrics: Arc::clone(&metrics),
         },
     ));
+    if let Some(queue_url) = &tuning.feedback_sqs_queue_url {
+        start_sqs_feedback(tuning, queue_url, store_for_feedback, metrics, jobs).await;
+    }
     let settings = ConsumerSettings {
         amqp_url: startup.broker.amqp_url.expose().to_string(),
         topology,
@@ -279,6 +285,29 @@ async fn start_worker(
     jobs.spawn("delivery", async move {
         consumer::run(Arc::clone(&pipeline), settings, stop).await;
         tracing::info!(sent = pipeline.sent_count(), "worker stopped");
+        Ok(())
+    });
+}
+
+/// The SES feedback consumer of `HERALD_FEEDBACK_SQS_QUEUE_URL`, with the standard AWS
+/// configuration (the same as the provider's).
+async fn start_sqs_feedback(
+    tuning: &WorkerTuning,
+    queue_url: &str,
+    store: Store,
+    metrics: Arc<Metrics>,
+    jobs: &mut Jobs,
+) {
+    let config = load_config(&AwsSettings::default()).await;
+    let settings = SqsFeedbackSettings {
+        queue_url: queue_url.to_string(),
+        wait_seconds: 20,
+        retention: chrono::Duration::days(i64::try_from(tuning.feedback_retention_days).unwrap_or(14)),
+    };
+    let consumer = SqsFeedback::new(&config, store, Arc::new(SystemClock), metrics, settings);
+    let stop = jobs.stop_token();
+    jobs.spawn("feedback-sqs", async move {
+        consumer.run(stop).await;
         Ok(())
     });
 }

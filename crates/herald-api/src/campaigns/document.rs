@@ -33,6 +33,8 @@ pub(crate) struct CampaignDocument {
     message_ttl_seconds: Option<u32>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     resend_maybe_sent: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    send_to_complained_addresses: bool,
 }
 
 impl CampaignDocument {
@@ -56,6 +58,7 @@ impl CampaignDocument {
             throttle_rate_per_sec: d.throttle_rate_per_sec,
             message_ttl_seconds: d.message_ttl_seconds,
             resend_maybe_sent: d.resend_maybe_sent,
+            send_to_complained_addresses: d.send_to_complained_addresses,
         }
     }
 
@@ -76,6 +79,7 @@ impl CampaignDocument {
             throttle_rate_per_sec: self.throttle_rate_per_sec,
             message_ttl_seconds: self.message_ttl_seconds,
             resend_maybe_sent: self.resend_maybe_sent,
+            send_to_complained_addresses: self.send_to_complained_addresses,
         }
     }
 

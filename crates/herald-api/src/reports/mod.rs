@@ -149,6 +149,7 @@ pub(crate) async fn global(
             json!({
                 "campaignId": row.campaign_id, "name": row.name, "channel": row.channel,
                 "targeted": 0, "sent": 0, "failed": 0, "excluded": 0, "unknown": 0, "retries": 0, "deadLettered": 0,
+                "delivered": 0, "bounced": 0, "complained": 0, "delayed": 0, "rejected": 0,
             })
         });
         if let Some(slot) = entry.get_mut(row.event.json_field()) {

@@ -74,6 +74,29 @@ fn summary(html: &mut String, report: &ChannelReport) {
     breakdown_row(html, "Failed", &report.failed);
     breakdown_row(html, "Excluded", &report.excluded);
     breakdown_row(html, "Dead-lettered", &report.dead_lettered);
+    // After the send: what SES said (the rates are of the messages sent in the window).
+    let rate = |value: Option<f64>| value.map_or_else(|| "—".to_string(), |r| format!("{:.2}%", r * 100.0));
+    let _ = write!(
+        html,
+        "<tr><th>Delivered</th><td class=\"n\" id=\"delivered\">{}</td><td>{} of sent</td></tr>",
+        report.delivered,
+        rate(report.rates.delivery)
+    );
+    breakdown_row(html, "Hard bounces", &report.bounces.hard);
+    breakdown_row(html, "Soft bounces", &report.bounces.soft);
+    let _ = write!(
+        html,
+        "<tr><th>Bounce rate</th><td class=\"n\" id=\"bounce-rate\">{}</td></tr>",
+        rate(report.rates.bounce)
+    );
+    breakdown_row(html, "Complaints", &report.complaints);
+    let _ = write!(
+        html,
+        "<tr><th>Complaint rate</th><td class=\"n\" id=\"complaint-rate\">{}</td></tr>",
+        rate(report.rates.complaint)
+    );
+    breakdown_row(html, "Delayed", &report.delayed);
+    breakdown_row(html, "Rejected by SES", &report.rejected);
     let _ = write!(
         html,
         "<tr><th>Unknown (maybe sent)</th><td class=\"n\">{}</td></tr><tr><th>Retries</th><td class=\"n\">{}</td></tr>\

@@ -166,7 +166,8 @@ impl AwsProvider {
             .from_email_address(&message.from)
             .destination(Destination::builder().to_addresses(&message.to).build())
             .content(content)
-            .set_reply_to_addresses(message.reply_to.clone().map(|address| vec![address]));
+            .set_reply_to_addresses(message.reply_to.clone().map(|address| vec![address]))
+            .set_configuration_set_name(message.configuration_set.clone());
         for (name, value) in &message.tags {
             request = request.email_tags(built(MessageTag::builder().name(name).value(value).build())?);
         }
@@ -306,6 +307,7 @@ mod tests {
             html: None,
             text: Some("t".into()),
             tags: Vec::new(),
+            configuration_set: None,
         }
     }
 

@@ -34,6 +34,8 @@ pub struct EmailMessage {
     pub text: Option<String>,
     /// Tags the provider attaches to the message (name, value), e.g. the execution id.
     pub tags: Vec<(String, String)>,
+    /// The SES configuration set whose event destinations get this message's events.
+    pub configuration_set: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
