@@ -7,6 +7,7 @@ mod delivery_faults;
 mod errors;
 mod executions;
 mod feedback;
+mod feedback_push;
 mod fuzz;
 mod hostile_input;
 mod idempotency;

@@ -107,6 +107,8 @@ pub struct TestOptions {
     pub lease: Duration,
     /// Retry tier delays of the topology (tests use short ones).
     pub retry_tiers: Vec<Duration>,
+    /// `POST /feedback/sns` settings (off by default).
+    pub sns: Option<herald_api::feedback::SnsPushSettings>,
 }
 
 impl Default for TestOptions {
@@ -123,6 +125,7 @@ impl Default for TestOptions {
             max_body_bytes: 64 * 1024,
             lease: Duration::from_secs(30),
             retry_tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            sns: None,
         }
     }
 }
@@ -200,7 +203,8 @@ impl TestApp {
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let config = ApiConfig { max_body_bytes: options.max_body_bytes, public_url: address.clone() };
+        let config =
+            ApiConfig { max_body_bytes: options.max_body_bytes, public_url: address.clone(), sns: options.sns.clone() };
         let metrics = Arc::new(herald_telemetry::Metrics::new());
         let mut state = AppState::new(store.clone(), clock.clone(), config).with_metrics(Arc::clone(&metrics));
         let mut ingest = None;

@@ -6,6 +6,7 @@ mod campaigns;
 pub mod dead_letters;
 pub mod edge;
 mod executions;
+pub mod feedback;
 mod health;
 pub mod json;
 pub mod keys;
@@ -37,11 +38,13 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// The base URL clients reach this API at, used in generated cURL samples.
     pub public_url: String,
+    /// `POST /feedback/sns`: the topics taken in and the SNS URLs trusted (off without topics).
+    pub sns: Option<feedback::SnsPushSettings>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into() }
+        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into(), sns: None }
     }
 }
 
@@ -58,6 +61,8 @@ pub struct AppState {
     pub metrics: Arc<herald_telemetry::Metrics>,
     /// Turns on the blocking pool for previews and cURL samples.
     render_turns: Arc<herald_core::template::RenderTurns>,
+    /// The SNS push endpoint's topics and certificate cache, when configured.
+    sns: Option<Arc<feedback::SnsPush>>,
 }
 
 impl AppState {
@@ -72,7 +77,6 @@ impl AppState {
         Self {
             store,
             clock,
-            config: Arc::new(config),
             keys,
             ingest: None,
             metrics: Arc::default(),
@@ -80,6 +84,8 @@ impl AppState {
             render_turns: Arc::new(herald_core::template::RenderTurns::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
+            sns: config.sns.as_ref().and_then(feedback::SnsPush::new).map(Arc::new),
+            config: Arc::new(config),
         }
     }
 
@@ -98,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/im/health", get(health::readyz))
         .route("/im/executions/unitary", post(executions::execute))
         .route("/im/executions/{execution_id}", get(executions::status))
+        .route("/feedback/sns", post(feedback::sns))
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/campaigns/{id}", get(campaigns::read).patch(campaigns::patch).delete(campaigns::delete))
         .route("/campaigns/{id}/activate", post(campaigns::actions::activate))

@@ -23,6 +23,17 @@ pub enum FeedbackOutcome {
     Unmatched,
 }
 
+impl FeedbackOutcome {
+    /// Its name in metrics (`herald_feedback_events{outcome}`) and answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackOutcome::Recorded { .. } => "recorded",
+            FeedbackOutcome::Duplicate => "duplicate",
+            FeedbackOutcome::Unmatched => "unmatched",
+        }
+    }
+}
+
 /// One entry of a sandbox's suppression list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suppression {

@@ -170,19 +170,14 @@ impl SqsFeedback {
     }
 }
 
-/// The metric and the log line of one recorded event (shared with the SNS push endpoint).
-pub fn count(metrics: &Metrics, source: &'static str, event: &FeedbackEvent, outcome: FeedbackOutcome) {
-    let name = match outcome {
-        FeedbackOutcome::Recorded { .. } => "recorded",
-        FeedbackOutcome::Duplicate => "duplicate",
-        FeedbackOutcome::Unmatched => {
-            // The SES message id is not personal data; it lets an operator find the mail in SES.
-            tracing::info!(event = event.event_type, ses_message_id = %event.message_id,
-                "an SES event about a message Herald has no delivery for; counted, nothing else");
-            "unmatched"
-        }
-    };
-    metrics.feedback(source, event.event_type, name);
+/// The metric and, for an unmatched event, the log line of one recorded event.
+fn count(metrics: &Metrics, source: &'static str, event: &FeedbackEvent, outcome: FeedbackOutcome) {
+    if outcome == FeedbackOutcome::Unmatched {
+        // The SES message id is not personal data; it lets an operator find the mail in SES.
+        tracing::info!(event = event.event_type, ses_message_id = %event.message_id,
+            "an SES event about a message Herald has no delivery for; counted, nothing else");
+    }
+    metrics.feedback(source, event.event_type, outcome.as_str());
 }
 
 /// The SDK error with its source chain (the service's code and message, or the transport's).

@@ -349,6 +349,17 @@ pub struct ApiArgs {
     /// benchmark it cut the database's CPU per message by 16–29% against two.
     #[arg(long, env = "HERALD_INGEST_BATCH_WRITERS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub ingest_batch_writers: u64,
+    /// SNS topics (comma-separated ARNs) whose notifications `POST /feedback/sns` takes in, once
+    /// their signature verifies; unset: the endpoint answers 404. (Anyone can create a topic.)
+    #[arg(long, env = "HERALD_FEEDBACK_SNS_TOPIC_ARNS", value_delimiter = ',')]
+    pub feedback_sns_topic_arns: Vec<String>,
+    /// The `scheme://host[:port]` a signing certificate or subscribe URL must have (a regex).
+    #[arg(
+        long,
+        env = "HERALD_SNS_ORIGIN_PATTERN",
+        default_value = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    )]
+    pub sns_origin_pattern: String,
     #[command(flatten)]
     pub startup: StartupArgs,
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use backon::{ExponentialBuilder, Retryable};
+use herald_api::feedback::SnsPushSettings;
 use herald_api::{ApiConfig, AppState};
 use herald_broker::{Broker, BrokerSettings};
 use herald_core::Channel;
@@ -171,7 +172,11 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
-    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url };
+    let topics: Vec<String> =
+        args.feedback_sns_topic_arns.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let origin = regex::Regex::new(&args.sns_origin_pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
+    let sns = (!topics.is_empty()).then(|| SnsPushSettings { topics, origin });
+    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url, sns };
     tracing::info!(addr = %args.http_addr, "api listening");
     let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
     let stop = jobs.stop_token();

@@ -229,7 +229,7 @@ pub fn parse_ses_event(body: &str) -> Result<Option<FeedbackEvent>, FeedbackErro
         .or_else(|| text(&event, "/notificationType"))
         .ok_or(FeedbackError::NotSesEvent("no eventType"))?;
     let message_id = text(&event, "/mail/messageId").ok_or(FeedbackError::NotSesEvent("no mail.messageId"))?;
-    if message_id.is_empty() || message_id.len() > 200 {
+    if message_id.is_empty() || message_id.len() > 200 || message_id.contains(char::is_control) {
         return Err(FeedbackError::NotSesEvent("mail.messageId is not an SES message id"));
     }
     let destination = addresses(&event, "/mail/destination", None);
