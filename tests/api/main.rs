@@ -24,6 +24,7 @@ mod report_page;
 mod reports;
 mod review;
 mod schedule;
+mod suppressions;
 mod template_sandbox;
 mod templates;
 mod typed_states;

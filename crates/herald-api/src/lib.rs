@@ -15,6 +15,7 @@ pub mod problem;
 mod profiles;
 mod reports;
 pub mod request_id;
+mod suppressions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -119,6 +120,11 @@ pub fn router(state: AppState) -> Router {
         .route("/dead-letters", get(dead_letters::list))
         .route("/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/profiles/{namespace}/{user_id}", get(profiles::read).put(profiles::put))
+        .route("/suppressions", get(suppressions::list))
+        .route(
+            "/suppressions/{channel}/{address}",
+            get(suppressions::read).put(suppressions::put).delete(suppressions::delete),
+        )
         .route("/api-keys", get(keys::list).post(keys::create))
         .route("/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))

@@ -38,6 +38,9 @@ pub enum Command {
     Campaign(CampaignCommand),
     /// Send one message through a running API and follow its status until it is final.
     Execute(ExecuteArgs),
+    /// List, add and remove suppressed addresses of the key's sandbox, through a running API.
+    #[command(subcommand)]
+    Suppressions(SuppressionsCommand),
     /// Executions at a constant rate (or as fast as answered) against a running API, and what a
     /// `herald fake-provider` received from the workers: for sizing a deployment.
     Loadtest(crate::loadtest::args::LoadtestArgs),
@@ -86,6 +89,41 @@ impl ApiClientArgs {
             .filter(|key| !key.trim().is_empty())
             .ok_or_else(|| anyhow::anyhow!("no API key: pass --api-key KEY or set HERALD_API_KEY"))
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SuppressionsCommand {
+    /// Print the list, one JSON line per address (needs profiles:read).
+    List(SuppressionsListArgs),
+    /// Suppress an address (needs profiles:write): nothing is sent to it any more.
+    Add(SuppressionArgs),
+    /// Take an address off the list (needs profiles:write).
+    Remove(SuppressionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SuppressionsListArgs {
+    /// Only this channel (`email` or `sms`).
+    #[arg(long)]
+    pub channel: Option<String>,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SuppressionArgs {
+    /// `email` or `sms`.
+    pub channel: String,
+    /// The email address or the E.164 phone number.
+    pub address: String,
+    /// `add`: why (`manual`, `hard-bounce`, `complaint`, `opted-out`).
+    #[arg(long, default_value = "manual")]
+    pub reason: String,
+    /// `add`: a note kept with the entry.
+    #[arg(long)]
+    pub detail: Option<String>,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Debug, Args)]

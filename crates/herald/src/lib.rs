@@ -9,6 +9,7 @@ mod jobs;
 mod keys;
 pub mod loadtest;
 mod run;
+mod suppressions;
 pub mod telemetry;
 
 pub use run::run;

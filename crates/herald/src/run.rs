@@ -51,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
         Command::Execute(args) => crate::execute::execute(args).await,
+        Command::Suppressions(command) => crate::suppressions::run(command).await,
         Command::Loadtest(args) => crate::loadtest::loadtest(args).await,
         Command::FakeProvider(args) => crate::loadtest::fake_provider::serve(args, shutdown_signal()).await,
         Command::Probe(args) => probe(&args.url).await,

@@ -433,6 +433,32 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert!(pushed.status.success(), "{stdout}{}", String::from_utf8_lossy(&pushed.stderr));
     assert_eq!(stdout.lines().last(), Some("sent"), "{stdout}");
 
+    // The suppression list from the CLI: a suppressed number is excluded without a send, and
+    // sent to again once removed.
+    let cli = |args: &[&str]| {
+        herald(&database).args(args).env("HERALD_API_URL", &api).env("HERALD_API_KEY", key).output().unwrap()
+    };
+    let added = cli(&["suppressions", "add", "sms", "+33699999999", "--detail", "asked by phone"]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let listed = cli(&["suppressions", "list", "--channel", "sms"]);
+    let listed: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (&listed[0]["address"], &listed[0]["reason"]),
+        (&serde_json::json!("+33699999999"), &serde_json::json!("manual"))
+    );
+    let refused = cli(&["execute", "otp-sms", "--to", "+33699999999", "--context", "otp=111111"]);
+    let stdout = String::from_utf8_lossy(&refused.stdout).to_string();
+    assert!(!refused.status.success(), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("excluded (suppressed)"), "{stdout}");
+    let bad = cli(&["suppressions", "add", "sms", "not-a-number"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("E.164"));
+    assert!(cli(&["suppressions", "remove", "sms", "+33699999999"]).status.success());
+    assert!(!cli(&["suppressions", "remove", "sms", "+33699999999"]).status.success(), "already removed");
+    let again = cli(&["execute", "otp-sms", "--to", "+33699999999", "--context", "otp=222222"]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout).lines().last(), Some("sent"));
+
     let started = Instant::now();
     let line = loop {
         let text = std::fs::read_to_string(&outbox).unwrap_or_default();
@@ -447,7 +473,8 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert_eq!(line["body"], "482913 is your Example code. It expires in 5 minutes.");
     assert_eq!(line["senderId"], "Example");
     // One process, one registry: the worker's outcomes are on the API's /metrics.
-    let sent = r#"herald_delivery_outcomes_total{channel="sms",status="sent",reason=""} 1"#;
+    // The OTP, and the number sent to again once off the suppression list.
+    let sent = r#"herald_delivery_outcomes_total{channel="sms",status="sent",reason=""} 2"#;
     let started = Instant::now();
     while !http.get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap().contains(sent) {
         assert!(started.elapsed() < Duration::from_secs(10), "the send is not on /metrics");
