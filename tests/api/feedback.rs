@@ -128,7 +128,7 @@ async fn statuses(app: &TestApp, execution_id: &str, wanted: &[&str]) -> Vec<Val
 }
 
 /// The SES message ids Herald recorded for an execution, by recipient index.
-async fn message_ids(app: &TestApp, execution_id: &str) -> Vec<String> {
+pub(crate) async fn message_ids(app: &TestApp, execution_id: &str) -> Vec<String> {
     let (client, connection) = tokio_postgres::connect(&app.database.url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let id = uuid::Uuid::parse_str(execution_id).unwrap();

@@ -28,4 +28,5 @@ mod suppressions;
 mod template_sandbox;
 mod templates;
 mod typed_states;
+mod webhooks;
 mod worker;

@@ -109,6 +109,8 @@ pub struct TestOptions {
     pub retry_tiers: Vec<Duration>,
     /// `POST /feedback/sns` settings (off by default).
     pub sns: Option<herald_api::feedback::SnsPushSettings>,
+    /// Networks webhooks may point into (none by default, as in production).
+    pub webhook_allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for TestOptions {
@@ -126,6 +128,7 @@ impl Default for TestOptions {
             lease: Duration::from_secs(30),
             retry_tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
             sns: None,
+            webhook_allowed_networks: Vec::new(),
         }
     }
 }
@@ -203,8 +206,12 @@ impl TestApp {
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
-        let config =
-            ApiConfig { max_body_bytes: options.max_body_bytes, public_url: address.clone(), sns: options.sns.clone() };
+        let config = ApiConfig {
+            max_body_bytes: options.max_body_bytes,
+            public_url: address.clone(),
+            sns: options.sns.clone(),
+            webhook_allowed_networks: options.webhook_allowed_networks.clone(),
+        };
         let metrics = Arc::new(herald_telemetry::Metrics::new());
         let mut state = AppState::new(store.clone(), clock.clone(), config).with_metrics(Arc::clone(&metrics));
         let mut ingest = None;

@@ -76,6 +76,18 @@ impl TestWorker {
             prefetch,
             concurrency,
             grace: Duration::from_secs(10),
+            // Loopback allowed: the tests' receivers listen there.
+            webhooks: Some(Arc::new(herald_worker::webhooks::Webhooks::new(
+                app.database.store(),
+                app.clock.clone(),
+                Arc::clone(&app.metrics),
+                herald_worker::webhooks::WebhookSettings {
+                    allowed_networks: herald_core::feedback::ssrf::parse_networks(&["127.0.0.0/8".into()]).unwrap(),
+                    max_attempts: 60,
+                    timeout: Duration::from_secs(2),
+                    tiers: app.topology().topology.retry_tiers.clone(),
+                },
+            ))),
         };
         let stop = CancellationToken::new();
         let mut jobs = JoinSet::new();

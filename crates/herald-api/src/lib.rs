@@ -16,6 +16,7 @@ mod profiles;
 mod reports;
 pub mod request_id;
 mod suppressions;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,11 +42,18 @@ pub struct ApiConfig {
     pub public_url: String,
     /// `POST /feedback/sns`: the topics taken in and the SNS URLs trusted (off without topics).
     pub sns: Option<feedback::SnsPushSettings>,
+    /// Non-public networks a customer webhook may point into (`HERALD_WEBHOOK_ALLOWED_NETWORKS`).
+    pub webhook_allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1024 * 1024, public_url: "http://127.0.0.1:8080".into(), sns: None }
+        Self {
+            max_body_bytes: 1024 * 1024,
+            public_url: "http://127.0.0.1:8080".into(),
+            sns: None,
+            webhook_allowed_networks: Vec::new(),
+        }
     }
 }
 
@@ -125,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             "/suppressions/{channel}/{address}",
             get(suppressions::read).put(suppressions::put).delete(suppressions::delete),
         )
+        .route("/webhooks/feedback", get(webhooks::read).put(webhooks::put).delete(webhooks::delete))
         .route("/api-keys", get(keys::list).post(keys::create))
         .route("/api-keys/{id}", axum::routing::delete(keys::revoke))
         .route("/api-keys/{id}/rotate", post(keys::rotate))

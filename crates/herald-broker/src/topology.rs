@@ -125,6 +125,14 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Customer webhook events (routing key `webhooks` on the work exchange): they share the retry
+    /// tiers and the dead-letter queue with messages.
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+
+    pub const WEBHOOK_ROUTING_KEY: &'static str = "webhooks";
+
     /// The tier's value of [`crate::headers::RETRY_TIER`], e.g. `30s`.
     pub fn tier_name(delay: Duration) -> String {
         format!("{}s", delay.as_secs())
@@ -139,6 +147,7 @@ impl Topology {
         let mut queues: Vec<String> = Channel::ALL.iter().flat_map(|c| self.channel_queues(*c)).collect();
         queues.extend(self.retry_tiers.iter().map(|d| self.retry_queue(*d)));
         queues.push(self.dead_letter_queue());
+        queues.push(self.webhook_queue());
         queues
     }
 
@@ -242,6 +251,17 @@ impl Topology {
                 )
                 .await?;
         }
+        let webhooks = self.webhook_queue();
+        channel.queue_declare(webhooks.clone().into(), queue_options, self.channel_queue_arguments()).await?;
+        channel
+            .queue_bind(
+                webhooks.into(),
+                self.work_exchange().into(),
+                Self::WEBHOOK_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         let dead = self.dead_letter_queue();
         channel.queue_declare(dead.clone().into(), queue_options, self.dead_letter_queue_arguments()).await?;
         channel
@@ -266,7 +286,8 @@ mod tests {
         let topology = Topology { prefix: "t1".into(), ..Topology::default() };
         assert_eq!(topology.channel_queue(Channel::Sms), "t1.sms");
         assert_eq!(topology.retry_queue(Duration::from_secs(30)), "t1.retry.30s");
-        assert_eq!(topology.queues().len(), 3 * 8 + 3 + 1);
+        assert_eq!(topology.queues().len(), 3 * 8 + 3 + 1 + 1);
+        assert_eq!(topology.webhook_queue(), "t1.webhooks");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod quotas;
 pub mod rate_limits;
 mod render_attempts;
 pub mod reports;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub use profiles::{Profile, PushToken};
 pub use quotas::QuotaLease;
 pub use rate_limits::TokenLease;
 pub use reports::{CampaignCount, ReportRows};
+pub use webhooks::{OutboxEvent, WebhookConfig};
 
 /// How long a request waits for a pooled connection before the store reports itself unavailable.
 const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (13, "trigger_plans", include_str!("../migrations/0013_trigger_plans.sql")),
     (14, "batch_functions", include_str!("../migrations/0014_batch_functions.sql")),
     (15, "feedback", include_str!("../migrations/0015_feedback.sql")),
+    (16, "feedback_webhooks", include_str!("../migrations/0016_feedback_webhooks.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

@@ -76,6 +76,12 @@ pub struct FeedbackLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `delivered`, `retried`, `gone`, `dead-lettered` or `dropped`.
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub job: &'static str,
 }
@@ -116,6 +122,8 @@ pub struct Metrics {
     pub queue_consumers: Family<QueueLabels, Gauge>,
     /// Provider feedback events taken in (SES through SQS or an SNS push), by what became of them.
     pub feedback_events: Family<FeedbackLabels, Counter>,
+    /// Customer webhook delivery attempts, by outcome.
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -199,6 +207,12 @@ impl Metrics {
             "Provider feedback events taken in (delivery, bounce, complaint), by source, event and outcome",
             feedback_events.clone(),
         );
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "herald_webhook_deliveries",
+            "Customer feedback webhook delivery attempts, by outcome",
+            webhook_deliveries.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -217,7 +231,13 @@ impl Metrics {
             queue_messages,
             queue_consumers,
             feedback_events,
+            webhook_deliveries,
         }
+    }
+
+    /// Counts one webhook delivery attempt.
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhook_deliveries.get_or_create(&WebhookLabels { outcome }).inc();
     }
 
     /// Counts one feedback event.

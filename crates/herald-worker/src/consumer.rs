@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::pause::PauseState;
 use crate::pipeline::{Decision, Pipeline};
+use crate::webhooks::Webhooks;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -36,7 +37,12 @@ pub struct ConsumerSettings {
     pub concurrency: usize,
     /// How long a shutdown waits for in-flight messages.
     pub grace: Duration,
+    /// Customer feedback webhooks: this worker relays the outbox and delivers the events.
+    pub webhooks: Option<Arc<Webhooks>>,
 }
+
+/// Webhook events delivered at once by one worker.
+const WEBHOOK_CONCURRENCY: usize = 16;
 
 fn tiers_used(delivery: &Delivery) -> u32 {
     read_count(delivery.properties.headers().as_ref(), headers::TIERS_USED)
@@ -118,6 +124,34 @@ async fn session(
         )
         .await?;
     loops.spawn(record_dead_letters(Arc::clone(pipeline), dead_consumer, end_session.clone()));
+    if let Some(webhooks) = &settings.webhooks {
+        let amqp = connection.create_channel().await?;
+        amqp.basic_qos(u16::try_from(WEBHOOK_CONCURRENCY * 2).unwrap_or(32), BasicQosOptions::default()).await?;
+        let consumer = amqp
+            .basic_consume(
+                settings.topology.webhook_queue().into(),
+                "herald-webhooks".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let first_tier = pipeline.first_tier();
+        loops.spawn(deliver_webhooks(
+            Arc::clone(webhooks),
+            Arc::clone(&settler),
+            consumer,
+            first_tier,
+            end_session.clone(),
+        ));
+        let relay = connection.create_channel().await?;
+        relay.confirm_select(ConfirmSelectOptions::default()).await?;
+        loops.spawn(relay_webhooks(
+            Arc::clone(webhooks),
+            relay,
+            settings.topology.work_exchange(),
+            end_session.clone(),
+        ));
+    }
     let mut result = Ok(());
     while let Some(ended) = loops.join_next().await {
         match ended {
@@ -129,6 +163,70 @@ async fn session(
     }
     reconnect::close(&connection, 200, "worker stopping").await;
     result
+}
+
+/// Delivers webhook events, a few at once, each settled like a message (ack, retry tier, dead letter).
+async fn deliver_webhooks(
+    webhooks: Arc<Webhooks>,
+    settler: Arc<Settler>,
+    mut consumer: lapin::Consumer,
+    first_tier: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), lapin::Error> {
+    let permits = Arc::new(Semaphore::new(WEBHOOK_CONCURRENCY));
+    // Owned here: a session that ends aborts what it started, after a short grace.
+    let mut inflight = tokio::task::JoinSet::new();
+    let ended = loop {
+        while inflight.try_join_next().is_some() {}
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery,
+            () = shutdown.cancelled() => break Ok(()),
+        };
+        let Some(delivery) = delivery else { break Err(connection_closed()) };
+        let delivery = match delivery {
+            Ok(delivery) => delivery,
+            Err(error) => break Err(error),
+        };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break Ok(()) };
+        let (webhooks, settler) = (Arc::clone(&webhooks), Arc::clone(&settler));
+        inflight.spawn(async move {
+            let event_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+            let decision = webhooks.deliver(&delivery.data, event_id.as_deref(), tiers_used(&delivery)).await;
+            settler.settle(&delivery, decision, first_tier).await;
+            drop(permit);
+        });
+    };
+    let drained = async { while inflight.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drained).await.is_err() {
+        tracing::warn!("webhook deliveries still in flight at shutdown; the broker redelivers them");
+    }
+    ended
+}
+
+/// Moves the webhook outbox onto the broker: at once while there is a backlog, else every 200 ms.
+async fn relay_webhooks(
+    webhooks: Arc<Webhooks>,
+    publisher: lapin::Channel,
+    exchange: String,
+    shutdown: CancellationToken,
+) -> Result<(), lapin::Error> {
+    loop {
+        let pause = match webhooks.relay(&publisher, &exchange).await {
+            Ok(0) => Duration::from_millis(200),
+            Ok(_) => Duration::ZERO,
+            Err(error) => {
+                tracing::warn!(%error, "webhook outbox: not relayed this time; the events stay in the outbox");
+                Duration::from_secs(1)
+            }
+        };
+        if !publisher.status().connected() {
+            return Err(connection_closed());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
 }
 
 /// Consumes every shard queue of `channel`. They share the channel's concurrency and pause. The

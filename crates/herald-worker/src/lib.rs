@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod providers;
 pub mod render;
 pub mod resolve;
+pub mod webhooks;

@@ -41,6 +41,9 @@ pub enum Command {
     /// List, add and remove suppressed addresses of the key's sandbox, through a running API.
     #[command(subcommand)]
     Suppressions(SuppressionsCommand),
+    /// Set, show or remove the key's sandbox's feedback webhook, through a running API.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Executions at a constant rate (or as fast as answered) against a running API, and what a
     /// `herald fake-provider` received from the workers: for sizing a deployment.
     Loadtest(crate::loadtest::args::LoadtestArgs),
@@ -99,6 +102,41 @@ pub enum SuppressionsCommand {
     Add(SuppressionArgs),
     /// Take an address off the list (needs profiles:write).
     Remove(SuppressionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Send the sandbox's feedback events to URL (needs keys:admin); prints the signing secret
+    /// the first time (and with --rotate-secret), once.
+    Set(WebhookSetArgs),
+    /// Print the webhook (never its secret) and whether it is enabled.
+    Show(WebhookArgs),
+    /// Stop sending feedback events.
+    Remove(WebhookArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookSetArgs {
+    /// The receiver (http or https, a public address).
+    #[arg(long)]
+    pub url: String,
+    /// Events to send (comma-separated: sent, delivered, bounce, complaint, error, excluded); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub events: Vec<String>,
+    /// Channels whose events are sent (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Replace the signing secret.
+    #[arg(long)]
+    pub rotate_secret: bool,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -481,6 +519,12 @@ pub struct WorkerTuning {
     /// How long a feedback event's identity is kept to recognise a second copy of it, in days.
     #[arg(long, env = "HERALD_FEEDBACK_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=365))]
     pub feedback_retention_days: u64,
+    /// Deliveries of one webhook event (each after a retry tier) before it is dead-lettered.
+    #[arg(long, env = "HERALD_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub webhook_max_attempts: u32,
+    /// How long a webhook receiver may take to answer, in milliseconds.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub webhook_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -512,10 +556,22 @@ pub struct StartupArgs {
     /// they share the work). Reports read pending rows too, so this bounds work, not freshness.
     #[arg(long, env = "HERALD_REPORT_ROLLUP_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub report_rollup_interval_ms: u64,
+    /// Networks (comma-separated CIDRs) a customer webhook may point into although they are not
+    /// public (loopback, private, link-local); by default none: such URLs are refused.
+    #[arg(long, env = "HERALD_WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
+    pub webhook_allowed_networks: Vec<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub broker: BrokerArgs,
+}
+
+impl StartupArgs {
+    /// `HERALD_WEBHOOK_ALLOWED_NETWORKS`, parsed.
+    pub fn webhook_networks(&self) -> anyhow::Result<Vec<ipnet::IpNet>> {
+        herald_core::feedback::ssrf::parse_networks(&self.webhook_allowed_networks)
+            .map_err(|why| anyhow::anyhow!("HERALD_WEBHOOK_ALLOWED_NETWORKS: {why}"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

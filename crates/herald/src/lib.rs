@@ -5,11 +5,11 @@ mod api_client;
 mod apply;
 pub mod cli;
 mod execute;
+mod feedback;
 mod jobs;
 mod keys;
 pub mod loadtest;
 mod run;
-mod suppressions;
 pub mod telemetry;
 
 pub use run::run;

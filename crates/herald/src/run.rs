@@ -21,6 +21,7 @@ use herald_worker::pipeline::{Pipeline, PipelineSettings};
 use herald_worker::providers::Provider;
 use herald_worker::providers::aws::{AwsProvider, AwsSettings, load_config};
 use herald_worker::providers::outbox::OutboxProvider;
+use herald_worker::webhooks::{WebhookSettings, Webhooks};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,7 +52,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev(args).await,
         Command::Campaign(CampaignCommand::Apply(args)) => crate::apply::apply(args).await,
         Command::Execute(args) => crate::execute::execute(args).await,
-        Command::Suppressions(command) => crate::suppressions::run(command).await,
+        Command::Suppressions(command) => crate::feedback::suppressions(command).await,
+        Command::Webhooks(command) => crate::feedback::webhooks(command).await,
         Command::Loadtest(args) => crate::loadtest::loadtest(args).await,
         Command::FakeProvider(args) => crate::loadtest::fake_provider::serve(args, shutdown_signal()).await,
         Command::Probe(args) => probe(&args.url).await,
@@ -177,7 +179,12 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         args.feedback_sns_topic_arns.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
     let origin = regex::Regex::new(&args.sns_origin_pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
     let sns = (!topics.is_empty()).then(|| SnsPushSettings { topics, origin });
-    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url, sns };
+    let config = ApiConfig {
+        max_body_bytes: args.max_body_bytes,
+        public_url,
+        sns,
+        webhook_allowed_networks: args.startup.webhook_networks()?,
+    };
     tracing::info!(addr = %args.http_addr, "api listening");
     let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
     let stop = jobs.stop_token();
@@ -209,7 +216,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         let metrics = Arc::clone(&metrics);
         async move { herald_api::serve_metrics(listener, metrics, stop.cancelled_owned()).await.context("serving metrics") }
     });
-    start_worker(&args.tuning, &args.startup, store.clone(), metrics, &mut jobs).await;
+    start_worker(&args.tuning, &args.startup, store.clone(), metrics, &mut jobs).await?;
     start_rollup(&args.startup, &store, &mut jobs);
     jobs.run_until(shutdown_signal()).await
 }
@@ -224,7 +231,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let Some(store) = unless_stopped(start(&args.api.startup)).await? else { return Ok(()) };
     let metrics = Arc::new(Metrics::new());
     let mut jobs = Jobs::new(Arc::clone(&metrics));
-    start_worker(&args.worker, &args.api.startup, store.clone(), Arc::clone(&metrics), &mut jobs).await;
+    start_worker(&args.worker, &args.api.startup, store.clone(), Arc::clone(&metrics), &mut jobs).await?;
     start_api(&args.api, store.clone(), metrics, &mut jobs).await?;
     start_rollup(&args.api.startup, &store, &mut jobs);
     jobs.run_until(shutdown_signal()).await
@@ -251,12 +258,23 @@ async fn start_worker(
     store: Store,
     metrics: Arc<Metrics>,
     jobs: &mut Jobs,
-) {
+) -> anyhow::Result<()> {
     let channels = tuning.worker_channels.clone();
     let topology = startup.broker.topology();
     let mut policy = RetryPolicy::standard(topology.retry_tiers.clone());
     policy.max_attempts = tuning.max_attempts;
     let store_for_feedback = store.clone();
+    let webhooks = Webhooks::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        Arc::clone(&metrics),
+        WebhookSettings {
+            allowed_networks: startup.webhook_networks()?,
+            max_attempts: tuning.webhook_max_attempts,
+            timeout: Duration::from_millis(tuning.webhook_timeout_ms),
+            tiers: topology.retry_tiers.clone(),
+        },
+    );
     let pipeline = Arc::new(Pipeline::new(
         store,
         provider(tuning).await,
@@ -286,6 +304,7 @@ async fn start_worker(
         prefetch: tuning.worker_prefetch,
         concurrency: tuning.worker_concurrency,
         grace: Duration::from_secs(tuning.worker_grace_seconds),
+        webhooks: Some(Arc::new(webhooks)),
     };
     let stop = jobs.stop_token();
     jobs.spawn("delivery", async move {
@@ -293,6 +312,7 @@ async fn start_worker(
         tracing::info!(sent = pipeline.sent_count(), "worker stopped");
         Ok(())
     });
+    Ok(())
 }
 
 /// The SES feedback consumer of `HERALD_FEEDBACK_SQS_QUEUE_URL`, with the standard AWS

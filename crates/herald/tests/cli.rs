@@ -377,6 +377,7 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
         .env("HERALD_AMQP_PREFIX", &topology.topology.prefix)
         .env("HERALD_PROVIDER", "outbox")
         .env("HERALD_OUTBOX_PATH", &outbox)
+        .env("HERALD_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.1/32")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -458,6 +459,19 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert!(!cli(&["suppressions", "remove", "sms", "+33699999999"]).status.success(), "already removed");
     let again = cli(&["execute", "otp-sms", "--to", "+33699999999", "--context", "otp=222222"]);
     assert_eq!(String::from_utf8_lossy(&again.stdout).lines().last(), Some("sent"));
+    // The feedback webhook from the CLI: the secret once, never again; inside addresses refused.
+    let inside = cli(&["webhooks", "set", "--url", "http://10.0.0.1/hook"]);
+    assert!(!inside.status.success() && String::from_utf8_lossy(&inside.stderr).contains("not public"));
+    let hook = format!("http://127.0.0.1:{}/hook", free_port());
+    let set = cli(&["webhooks", "set", "--url", &hook, "--events", "sent,bounce", "--channels", "sms"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let set: serde_json::Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert!(set["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(set["eventTypes"], serde_json::json!(["sent", "bounce"]));
+    let shown: serde_json::Value = serde_json::from_slice(&cli(&["webhooks", "show"]).stdout).unwrap();
+    assert_eq!((&shown["url"], &shown["secret"]), (&serde_json::json!(hook), &serde_json::Value::Null));
+    assert!(cli(&["webhooks", "remove"]).status.success());
+    assert!(!cli(&["webhooks", "show"]).status.success());
 
     let started = Instant::now();
     let line = loop {

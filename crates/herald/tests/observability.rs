@@ -16,7 +16,7 @@ enum Kind {
 }
 
 /// Every metric Herald exports, as Prometheus names it (counters with their `_total`).
-const METRICS: [(&str, Kind); 14] = [
+const METRICS: [(&str, Kind); 16] = [
     ("herald_http_requests_total", Kind::Counter),
     ("herald_http_request_duration_seconds", Kind::Histogram),
     ("herald_publish_confirm_duration_seconds", Kind::Histogram),
@@ -31,6 +31,8 @@ const METRICS: [(&str, Kind); 14] = [
     ("herald_channel_paused", Kind::Gauge),
     ("herald_queue_messages", Kind::Gauge),
     ("herald_queue_consumers", Kind::Gauge),
+    ("herald_feedback_events_total", Kind::Counter),
+    ("herald_webhook_deliveries_total", Kind::Counter),
 ];
 
 /// Labels an alert's annotations may show: never an address, a recipient or an instance.

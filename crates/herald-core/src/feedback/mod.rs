@@ -8,6 +8,7 @@
 //! the same event arriving twice has the same key, and is recorded once.
 
 pub mod sns;
+pub mod ssrf;
 #[cfg(test)]
 mod tests;
 

@@ -1,11 +1,12 @@
-//! `herald suppressions list|add|remove`: the sandbox's suppression list through the API, so the
-//! command gets the API's checks (the address normalised, the key's scopes and sandbox).
+//! `herald suppressions list|add|remove` and `herald webhooks set|show|remove`: the sandbox's
+//! suppression list and feedback webhook through the API, so the commands get the API's checks
+//! (the address normalised, the URL's SSRF rules, the key's scopes and sandbox).
 
 use anyhow::bail;
 use serde_json::json;
 
 use crate::api_client::{call, client, human_problem};
-use crate::cli::{SuppressionArgs, SuppressionsCommand};
+use crate::cli::{SuppressionArgs, SuppressionsCommand, WebhooksCommand};
 
 /// A path segment: an address holds `@` and `+`, and may hold anything else an operator typed.
 fn segment(text: &str) -> String {
@@ -22,7 +23,7 @@ fn entry_url(args: &SuppressionArgs) -> String {
     format!("{base}/suppressions/{}/{}", segment(&args.channel), segment(&args.address))
 }
 
-pub(crate) async fn run(command: SuppressionsCommand) -> anyhow::Result<()> {
+pub(crate) async fn suppressions(command: SuppressionsCommand) -> anyhow::Result<()> {
     let client = client()?;
     match command {
         SuppressionsCommand::List(args) => {
@@ -71,6 +72,48 @@ pub(crate) async fn run(command: SuppressionsCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+pub(crate) async fn webhooks(command: WebhooksCommand) -> anyhow::Result<()> {
+    let client = client()?;
+    let api = match &command {
+        WebhooksCommand::Set(args) => &args.api,
+        WebhooksCommand::Show(args) | WebhooksCommand::Remove(args) => &args.api,
+    };
+    let (key, url) = (api.key()?.to_string(), format!("{}/webhooks/feedback", api.api_url.trim_end_matches('/')));
+    match command {
+        WebhooksCommand::Set(args) => {
+            let mut body = json!({ "url": args.url, "rotateSecret": args.rotate_secret });
+            if !args.events.is_empty() {
+                body["eventTypes"] = json!(args.events);
+            }
+            if !args.channels.is_empty() {
+                body["channels"] = json!(args.channels);
+            }
+            let (status, answer) = call(client.put(&url).bearer_auth(&key).json(&body)).await?;
+            if !matches!(status, 200 | 201) {
+                bail!("setting the webhook answered {}", human_problem(status, &answer));
+            }
+            if answer["secret"].is_string() {
+                eprintln!("the signing secret is shown this once: keep it where the receiver can read it");
+            }
+            println!("{answer}");
+        }
+        WebhooksCommand::Show(_) => {
+            let (status, answer) = call(client.get(&url).bearer_auth(&key)).await?;
+            if status != 200 {
+                bail!("reading the webhook answered {}", human_problem(status, &answer));
+            }
+            println!("{answer}");
+        }
+        WebhooksCommand::Remove(_) => {
+            let (status, answer) = call(client.delete(&url).bearer_auth(&key)).await?;
+            if status != 204 {
+                bail!("removing the webhook answered {}", human_problem(status, &answer));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
