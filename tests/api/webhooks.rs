@@ -63,6 +63,22 @@ fn verify(secret: &str, id: &str, timestamp: &str, signatures: &str, body: &[u8]
     fresh && signatures.split(' ').any(|s| s.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
+/// `examples/verify-webhook.py` (python3, standard library) on one received event.
+fn example_verifies(secret: &str, id: &str, timestamp: &str, signature: &str, body: &[u8]) -> bool {
+    use std::io::Write;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/verify-webhook.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .args([secret, id, timestamp, signature])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs the README's example verifier");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    child.wait().unwrap().success()
+}
+
 async fn execute(app: &TestApp, request_id: &str, campaign: &str, address: &str) -> String {
     let body = execution(request_id, campaign, &[(address, json!({"code": "1"}))]);
     let reply = app.post("/im/executions/unitary", &body).await;
@@ -134,6 +150,10 @@ async fn every_outcome_arrives_signed_once_after_the_receiver_was_down_and_410_d
                 assert!(verify(&secret, id, timestamp, signature, body), "{id} does not verify");
                 assert!(!verify(&secret, id, timestamp, signature, &[body.as_slice(), b" "].concat()));
             }
+            // README's example verifier agrees, and refuses an altered body.
+            let (id, timestamp, signature, body) = &received[0];
+            assert!(example_verifies(&secret, id, timestamp, signature, body));
+            assert!(!example_verifies(&secret, id, timestamp, signature, &[body.as_slice(), b" "].concat()));
             break unique;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "received after the outage: {received:?}");
