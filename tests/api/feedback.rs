@@ -187,6 +187,7 @@ async fn ses_events_through_sns_and_sqs_update_deliveries_suppress_and_count_onc
         queue_url: feedback.queue.clone(),
         wait_seconds: 1,
         retention: chrono::Duration::days(14),
+        pollers: 2,
     };
     let consumer = SqsFeedback::new(&config, app.store.clone(), app.clock.clone(), Arc::clone(&app.metrics), settings);
     let running = tokio::spawn(consumer.run(stop.clone()));

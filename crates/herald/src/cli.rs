@@ -516,6 +516,9 @@ pub struct WorkerTuning {
     /// no feedback is pulled by this worker.
     #[arg(long, env = "HERALD_FEEDBACK_SQS_QUEUE_URL")]
     pub feedback_sqs_queue_url: Option<String>,
+    /// Receive loops this worker runs on the feedback queue at once.
+    #[arg(long, env = "HERALD_FEEDBACK_SQS_POLLERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub feedback_sqs_pollers: u16,
     /// How long a feedback event's identity is kept to recognise a second copy of it, in days.
     #[arg(long, env = "HERALD_FEEDBACK_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=365))]
     pub feedback_retention_days: u64,

@@ -329,6 +329,7 @@ async fn start_sqs_feedback(
         queue_url: queue_url.to_string(),
         wait_seconds: 20,
         retention: chrono::Duration::days(i64::try_from(tuning.feedback_retention_days).unwrap_or(14)),
+        pollers: usize::from(tuning.feedback_sqs_pollers),
     };
     let consumer = SqsFeedback::new(&config, store, Arc::new(SystemClock), metrics, settings);
     let stop = jobs.stop_token();
