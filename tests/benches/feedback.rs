@@ -5,6 +5,7 @@
 //!     so its cost is the difference in database time per claimed message;
 //!   - feedback events recorded per second, in SQS-sized batches of 10 (each event: its identity,
 //!     the delivery's feedback, a report count), and duplicates (a second copy of each).
+//!
 //! Run: `cargo bench -p herald-tests --bench feedback`.
 
 use std::time::{Duration, Instant};

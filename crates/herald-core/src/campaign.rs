@@ -53,14 +53,20 @@ impl Channel {
         }
     }
 
+    /// Whether `address` is well formed for this channel: an email address, an E.164 number, a
+    /// device token (not blank, at most 4 KiB).
+    pub fn is_valid_address(self, address: &str) -> bool {
+        match self {
+            Channel::Email => crate::address::is_valid_email(address),
+            Channel::Sms => crate::address::is_valid_e164(address),
+            Channel::Push => !address.trim().is_empty() && address.len() <= 4096,
+        }
+    }
+
     /// `user_id` as this channel's address, when `namespace` is the channel's address namespace
     /// and `user_id` is a well-formed address for it (`ghost` in `phone` is not a number).
     pub fn identity_address<'a>(self, namespace: &str, user_id: &'a str) -> Option<&'a str> {
-        let well_formed = match self {
-            Channel::Email => crate::address::is_valid_email(user_id),
-            Channel::Sms => crate::address::is_valid_e164(user_id),
-            Channel::Push => false,
-        };
+        let well_formed = self != Channel::Push && self.is_valid_address(user_id);
         (well_formed && self.address_namespace() == Some(namespace)).then_some(user_id)
     }
 }

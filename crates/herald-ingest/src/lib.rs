@@ -208,11 +208,7 @@ impl Ingest {
         let summary: Vec<Value> = recipients
             .iter()
             .map(|prepared| {
-                let address = prepared.recipient.channel_data.as_ref().and_then(|data| match campaign.channel {
-                    Channel::Email => data.email_address.clone(),
-                    Channel::Sms => data.mobile_phone_number.clone(),
-                    Channel::Push => data.push_token.clone(),
-                });
+                let address = prepared.recipient.channel_data.as_ref().and_then(|data| data.address(campaign.channel));
                 // An external recipient's user id is its address, and so is an aep identity in the
                 // channel's address namespace (`Channel::identity_address`, as the worker reads it).
                 let user = prepared.recipient.user_id.as_str();
@@ -220,7 +216,7 @@ impl Ingest {
                     RecipientType::External => Some(user),
                     RecipientType::Aep => campaign.channel.identity_address(&prepared.recipient.namespace, user),
                 };
-                let address = address.or_else(|| identity.map(str::to_string));
+                let address = address.or(identity);
                 // Any user id that is, or might be, an address is masked: in an address namespace
                 // (`email`, `phone`) whatever its form, elsewhere when it looks like contact data.
                 let address_namespace =
@@ -231,7 +227,7 @@ impl Ingest {
                     "userId": user_id,
                     "type": prepared.recipient.kind,
                     "namespace": prepared.recipient.namespace,
-                    "address": address.as_deref().map(mask),
+                    "address": address.map(mask),
                 })
             })
             .collect();

@@ -424,7 +424,7 @@ impl Pipeline {
                 }
             }
             calls += 1;
-            let operation = self.provider.operation(envelope.channel);
+            let operation = self.provider.binding(envelope.channel).operation;
             let call = tracing::info_span!(
                 "provider call",
                 otel.name = %format!("{}/{}", operation.service, operation.method),
@@ -502,7 +502,7 @@ impl Pipeline {
                         tracing::warn!(error = %store_error, "could not mark a push token dead");
                     }
                 }
-                AfterFailure::Fail { .. } if error.code.trim_end_matches("Exception") == "OptedOut" => {
+                AfterFailure::Fail { .. } if self.provider.binding(envelope.channel).opted_out(&error.code) => {
                     // The number opted out of SMS: later sends are excluded before any call.
                     if let Some(number) = feedback::suppression_address(envelope.channel, &job.resolved.address)
                         && let Err(store_error) = self

@@ -3,7 +3,6 @@
 //! namespace, `email` or `phone`) the identity itself. The stored profile's attributes, overlaid with the inline
 //! `profile` of the request, are what templates see as `profile`.
 
-use herald_core::address::{is_valid_e164, is_valid_email};
 use herald_core::delivery::reasons;
 use herald_core::execution::{Envelope, RecipientType};
 use herald_core::{CampaignDefinition, Channel};
@@ -55,29 +54,22 @@ pub fn resolve(
     let mut profile = stored.map(|p| p.attributes.clone()).unwrap_or_default();
     merge_profile(&mut profile, &envelope.profile);
     let (address, push) = match envelope.channel {
-        Channel::Email => {
+        channel @ (Channel::Email | Channel::Sms) => {
+            let stored_address = stored.and_then(|p| match channel {
+                Channel::Email => p.email_address.clone(),
+                _ => p.phone_number.clone(),
+            });
             let address = data
-                .email_address
+                .address(channel)
+                .map(str::to_string)
                 .or(external)
-                .or_else(|| stored.and_then(|p| p.email_address.clone()))
+                .or(stored_address)
                 .or_else(|| identity.clone())
                 .ok_or(reasons::NO_ADDRESS)?;
-            if !is_valid_email(&address) {
+            if !channel.is_valid_address(&address) {
                 return Err(reasons::MALFORMED_ADDRESS);
             }
             (address, None)
-        }
-        Channel::Sms => {
-            let number = data
-                .mobile_phone_number
-                .or(external)
-                .or_else(|| stored.and_then(|p| p.phone_number.clone()))
-                .or_else(|| identity.clone())
-                .ok_or(reasons::NO_ADDRESS)?;
-            if !is_valid_e164(&number) {
-                return Err(reasons::MALFORMED_ADDRESS);
-            }
-            (number, None)
         }
         Channel::Push => {
             let stored_token = stored.and_then(|p| p.push_tokens.first().cloned());
@@ -86,7 +78,7 @@ pub fn resolve(
                 (Some(token), None) => (token, stored_token.map(|t| t.platform).ok_or(reasons::NO_ADDRESS)?),
                 (None, _) => stored_token.map(|t| (t.token, t.platform)).ok_or(reasons::NO_ADDRESS)?,
             };
-            if token.trim().is_empty() {
+            if !Channel::Push.is_valid_address(&token) {
                 return Err(reasons::MALFORMED_ADDRESS);
             }
             let application_arn = definition

@@ -17,6 +17,8 @@ pub struct Cli {
     pub logging: LoggingArgs,
 }
 
+// Parsed once per process: the size of the largest variant (`herald dev`'s settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending database migrations and exit.

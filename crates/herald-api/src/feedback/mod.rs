@@ -61,7 +61,7 @@ pub(crate) async fn sns(State(state): State<AppState>, body: Bytes) -> Result<Js
             "the body must be an SNS HTTP(S) message: Type, MessageId, TopicArn, Message, Timestamp, signature fields",
         )
     })?;
-    if !push.topics.iter().any(|topic| *topic == message.topic_arn) {
+    if !push.topics.contains(&message.topic_arn) {
         tracing::warn!(topic = %message.topic_arn.chars().take(200).collect::<String>(), "an SNS message from a topic not in HERALD_FEEDBACK_SNS_TOPIC_ARNS; refused");
         return Err(refused(
             &state,

@@ -44,6 +44,18 @@ pub struct ChannelData {
     pub push_platform: Option<String>,
 }
 
+impl ChannelData {
+    /// The address this `channelData` gives for `channel`: the one definition ingest (the status
+    /// summary), the validation and the worker (the send) all read.
+    pub fn address(&self, channel: Channel) -> Option<&str> {
+        match channel {
+            Channel::Email => self.email_address.as_deref(),
+            Channel::Sms => self.mobile_phone_number.as_deref(),
+            Channel::Push => self.push_token.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecipientRequest {
@@ -157,12 +169,7 @@ fn error(pointer: String, detail: impl Into<String>) -> FieldError {
 
 /// The address a recipient will be sent to, when the request itself names one.
 fn request_address(recipient: &RecipientRequest, channel: Channel) -> Option<&str> {
-    let data = recipient.channel_data.as_ref();
-    let override_address = match channel {
-        Channel::Email => data.and_then(|d| d.email_address.as_deref()),
-        Channel::Sms => data.and_then(|d| d.mobile_phone_number.as_deref()),
-        Channel::Push => data.and_then(|d| d.push_token.as_deref()),
-    };
+    let override_address = recipient.channel_data.as_ref().and_then(|d| d.address(channel));
     match recipient.kind {
         RecipientType::External => override_address.or(Some(recipient.user_id.as_str())),
         RecipientType::Aep => override_address,

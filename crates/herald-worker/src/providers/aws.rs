@@ -13,10 +13,13 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_sesv2::config::http::HttpResponse;
 use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use futures_util::future::BoxFuture;
+use herald_core::Channel;
 use herald_core::delivery::{ErrorClass, ProviderError};
 
 use super::classify::{self, Failure};
-use super::{EmailMessage, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
+use super::{
+    ChannelBinding, EmailMessage, FeedbackSource, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage,
+};
 
 /// Connection and call limits for provider calls: a send that hangs must fail and be retried by
 /// Herald rather than hold a delivery forever.
@@ -171,7 +174,7 @@ impl AwsProvider {
         for (name, value) in &message.tags {
             request = request.email_tags(built(MessageTag::builder().name(name).value(value).build())?);
         }
-        let output = request.send().await.map_err(|error| classify::ses(&failure_of(&error)))?;
+        let output = request.send().await.map_err(|error| (binding(Channel::Email).classify)(&failure_of(&error)))?;
         Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
     }
 
@@ -191,7 +194,7 @@ impl AwsProvider {
         if let Some(number) = &message.origination_number {
             request = request.message_attributes("AWS.MM.SMS.OriginationNumber", attribute(number)?);
         }
-        let output = request.send().await.map_err(|error| classify::sns(&failure_of(&error)))?;
+        let output = request.send().await.map_err(|error| (binding(Channel::Sms).classify)(&failure_of(&error)))?;
         Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
     }
 
@@ -219,8 +222,36 @@ impl AwsProvider {
             .message(push_payload(message))
             .send()
             .await
-            .map_err(|error| classify::sns(&failure_of(&error)))?;
+            .map_err(|error| (binding(Channel::Push).classify)(&failure_of(&error)))?;
         Ok(Receipt { provider_message_id: output.message_id().unwrap_or_default().to_string() })
+    }
+}
+
+/// What SES v2 and SNS are for each channel: the one place the AWS provider declares them.
+pub fn binding(channel: Channel) -> ChannelBinding {
+    let sns = Operation { system: "aws-api", service: "SNS", method: "Publish" };
+    match channel {
+        Channel::Email => ChannelBinding {
+            channel,
+            operation: Operation { system: "aws-api", service: "SESv2", method: "SendEmail" },
+            classify: classify::ses,
+            feedback: FeedbackSource::SesEvents,
+            opted_out_code: None,
+        },
+        Channel::Sms => ChannelBinding {
+            channel,
+            operation: sns,
+            classify: classify::sns,
+            feedback: FeedbackSource::SendErrors,
+            opted_out_code: Some("OptedOut"),
+        },
+        Channel::Push => ChannelBinding {
+            channel,
+            operation: sns,
+            classify: classify::sns,
+            feedback: FeedbackSource::None,
+            opted_out_code: None,
+        },
     }
 }
 
@@ -248,13 +279,8 @@ impl Provider for AwsProvider {
         true
     }
 
-    fn operation(&self, channel: herald_core::Channel) -> Operation {
-        match channel {
-            herald_core::Channel::Email => Operation { system: "aws-api", service: "SESv2", method: "SendEmail" },
-            herald_core::Channel::Sms | herald_core::Channel::Push => {
-                Operation { system: "aws-api", service: "SNS", method: "Publish" }
-            }
-        }
+    fn binding(&self, channel: Channel) -> ChannelBinding {
+        binding(channel)
     }
 
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {

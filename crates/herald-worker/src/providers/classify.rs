@@ -72,6 +72,17 @@ fn by_status(code: &str, status: Option<u16>) -> ErrorClass {
     }
 }
 
+/// A provider without its own codes (the outbox, test providers): transport failures as always,
+/// a service answer by its status.
+pub fn generic(failure: &Failure<'_>) -> ProviderError {
+    if let Some(error) = transport(failure) {
+        return error;
+    }
+    let Failure::Service { code, status, message } = failure else { unreachable_transport() };
+    let code = code.unwrap_or("Unknown");
+    ProviderError::new(by_status(code, *status), code, answered("provider", code, *message))
+}
+
 /// SES v2 (`SendEmail`).
 pub fn ses(failure: &Failure<'_>) -> ProviderError {
     if let Some(error) = transport(failure) {

@@ -14,6 +14,36 @@ use futures_util::future::BoxFuture;
 use herald_core::Channel;
 use herald_core::delivery::ProviderError;
 
+/// Where a provider learns what became of a message after accepting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackSource {
+    /// SES event publishing: the configuration set's SNS topic, pulled from SQS
+    /// (`crate::feedback`) or pushed to `POST /feedback/sns`.
+    SesEvents,
+    /// Only the send's own answer: the error code in [`ChannelBinding::opted_out_code`].
+    SendErrors,
+    None,
+}
+
+/// Everything a provider declares about one channel it sends on, in one place: the operation a
+/// send is in traces, how its failures are classified, where its feedback comes from, and which
+/// of its error codes means the recipient opted out (suppressed from then on).
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBinding {
+    pub channel: Channel,
+    pub operation: Operation,
+    pub classify: fn(&classify::Failure<'_>) -> ProviderError,
+    pub feedback: FeedbackSource,
+    pub opted_out_code: Option<&'static str>,
+}
+
+impl ChannelBinding {
+    /// Whether `code` (as classified, `Exception` suffix or not) says the recipient opted out.
+    pub fn opted_out(&self, code: &str) -> bool {
+        self.opted_out_code.is_some_and(|opted| code.strip_suffix("Exception").unwrap_or(code) == opted)
+    }
+}
+
 /// How a provider call shows in a trace (OpenTelemetry's RPC conventions): `rpc.system`,
 /// `rpc.service`, `rpc.method`. Each provider names its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +101,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// What a send on `channel` is called in traces.
-    fn operation(&self, channel: Channel) -> Operation {
-        Operation { system: "herald", service: "provider", method: channel.as_str() }
+    /// What this provider declares for `channel` (see [`ChannelBinding`]).
+    fn binding(&self, channel: Channel) -> ChannelBinding {
+        ChannelBinding {
+            channel,
+            operation: Operation { system: "herald", service: "provider", method: channel.as_str() },
+            classify: classify::generic,
+            feedback: FeedbackSource::None,
+            opted_out_code: None,
+        }
     }
 
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>>;

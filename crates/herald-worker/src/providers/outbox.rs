@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::{EmailMessage, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage};
+use super::{
+    ChannelBinding, EmailMessage, FeedbackSource, Operation, Provider, ProviderResult, PushMessage, Receipt, SmsMessage,
+};
 
 #[derive(Debug)]
 pub struct OutboxProvider {
@@ -42,8 +44,14 @@ impl OutboxProvider {
 }
 
 impl Provider for OutboxProvider {
-    fn operation(&self, _channel: herald_core::Channel) -> Operation {
-        Operation { system: "herald", service: "outbox", method: "append" }
+    fn binding(&self, channel: herald_core::Channel) -> ChannelBinding {
+        ChannelBinding {
+            channel,
+            operation: Operation { system: "herald", service: "outbox", method: "append" },
+            classify: super::classify::generic,
+            feedback: FeedbackSource::None,
+            opted_out_code: None,
+        }
     }
 
     fn send_email<'a>(&'a self, message: &'a EmailMessage) -> BoxFuture<'a, ProviderResult<Receipt>> {
