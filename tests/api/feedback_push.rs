@@ -108,9 +108,13 @@ impl Drop for Signer {
     }
 }
 
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn notification(id: &str, body: &str) -> Value {
     json!({"Type": "Notification", "MessageId": id, "TopicArn": TOPIC, "Subject": "Amazon SES Email Event Notification",
-           "Message": body, "Timestamp": "2026-12-04T00:41:03.000Z",
+           "Message": body, "Timestamp": now(),
            "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe"})
 }
 
@@ -195,8 +199,23 @@ async fn only_signed_notifications_from_the_configured_topic_are_recorded() {
         (status, &problem["type"]),
         (StatusCode::BAD_REQUEST, &json!("https://herald.dev/errors/sns-message-invalid"))
     );
+    // Signed, but a day and a half old: a replay, refused.
+    let mut stale = notification("n1", &bounce);
+    stale["Timestamp"] = json!((chrono::Utc::now() - chrono::Duration::hours(36)).to_rfc3339());
+    signer.sign(&mut stale, "2");
+    let (status, problem) = push(&app, &stale).await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (StatusCode::FORBIDDEN, &json!("https://herald.dev/errors/sns-message-stale"))
+    );
     assert_eq!(feedback_of(&app, &sent).await, Value::Null, "nothing recorded");
     assert!(app.store.get_suppression("a", herald_core::Channel::Email, "bounce@example.com").await.unwrap().is_none());
+    // Signed and fresh, but about other recipients than the message's own: unmatched, no one suppressed.
+    let mut others = notification("n5", &event_for(BOUNCE, "fake-0", "victim@example.com"));
+    signer.sign(&mut others, "2");
+    assert_eq!(push(&app, &others).await.1["outcome"], "unmatched");
+    assert_eq!(feedback_of(&app, &sent).await, Value::Null);
+    assert!(app.store.get_suppression("a", herald_core::Channel::Email, "victim@example.com").await.unwrap().is_none());
 
     // Signed (version 1, SHA1withRSA): recorded; the same event again (version 2): counted once.
     let mut signed = notification("n2", &bounce);
@@ -208,7 +227,8 @@ async fn only_signed_notifications_from_the_configured_topic_are_recorded() {
     assert_eq!(push(&app, &again).await.1["outcome"], "duplicate");
     assert_eq!(feedback_of(&app, &sent).await["status"], "bounced");
     assert!(app.store.get_suppression("a", herald_core::Channel::Email, "bounce@example.com").await.unwrap().is_some());
-    // A weaker event after it (a Delivery) is counted but does not move the status back.
+    // A weaker event after it (a Delivery) neither moves the status back nor counts: each outcome
+    // counts once per message, so the rates stay fractions of the messages sent.
     let mut delivery = notification("n4", &event_for(DELIVERY, "fake-0", "bounce@example.com"));
     signer.sign(&mut delivery, "2");
     assert_eq!(push(&app, &delivery).await.1["outcome"], "recorded");
@@ -216,12 +236,12 @@ async fn only_signed_notifications_from_the_configured_topic_are_recorded() {
     let report = app.get(&format!("/campaigns/{campaign}/report")).await.body;
     assert_eq!(
         (&report["channels"][0]["bounces"]["total"], &report["channels"][0]["delivered"]),
-        (&json!(1), &json!(1))
+        (&json!(1), &json!(0))
     );
 
     // A subscription confirmation: its SubscribeURL is visited, once it verifies.
     let mut confirmation = json!({"Type": "SubscriptionConfirmation", "MessageId": "c1", "TopicArn": TOPIC, "Token": "tok-123",
-        "Message": "You have chosen to subscribe to the topic", "Timestamp": "2026-12-04T00:41:03.000Z",
+        "Message": "You have chosen to subscribe to the topic", "Timestamp": now(),
         "SubscribeURL": format!("{}/confirm?Action=ConfirmSubscription&Token=tok-123", signer.origin)});
     signer.sign(&mut confirmation, "1");
     let (status, body) = push(&app, &confirmation).await;

@@ -17,6 +17,9 @@ async fn hostile_and_malformed_input_is_a_problem_never_a_500() {
         ("/suppressions?cursor=%%%", "validation"),
         ("/suppressions?cursor=bm90LWEtY3Vyc29y", "validation"),
         ("/suppressions?limit=0", "validation"),
+        // A cursor that decodes to a NUL, or to a channel without a list.
+        ("/suppressions?cursor=ZW1haWwKAA", "validation"),
+        ("/suppressions?cursor=cHVzaAp4", "validation"),
         ("/suppressions?limit=100000", "validation"),
         ("/suppressions?channel=push", "validation"),
         ("/suppressions?unknown=1", "validation"),

@@ -68,7 +68,12 @@ fn parse_cursor(cursor: &str) -> Result<(Channel, String), Problem> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (channel, address) = raw.split_once('\n').ok_or_else(bad)?;
-    Ok((Channel::parse(channel).ok_or_else(bad)?, address.to_string()))
+    // Only what a page's `next` can hold: a listed channel, an address without control characters.
+    let channel = channel_of(channel).map_err(|_| bad())?;
+    if address.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    Ok((channel, address.to_string()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,9 +84,14 @@ fn names(given: Option<Vec<String>>, known: &[&str], pointer: &str) -> Result<Ve
 
 /// The SSRF rules: http(s), no credentials in the URL, and every address the host has public
 /// (or in `HERALD_WEBHOOK_ALLOWED_NETWORKS`).
-async fn check_url(state: &AppState, url: &str) -> Result<(), Problem> {
+/// Returns the URL as it will be requested (normalised), which is what is stored and shown.
+async fn check_url(state: &AppState, url: &str) -> Result<String, Problem> {
     if url.len() > MAX_URL_LENGTH {
         return Err(refused(format!("at most {MAX_URL_LENGTH} characters")));
+    }
+    // The URL parser would drop these silently: what is stored must be what is requested.
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(refused("no spaces or control characters"));
     }
     let parsed = reqwest::Url::parse(url).map_err(|_| refused("not an absolute URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -118,7 +123,7 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), Problem> {
              operator can allow such networks with HERALD_WEBHOOK_ALLOWED_NETWORKS",
         ));
     }
-    Ok(())
+    Ok(parsed.to_string())
 }
 
 pub(crate) async fn put(
@@ -130,9 +135,9 @@ pub(crate) async fn put(
     let event_types = names(document.event_types, &EVENT_TYPES, "/eventTypes")?;
     let channels: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
     let channels = names(document.channels, &channels, "/channels")?;
-    check_url(&state, &document.url).await?;
+    let url = check_url(&state, &document.url).await?;
     let now = state.clock.now();
-    let fields = (document.url.as_str(), event_types.as_slice(), channels.as_slice());
+    let fields = (url.as_str(), event_types.as_slice(), channels.as_slice());
     if !document.rotate_secret
         && let Some(updated) = state.store.put_webhook(&caller.sandbox, fields, None, now).await?
     {

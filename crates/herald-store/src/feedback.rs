@@ -6,6 +6,7 @@
 use chrono::{DateTime, DurationRound, Utc};
 use herald_core::Channel;
 use herald_core::feedback::{FeedbackEvent, FeedbackStatus, SuppressionReason, suppression_address};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{Store, StoreError};
@@ -68,6 +69,20 @@ const SUPPRESS: &str = "INSERT INTO suppressions AS s (sandbox, channel, address
         SET reason = EXCLUDED.reason, source = EXCLUDED.source, detail = EXCLUDED.detail, updated_at = EXCLUDED.updated_at
       WHERE herald_suppression_rank(s.reason) < herald_suppression_rank(EXCLUDED.reason)";
 
+/// The event's recipients that are the delivery's own address (its SHA-256 as the claim wrote
+/// it), normalised for the suppression list. A delivery claimed before the hash was kept takes a
+/// lone recipient as its own.
+fn own_addresses(recipients: &[String], address_hash: Option<&[u8]>) -> Vec<String> {
+    let normalised: Vec<String> = recipients.iter().filter_map(|r| suppression_address(Channel::Email, r)).collect();
+    match address_hash {
+        Some(hash) => {
+            normalised.into_iter().filter(|a| Sha256::digest(a.as_bytes()).as_slice() == hash).take(1).collect()
+        }
+        None if normalised.len() == 1 => normalised,
+        None => Vec::new(),
+    }
+}
+
 impl Store {
     /// Records SES events in one transaction; one outcome per event, in order.
     pub async fn record_feedback(
@@ -95,7 +110,7 @@ impl Store {
             // of its sent outcome (the row is still `sending`, its message id not yet set).
             let row = transaction
                 .query_opt(
-                    "SELECT d.execution_id, d.recipient_index, d.campaign_id, d.channel, c.sandbox, d.feedback
+                    "SELECT d.execution_id, d.recipient_index, d.campaign_id, d.channel, c.sandbox, d.feedback, d.address_hash
                        FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
                       WHERE d.provider_message_id = $1
                          OR (d.execution_id = $2 AND d.recipient_index = $3 AND d.provider_message_id IS NULL
@@ -111,6 +126,13 @@ impl Store {
             let (execution_id, index, campaign_id): (Uuid, i32, Uuid) = (row.get(0), row.get(1), row.get(2));
             let (channel, sandbox): (String, String) = (row.get(3), row.get(4));
             let current: Option<String> = row.get(5);
+            // Herald sends each email to one recipient: an event naming only other addresses is
+            // not about this delivery (it changes nothing and suppresses no one).
+            let own = own_addresses(&event.recipients, row.get::<_, Option<Vec<u8>>>(6).as_deref());
+            if !event.recipients.is_empty() && own.is_empty() {
+                outcomes.push(FeedbackOutcome::Unmatched);
+                continue;
+            }
             transaction
                 .execute("UPDATE feedback_events SET matched = true WHERE event_key = $1", &[&event.key])
                 .await?;
@@ -134,9 +156,10 @@ impl Store {
                 }
                 _ => false,
             };
-            // Every new event counts, even one that does not move the status (a bounce after a
-            // delivery is a bounce): the report counts events, the status shows the latest word.
-            if let Some(name) = event.report_event() {
+            // Counted when it moves the delivery on, so each outcome counts once per message (a
+            // second soft bounce or a Delivery after a Complaint counts nothing): the rates stay
+            // fractions of the messages sent.
+            if changed && let Some(name) = event.report_event() {
                 transaction
                     .execute(
                         "INSERT INTO report_pending (campaign_id, channel, minute, event, reason, count) VALUES ($1, $2, $3, $4, $5, 1)",
@@ -147,9 +170,9 @@ impl Store {
             let mut suppressed = 0;
             if let Some(reason) = event.suppresses() {
                 let source = format!("ses:{}:{}", event.event_type, event.message_id);
-                for address in event.recipients.iter().filter_map(|r| suppression_address(Channel::Email, r)) {
+                for address in &own {
                     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-                        [&sandbox, &"email", &address, &reason.as_str(), &source, &event.detail, &now];
+                        [&sandbox, &"email", address, &reason.as_str(), &source, &event.detail, &now];
                     suppressed += u32::try_from(transaction.execute(SUPPRESS, &params).await?).unwrap_or(0);
                 }
             }

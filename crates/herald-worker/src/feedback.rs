@@ -97,7 +97,7 @@ impl SqsFeedback {
             match round {
                 Ok(()) => pause = Duration::from_millis(500),
                 Err(why) => {
-                    tracing::warn!(error = %why, retry_in = ?pause, "SES feedback from SQS: nothing deleted, the messages come back");
+                    tracing::warn!(error = %why, retry_in = ?pause, "SES feedback from SQS failed; anything received and not deleted comes back after the queue's visibility timeout");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(pause) => {}

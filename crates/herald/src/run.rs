@@ -130,6 +130,12 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
 async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &mut Jobs) -> anyhow::Result<()> {
     // Before any job starts: a port in use ends start-up with nothing to stop.
     let listener = TcpListener::bind(args.http_addr).await.with_context(|| format!("binding {}", args.http_addr))?;
+    // Settings that can be wrong, read before anything starts: a mistake ends start-up cleanly.
+    let topics: Vec<String> =
+        args.feedback_sns_topic_arns.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let origin = regex::Regex::new(&args.sns_origin_pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
+    let sns = (!topics.is_empty()).then(|| SnsPushSettings { topics, origin });
+    let webhook_allowed_networks = args.startup.webhook_networks()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if let Some(key) = &args.bootstrap_api_key {
         crate::keys::register_bootstrap(&store, &args.bootstrap_sandbox, key.expose(), clock.now()).await?;
@@ -175,16 +181,7 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
-    let topics: Vec<String> =
-        args.feedback_sns_topic_arns.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-    let origin = regex::Regex::new(&args.sns_origin_pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
-    let sns = (!topics.is_empty()).then(|| SnsPushSettings { topics, origin });
-    let config = ApiConfig {
-        max_body_bytes: args.max_body_bytes,
-        public_url,
-        sns,
-        webhook_allowed_networks: args.startup.webhook_networks()?,
-    };
+    let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url, sns, webhook_allowed_networks };
     tracing::info!(addr = %args.http_addr, "api listening");
     let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
     let stop = jobs.stop_token();

@@ -44,6 +44,10 @@ impl SnsPush {
 }
 
 const SOURCE: &str = "sns-push";
+/// How old a pushed message may be: SNS's retries of an HTTP delivery end within an hour.
+const MAX_AGE: chrono::Duration = chrono::Duration::hours(24);
+/// How far ahead of this host's clock SNS's may be.
+const MAX_SKEW: chrono::Duration = chrono::Duration::minutes(15);
 
 fn refused(state: &AppState, kind: &'static str, title: &str, detail: String) -> Problem {
     state.metrics.feedback(SOURCE, "unverified", "invalid");
@@ -73,6 +77,19 @@ pub(crate) async fn sns(State(state): State<AppState>, body: Bytes) -> Result<Js
     if let Err(why) = push.verifier.verify(&message).await {
         tracing::warn!(topic = %message.topic_arn, reason = %why, "an SNS message whose signature does not verify; refused, nothing recorded");
         return Err(refused(&state, "sns-signature-invalid", "The SNS signature does not verify", why.to_string()));
+    }
+    // A signed message stays valid for ever: one captured and replayed after its identity is
+    // forgotten (HERALD_FEEDBACK_RETENTION_DAYS) would count again. SNS retries within an hour.
+    let sent_at = chrono::DateTime::parse_from_rfc3339(&message.timestamp).map(|t| t.with_timezone(&chrono::Utc));
+    let age = sent_at.map(|at| state.clock.now() - at);
+    if !age.is_ok_and(|age| age <= MAX_AGE && age >= -MAX_SKEW) {
+        tracing::warn!(topic = %message.topic_arn, "a signed SNS message older than a day (or from the future); refused as a replay");
+        return Err(refused(
+            &state,
+            "sns-message-stale",
+            "The SNS message is too old",
+            "its Timestamp is more than 24 hours old, or in the future".into(),
+        ));
     }
     match message.kind.as_str() {
         sns::SUBSCRIPTION_CONFIRMATION => confirm(&state, push, &message).await,

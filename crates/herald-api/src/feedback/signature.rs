@@ -101,16 +101,21 @@ impl Verifier {
         }
         let unavailable =
             |error: reqwest::Error| SignatureError::CertificateUnavailable(error.without_url().to_string());
-        let response = self.http.get(parsed).send().await.map_err(unavailable)?;
+        let mut response = self.http.get(parsed).send().await.map_err(unavailable)?;
         if !response.status().is_success() {
             return Err(SignatureError::CertificateUnavailable(format!("answered {}", response.status())));
         }
         if response.content_length().is_some_and(|n| n > MAX_CERTIFICATE_BYTES as u64) {
             return Err(SignatureError::CertificateUnreadable);
         }
-        let pem = response.bytes().await.map_err(unavailable)?;
-        if pem.len() > MAX_CERTIFICATE_BYTES {
-            return Err(SignatureError::CertificateUnreadable);
+        // Read as it comes, and no further than a certificate can be: a server that streams
+        // without end must not grow this process.
+        let mut pem = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unavailable)? {
+            if pem.len() + chunk.len() > MAX_CERTIFICATE_BYTES {
+                return Err(SignatureError::CertificateUnreadable);
+            }
+            pem.extend_from_slice(&chunk);
         }
         let key = public_key_of(&pem).ok_or(SignatureError::CertificateUnreadable)?;
         if let Ok(mut keys) = self.keys.lock() {

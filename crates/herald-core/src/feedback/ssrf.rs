@@ -17,11 +17,21 @@ pub fn is_public(ip: IpAddr) -> bool {
                 return is_public_v4(v4);
             }
             let segments = v6.segments();
-            // NAT64 (64:ff9b::/96) embeds an IPv4 address.
-            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [a, b] = segments[6].to_be_bytes();
-                let [c, d] = segments[7].to_be_bytes();
-                return is_public_v4(Ipv4Addr::new(a, b, c, d));
+            let v4 = |high: u16, low: u16| {
+                let ([a, b], [c, d]) = (high.to_be_bytes(), low.to_be_bytes());
+                Ipv4Addr::new(a, b, c, d)
+            };
+            // NAT64 (64:ff9b::/96) and the deprecated IPv4-compatible form (::a.b.c.d) end with
+            // an IPv4 address; 6to4 (2002::/16) carries one after its prefix.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || (segments[..6] == [0; 6] && segments[6] != 0) {
+                return is_public_v4(v4(segments[6], segments[7]));
+            }
+            if segments[0] == 0x2002 {
+                return is_public_v4(v4(segments[1], segments[2]));
+            }
+            // Teredo (2001::/32) tunnels to addresses that cannot be told from here.
+            if segments[0] == 0x2001 && segments[1] == 0 {
+                return false;
             }
             !(v6.is_unspecified()
                 || v6.is_loopback()
@@ -102,7 +112,15 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.216.34", "172.32.0.1", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "100.128.0.1"] {
+        for ip in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+            "2002:808:808::",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

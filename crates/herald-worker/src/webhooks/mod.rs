@@ -133,9 +133,14 @@ impl Webhooks {
                 }
             }
             Attempt::Transient(why) => {
-                self.metrics.webhook("retried");
-                tracing::info!(%sandbox, error = %why, attempt = tiers_used + 1, "webhook delivery failed; it goes to a retry tier");
-                self.retry(tiers_used, &why)
+                let decision = self.retry(tiers_used, &why);
+                if matches!(decision, Decision::Retry { .. }) {
+                    self.metrics.webhook("retried");
+                    tracing::info!(%sandbox, error = %why, attempt = tiers_used + 1, "webhook delivery failed; it goes to a retry tier");
+                } else {
+                    tracing::warn!(%sandbox, error = %why, attempt = tiers_used + 1, "webhook delivery failed for the last time; dead-lettered (replayable)");
+                }
+                decision
             }
             Attempt::Refused(why) => {
                 self.metrics.webhook("dead-lettered");
@@ -190,6 +195,8 @@ impl Webhooks {
                 408 | 429 | 500..=599 => Attempt::Transient(format!("the receiver answered {}", answer.status())),
                 _ => Attempt::Refused(format!("the receiver answered {}", answer.status())),
             },
+            Err(error) if error.is_timeout() => Attempt::Transient("the receiver did not answer in time".into()),
+            Err(error) if error.is_connect() => Attempt::Transient("could not connect to the receiver".into()),
             Err(error) => Attempt::Transient(format!("{}", error.without_url())),
         }
     }
