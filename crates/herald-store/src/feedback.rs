@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, DurationRound, Utc};
 use herald_core::Channel;
-use herald_core::feedback::{FeedbackEvent, FeedbackStatus, SuppressionReason, suppression_address};
+use herald_core::feedback::{FeedbackEvent, FeedbackStatus, SuppressionReason, feedback_rank, suppression_address};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -110,7 +110,8 @@ impl Store {
             // of its sent outcome (the row is still `sending`, its message id not yet set).
             let row = transaction
                 .query_opt(
-                    "SELECT d.execution_id, d.recipient_index, d.campaign_id, d.channel, c.sandbox, d.feedback, d.address_hash
+                    "SELECT d.execution_id, d.recipient_index, d.campaign_id, d.channel, c.sandbox, d.feedback, d.address_hash,
+                            d.feedback_detail
                        FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id
                       WHERE d.provider_message_id = $1
                          OR (d.execution_id = $2 AND d.recipient_index = $3 AND d.provider_message_id IS NULL
@@ -136,9 +137,13 @@ impl Store {
             transaction
                 .execute("UPDATE feedback_events SET matched = true WHERE event_key = $1", &[&event.key])
                 .await?;
-            let rank = current.as_deref().and_then(FeedbackStatus::parse).map_or(0, FeedbackStatus::rank);
+            let current_hard = row.get::<_, Option<String>>(7).is_some_and(|detail| detail.starts_with("Permanent/"));
+            let rank = current
+                .as_deref()
+                .and_then(FeedbackStatus::parse)
+                .map_or(0, |status| feedback_rank(status, current_hard));
             let changed = match event.status {
-                Some(status) if status.rank() > rank => {
+                Some(status) if event.rank() > rank => {
                     transaction
                         .execute(
                             "UPDATE deliveries SET feedback = $3, feedback_detail = $4, feedback_at = $5

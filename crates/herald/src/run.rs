@@ -133,7 +133,7 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
     // Settings that can be wrong, read before anything starts: a mistake ends start-up cleanly.
     let topics: Vec<String> =
         args.feedback_sns_topic_arns.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
-    let origin = regex::Regex::new(&args.sns_origin_pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
+    let origin = sns_origin(&args.sns_origin_pattern)?;
     let sns = (!topics.is_empty()).then(|| SnsPushSettings { topics, origin });
     let webhook_allowed_networks = args.startup.webhook_networks()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -192,6 +192,28 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         served
     });
     Ok(())
+}
+
+/// `HERALD_SNS_ORIGIN_PATTERN`, refused when it would trust any origin: an empty pattern (or one
+/// like `.*`) would let anyone's certificate sign "SNS" messages.
+fn sns_origin(pattern: &str) -> anyhow::Result<regex::Regex> {
+    if pattern.trim().is_empty() {
+        bail!("HERALD_SNS_ORIGIN_PATTERN is empty; unset it for the default (https://sns.<region>.amazonaws.com)");
+    }
+    let origin = regex::Regex::new(pattern).context("HERALD_SNS_ORIGIN_PATTERN is not a regex")?;
+    // Origins no SNS certificate is served from: a pattern matching one would match others too.
+    let foreign = [
+        "https://herald-canary.invalid",
+        "http://127.0.0.1:1",
+        "https://sns.us-east-1.amazonaws.com.herald-canary.invalid",
+        "http://sns.us-east-1.amazonaws.com",
+    ];
+    if foreign.iter().any(|origin_text| origin.is_match(origin_text)) {
+        bail!(
+            "HERALD_SNS_ORIGIN_PATTERN matches any origin; anchor it (^...$) to the hosts that serve SNS certificates"
+        );
+    }
+    Ok(origin)
 }
 
 /// The report rollup: one loop per process (it shares the work with other processes).

@@ -222,6 +222,28 @@ async fn sigterm_while_waiting_for_the_database_at_start_up_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn an_sns_origin_pattern_that_trusts_any_origin_stops_start_up() {
+    let database = TestDatabase::create().await;
+    for (pattern, said) in [
+        ("", "HERALD_SNS_ORIGIN_PATTERN is empty"),
+        (".*", "matches any origin"),
+        ("sns", "matches any origin"),
+        ("^https://(sns", "is not a regex"),
+    ] {
+        let output = herald(&database)
+            .args(["api", "--http-addr", "127.0.0.1:0"])
+            .env("HERALD_SNS_ORIGIN_PATTERN", pattern)
+            .env("HERALD_FEEDBACK_SNS_TOPIC_ARNS", "arn:aws:sns:us-east-1:123456789012:ses-events")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{pattern:?}: {stderr}");
+        assert!(stderr.contains(said), "{pattern:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{pattern:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn a_malformed_broker_url_stops_start_up_without_quoting_it() {
     let database = TestDatabase::create().await;
     for url in ["amqp//guest:hunter2@@127.0.0.1:x/", "http://guest:hunter2@127.0.0.1:5672/"] {

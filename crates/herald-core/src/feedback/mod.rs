@@ -67,6 +67,11 @@ impl FeedbackStatus {
     }
 }
 
+/// The rank of a recorded feedback: its status, a hard bounce above a soft one.
+pub fn feedback_rank(status: FeedbackStatus, hard: bool) -> i16 {
+    status.rank() * 2 + i16::from(hard && status == FeedbackStatus::Bounced)
+}
+
 /// Why an address is on a sandbox's suppression list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SuppressionReason {
@@ -144,6 +149,12 @@ pub struct FeedbackEvent {
 }
 
 impl FeedbackEvent {
+    /// Where this event puts its delivery in the order feedback moves up: [`FeedbackStatus::rank`],
+    /// with a hard bounce above a soft one (a soft bounce, then the hard one, ends hard).
+    pub fn rank(&self) -> i16 {
+        self.status.map_or(0, |status| feedback_rank(status, self.hard))
+    }
+
     /// Whether this event puts its recipients on the suppression list, and why.
     pub fn suppresses(&self) -> Option<SuppressionReason> {
         match self.status {

@@ -36,6 +36,16 @@ fn the_documented_ses_events_read_as_their_statuses() {
 }
 
 #[test]
+fn a_hard_bounce_outranks_a_soft_one_and_a_complaint_both() {
+    let hard = parse_ses_event(BOUNCE).unwrap().unwrap();
+    let soft = parse_ses_event(&BOUNCE.replace("\"Permanent\"", "\"Transient\"")).unwrap().unwrap();
+    let complaint = parse_ses_event(COMPLAINT).unwrap().unwrap();
+    let delivery = parse_ses_event(DELIVERY).unwrap().unwrap();
+    assert!(delivery.rank() < soft.rank() && soft.rank() < hard.rank() && hard.rank() < complaint.rank());
+    assert_eq!(feedback_rank(FeedbackStatus::Bounced, true), hard.rank());
+}
+
+#[test]
 fn a_soft_bounce_does_not_suppress() {
     let soft = BOUNCE.replace("\"Permanent\"", "\"Transient\"").replace("\"General\"", "\"MailboxFull\"");
     let event = parse_ses_event(&soft).unwrap().unwrap();
