@@ -206,6 +206,9 @@ impl Webhooks {
         let published = self
             .store
             .relay_webhook_outbox(100, |events| async move {
+                // Every event is handed to the broker first, then the confirms are awaited
+                // together: one round trip per batch, not one per event.
+                let mut confirms = Vec::with_capacity(events.len());
                 for event in &events {
                     let body = payload(event).to_string();
                     let properties = lapin::BasicProperties::default()
@@ -213,14 +216,16 @@ impl Webhooks {
                         .with_content_type("application/json".into())
                         .with_message_id(event.event_id.clone().into());
                     let options = lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() };
-                    let confirmed = match publisher
+                    match publisher
                         .basic_publish(exchange.into(), ROUTING_KEY.into(), options, body.as_bytes(), properties)
                         .await
                     {
-                        Ok(confirm) => confirm.await,
-                        Err(error) => Err(error),
-                    };
-                    let Ok(confirm) = confirmed else { return false };
+                        Ok(confirm) => confirms.push(confirm),
+                        Err(_) => return false,
+                    }
+                }
+                for confirm in confirms {
+                    let Ok(confirm) = confirm.await else { return false };
                     if confirm.is_nack() || confirm.take_message().is_some() {
                         return false;
                     }
