@@ -95,9 +95,19 @@ impl Store {
         let minute = now.duration_trunc(chrono::Duration::minutes(1)).unwrap_or(now);
         let mut outcomes = Vec::with_capacity(events.len());
         for event in events {
+            let fresh = transaction
+                .execute(
+                    "INSERT INTO feedback_events (event_key, event_type, matched, received_at) VALUES ($1, $2, false, $3)
+                     ON CONFLICT DO NOTHING",
+                    &[&event.key, &event.event_type, &now],
+                )
+                .await?;
+            if fresh == 0 {
+                outcomes.push(FeedbackOutcome::Duplicate);
+                continue;
+            }
             // By the SES message id; else by Herald's tags, for an event that overtook the write
-            // of its sent outcome (the row is still `sending`, its message id not yet set). The
-            // row lock also makes a concurrent copy of the event wait for this one's identity.
+            // of its sent outcome (the row is still `sending`, its message id not yet set).
             let row = transaction
                 .query_opt(
                     "SELECT d.execution_id, d.recipient_index, d.campaign_id, d.channel, c.sandbox, d.feedback, d.address_hash,
@@ -110,31 +120,23 @@ impl Store {
                     &[&event.message_id, &event.execution_id, &event.recipient_index],
                 )
                 .await?;
-            // Herald sends each email to one recipient: an event naming only other addresses is
-            // not about this delivery (it changes nothing and suppresses no one).
-            let own =
-                row.as_ref().map(|row| own_addresses(&event.recipients, row.get::<_, Option<Vec<u8>>>(6).as_deref()));
-            let row = row.filter(|_| event.recipients.is_empty() || own.as_ref().is_some_and(|own| !own.is_empty()));
-            // The identity, with whether it matched, in one statement: a second copy stops here.
-            let fresh = transaction
-                .execute(
-                    "INSERT INTO feedback_events (event_key, event_type, matched, received_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT DO NOTHING",
-                    &[&event.key, &event.event_type, &row.is_some(), &now],
-                )
-                .await?;
-            if fresh == 0 {
-                outcomes.push(FeedbackOutcome::Duplicate);
-                continue;
-            }
             let Some(row) = row else {
                 outcomes.push(FeedbackOutcome::Unmatched);
                 continue;
             };
-            let own = own.unwrap_or_default();
             let (execution_id, index, campaign_id): (Uuid, i32, Uuid) = (row.get(0), row.get(1), row.get(2));
             let (channel, sandbox): (String, String) = (row.get(3), row.get(4));
             let current: Option<String> = row.get(5);
+            // Herald sends each email to one recipient: an event naming only other addresses is
+            // not about this delivery (it changes nothing and suppresses no one).
+            let own = own_addresses(&event.recipients, row.get::<_, Option<Vec<u8>>>(6).as_deref());
+            if !event.recipients.is_empty() && own.is_empty() {
+                outcomes.push(FeedbackOutcome::Unmatched);
+                continue;
+            }
+            transaction
+                .execute("UPDATE feedback_events SET matched = true WHERE event_key = $1", &[&event.key])
+                .await?;
             let current_hard = row.get::<_, Option<String>>(7).is_some_and(|detail| detail.starts_with("Permanent/"));
             let rank = current
                 .as_deref()
