@@ -1,5 +1,7 @@
 //! Integration tests of the HTTP API against a real PostgreSQL, one database per test.
 
+mod audience_executions;
+mod audiences;
 mod auth;
 mod batch_isolation;
 mod campaign_tools;
@@ -9,6 +11,7 @@ mod executions;
 mod feedback;
 mod feedback_push;
 mod fuzz;
+mod highthroughput;
 mod hostile_input;
 mod idempotency;
 mod keys;

@@ -111,6 +111,8 @@ pub struct TestOptions {
     pub sns: Option<herald_api::feedback::SnsPushSettings>,
     /// Networks webhooks may point into (none by default, as in production).
     pub webhook_allowed_networks: Vec<ipnet::IpNet>,
+    /// Audience fan-outs (polled every 100 ms in tests).
+    pub fanout: herald_ingest::fanout::FanoutSettings,
 }
 
 impl Default for TestOptions {
@@ -129,6 +131,10 @@ impl Default for TestOptions {
             retry_tiers: vec![Duration::from_secs(1), Duration::from_secs(2)],
             sns: None,
             webhook_allowed_networks: Vec::new(),
+            fanout: herald_ingest::fanout::FanoutSettings {
+                poll: Duration::from_millis(100),
+                ..herald_ingest::fanout::FanoutSettings::default()
+            },
         }
     }
 }
@@ -244,6 +250,7 @@ impl TestApp {
                 limits: options.limits.clone(),
                 lease: options.lease,
                 metrics: Arc::clone(&metrics),
+                fanout: options.fanout.clone(),
                 ..herald_ingest::IngestSettings::default()
             };
             let created = Arc::new(herald_ingest::Ingest::new(store.clone(), broker, settings));
@@ -255,6 +262,7 @@ impl TestApp {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert!(created.campaigns().is_listening(), "the campaign change listener did not start");
+            jobs.spawn(Arc::clone(&created).run_fanouts(clock.clone() as Arc<dyn herald_core::Clock>, stop.clone()));
             state = state.with_ingest(Arc::clone(&created));
             ingest = Some(created);
         }

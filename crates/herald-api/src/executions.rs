@@ -1,5 +1,7 @@
-//! The execution API, AJO-compatible: `POST /im/executions/unitary` and, Herald's addition,
-//! `GET /im/executions/{executionId}` to see what happened to each recipient.
+//! The execution API, AJO-compatible: `POST /im/executions/unitary`, `POST
+//! /im/executions/highthroughput` (the same body, for campaigns marked `highThroughput`:
+//! external recipients only, no profiles) and, Herald's addition, `GET
+//! /im/executions/{executionId}` to see what happened to each recipient.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -7,8 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::Scope;
 use herald_core::execution::ExecutionRequest;
-use herald_ingest::IngestError;
 use herald_ingest::ratelimit::{Limit, LimitExceeded};
+use herald_ingest::{ExecutionMode, IngestError};
 use herald_telemetry::trace::valid_traceparent;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -18,10 +20,12 @@ use crate::auth::Caller;
 use crate::json::{ApiJson, from_value};
 use crate::problem::Problem;
 
-fn problem_for(error: IngestError) -> Problem {
+pub(crate) fn problem_for(error: IngestError) -> Problem {
     match error {
         IngestError::RateLimited(exceeded) => limited(&exceeded),
         IngestError::CampaignNotFound => Problem::not_found("campaign-not-found", "No such campaign"),
+        IngestError::AudienceNotFound => Problem::not_found("audience-not-found", "No such audience")
+            .detail("create it with POST /audiences (a filter, or a list you upload), in this sandbox"),
         IngestError::NotLive(status) => {
             Problem::new(StatusCode::CONFLICT, "campaign-not-live", "The campaign is not live")
                 .detail(format!("the campaign is {status}"))
@@ -36,6 +40,17 @@ fn problem_for(error: IngestError) -> Problem {
                 })
                 .with("campaignStatus", status.as_str())
         }
+        IngestError::NotHighThroughput => Problem::new(
+            StatusCode::CONFLICT,
+            "campaign-not-high-throughput",
+            "The campaign is not a high-throughput campaign",
+        )
+        .detail(
+            "POST /im/executions/highthroughput takes only campaigns marked `\"highThroughput\": true`: set it \
+             in the campaign (PATCH /campaigns/{id}) and activate it again; its content may not use `profile.*` \
+             (use `context.*`) and it may not create profiles. Or execute this campaign through POST \
+             /im/executions/unitary",
+        ),
         IngestError::Invalid(errors) => {
             let errors = errors.into_iter().map(|e| Problem::field_error(&e.pointer, e.detail)).collect();
             Problem::validation("Invalid execution request", errors)
@@ -93,7 +108,7 @@ fn limited(exceeded: &LimitExceeded) -> Problem {
 }
 
 /// Adds the body's ids to a problem, as AJO's `report.additionalContext` does.
-fn with_ids(mut problem: Problem, body: &Value) -> Problem {
+pub(crate) fn with_ids(mut problem: Problem, body: &Value) -> Problem {
     for key in ["requestId", "campaignId"] {
         if let Some(id) = body.get(key).and_then(Value::as_str) {
             problem = problem.context_value(key, id);
@@ -102,11 +117,32 @@ fn with_ids(mut problem: Problem, body: &Value) -> Problem {
     problem
 }
 
+/// `POST /im/executions/unitary`.
 pub(crate) async fn execute(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    accept(&state, &caller, &headers, body, ExecutionMode::Unitary).await
+}
+
+/// `POST /im/executions/highthroughput`: the unitary body, scopes and idempotency.
+pub(crate) async fn execute_high_throughput(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    accept(&state, &caller, &headers, body, ExecutionMode::HighThroughput).await
+}
+
+async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Value,
+    mode: ExecutionMode,
 ) -> Result<Response, Problem> {
     caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, &body))?;
     let request: ExecutionRequest = from_value(&body).map_err(|p| with_ids(p, &body))?;
@@ -116,7 +152,7 @@ pub(crate) async fn execute(
         .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
     let accepted = ingest
-        .execute(&caller.sandbox, &caller.key_id.to_string(), &body, &request, state.clock.now(), traceparent)
+        .execute(&caller.sandbox, &caller.key_id.to_string(), mode, &body, &request, state.clock.now(), traceparent)
         .await
         .map_err(|error| with_ids(problem_for(error), &body))?;
     let mut response = (

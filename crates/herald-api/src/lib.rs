@@ -1,6 +1,8 @@
 //! Herald's HTTP process (`herald api`): authentication, problem+json errors, the campaign and
 //! profile management API, health endpoints, and — from the ingest crate — the execution API.
 
+mod audience_executions;
+pub mod audiences;
 mod auth;
 mod campaigns;
 pub mod dead_letters;
@@ -112,7 +114,18 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/im/health", get(health::readyz))
         .route("/im/executions/unitary", post(executions::execute))
+        .route("/im/executions/highthroughput", post(executions::execute_high_throughput))
         .route("/im/executions/{execution_id}", get(executions::status))
+        .route("/im/executions/audience", post(audience_executions::execute))
+        .route("/im/executions/audience/{execution_id}", get(audience_executions::status))
+        .route(
+            "/im/executions/schedules/{schedule_id}",
+            get(audience_executions::schedule).delete(audience_executions::cancel),
+        )
+        .route("/campaigns/{id}/schedules", get(audience_executions::campaign_schedules))
+        .route("/audiences", get(audiences::list).post(audiences::create))
+        .route("/audiences/{id}", get(audiences::read).delete(audiences::delete))
+        .route("/audiences/{id}/members", axum::routing::put(audiences::upload).layer(DefaultBodyLimit::disable()))
         .route("/feedback/sns", post(feedback::sns))
         .route("/campaigns", get(campaigns::list).post(campaigns::create))
         .route("/campaigns/{id}", get(campaigns::read).patch(campaigns::patch).delete(campaigns::delete))

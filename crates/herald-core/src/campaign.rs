@@ -175,6 +175,14 @@ pub struct CampaignDefinition {
     /// operator-suppressed addresses are never sent to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub send_to_complained_addresses: bool,
+    /// Executed through `POST /im/executions/highthroughput` (AJO's high-throughput tier):
+    /// external recipients only, never a profile looked up or created, so the content may read
+    /// only `context.*` (a review rule). The unitary endpoint still takes the campaign.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub high_throughput: bool,
+    /// The stored audience the campaign sends to (AJO's `POST /im/executions/audience`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience_id: Option<uuid::Uuid>,
 }
 
 /// A structural problem found when a definition is saved (as opposed to the review problems that
@@ -276,6 +284,18 @@ mod tests {
     fn unknown_fields_in_a_definition_are_refused() {
         let err = serde_json::from_value::<CampaignDefinition>(serde_json::json!({"content": {"subjet": "typo"}}));
         assert!(err.unwrap_err().to_string().contains("subjet"));
+    }
+
+    #[test]
+    fn high_throughput_and_the_audience_are_camel_case_and_left_out_when_unset() {
+        let audience = uuid::Uuid::nil();
+        let json = serde_json::json!({"highThroughput": true, "audienceId": audience});
+        let definition: CampaignDefinition = serde_json::from_value(json.clone()).unwrap();
+        assert!(definition.high_throughput);
+        assert_eq!(definition.audience_id, Some(audience));
+        assert_eq!(serde_json::to_value(&definition).unwrap()["highThroughput"], true);
+        let plain = serde_json::to_value(CampaignDefinition::default()).unwrap();
+        assert!(plain.get("highThroughput").is_none() && plain.get("audienceId").is_none(), "{plain}");
     }
 
     #[test]

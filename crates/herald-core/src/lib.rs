@@ -5,6 +5,7 @@
 //! decide what may be sent are unit-tested without a database or a broker.
 
 pub mod address;
+pub mod audience;
 pub mod campaign;
 pub mod clock;
 pub mod delivery;

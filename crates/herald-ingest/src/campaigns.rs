@@ -19,6 +19,12 @@ pub struct LiveVersion {
     pub facts: CampaignFacts,
     pub message_ttl_seconds: Option<u32>,
     pub create_new_profiles: bool,
+    /// Marked for `POST /im/executions/highthroughput` (see [`crate::ExecutionMode`]).
+    pub high_throughput: bool,
+    /// Paces an audience fan-out's publishing (the workers enforce it on sends).
+    pub throttle_rate_per_sec: Option<u32>,
+    /// The audience an audience execution without one sends to.
+    pub audience_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +54,9 @@ impl CachedCampaign {
                 },
                 message_ttl_seconds: definition.message_ttl_seconds,
                 create_new_profiles: definition.create_new_profiles,
+                high_throughput: definition.high_throughput,
+                throttle_rate_per_sec: definition.throttle_rate_per_sec,
+                audience_id: definition.audience_id,
             }
         });
         Self { id: record.id, sandbox: record.sandbox.clone(), channel: record.channel, state: record.state, live }

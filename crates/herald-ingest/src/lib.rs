@@ -1,12 +1,14 @@
-//! Herald's thin ingest: turns `POST /im/executions/unitary` calls into RabbitMQ messages, and
-//! answers 202 only once the broker has confirmed every one of them.
+//! Herald's thin ingest: turns `POST /im/executions/unitary` and `/highthroughput` calls into
+//! RabbitMQ messages, and answers 202 only once the broker has confirmed every one of them.
 //!
 //! The path of one call: recipient rates of the key and the sandbox → campaign from the cache
 //! (live and inside its schedule?) → validation against the live version → idempotency claim
 //! (batched) → the daily quota of the sandbox and channel → one persistent, mandatory message per
 //! recipient, on the sandbox's shard, on a confirm channel → all confirms → completion (batched).
 
+pub mod audience;
 pub mod campaigns;
+pub mod fanout;
 pub mod ratelimit;
 
 use std::sync::Arc;
@@ -45,6 +47,8 @@ pub struct IngestSettings {
     /// How long an accepted request id is remembered (at least the 24 h Herald promises).
     pub idempotency_retention: Duration,
     pub metrics: Arc<herald_telemetry::Metrics>,
+    /// Audience executions: pages, leases, the 12 h window.
+    pub fanout: fanout::FanoutSettings,
 }
 
 impl Default for IngestSettings {
@@ -56,8 +60,19 @@ impl Default for IngestSettings {
             batch_workers: 2,
             idempotency_retention: Duration::from_secs(48 * 3600),
             metrics: Arc::default(),
+            fanout: fanout::FanoutSettings::default(),
         }
     }
+}
+
+/// Which execution endpoint a call came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionMode {
+    /// `POST /im/executions/unitary`: any live campaign, `aep` and `external` recipients.
+    Unitary,
+    /// `POST /im/executions/highthroughput`: only a campaign marked `highThroughput`, only
+    /// `external` recipients, and no profile is ever looked up or created.
+    HighThroughput,
 }
 
 /// Why an execution was not accepted; the API turns each into its problem type.
@@ -67,10 +82,15 @@ pub enum IngestError {
     RateLimited(LimitExceeded),
     #[error("unknown campaign")]
     CampaignNotFound,
+    #[error("unknown audience")]
+    AudienceNotFound,
     #[error("campaign is {0}")]
     NotLive(CampaignStatus),
     #[error("campaign is {0}: outside its schedule")]
     OutsideSchedule(CampaignStatus),
+    /// The high-throughput endpoint was called for a campaign not marked `highThroughput`.
+    #[error("campaign is not high throughput")]
+    NotHighThroughput,
     #[error("invalid request")]
     Invalid(Vec<FieldError>),
     #[error("unknown profiles")]
@@ -123,6 +143,8 @@ pub struct Ingest {
     claims: Batcher<ExecutionClaim, ClaimOutcome>,
     completions: Batcher<(Uuid, DateTime<Utc>), ()>,
     settings: IngestSettings,
+    /// Wakes this process's fan-out loop when an immediate audience execution is accepted.
+    fanout_wake: tokio::sync::Notify,
 }
 
 impl Ingest {
@@ -157,6 +179,7 @@ impl Ingest {
             claims,
             completions,
             settings,
+            fanout_wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -169,24 +192,20 @@ impl Ingest {
     }
 
     /// Accepts `request` (whose raw JSON is `body`) for `sandbox`, sent with the API key `key`
-    /// (its id: the key's own rate limit), at `now`.
+    /// (its id: the key's own rate limit), at `now`, through the endpoint `mode` names.
+    #[allow(clippy::too_many_arguments)]
     pub async fn execute(
         &self,
         sandbox: &str,
         key: &str,
+        mode: ExecutionMode,
         body: &Value,
         request: &ExecutionRequest,
         now: DateTime<Utc>,
         traceparent: Option<&str>,
     ) -> Result<Accepted, IngestError> {
         self.limiter.admit(sandbox, key, request.recipients.len()).await?;
-        let campaign_id = Uuid::parse_str(&request.campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
-        let campaign = self
-            .campaigns
-            .get(sandbox, campaign_id)
-            .await
-            .map_err(|e| IngestError::from(&e))?
-            .ok_or(IngestError::CampaignNotFound)?;
+        let (campaign_id, campaign) = self.campaign(sandbox, &request.campaign_id).await?;
         let status = campaign.status(now);
         match status {
             CampaignStatus::Live => {}
@@ -196,11 +215,27 @@ impl Ingest {
             _ => return Err(IngestError::NotLive(status)),
         }
         let live = campaign.live.as_ref().ok_or(IngestError::NotLive(status))?;
+        if mode == ExecutionMode::HighThroughput && !live.high_throughput {
+            return Err(IngestError::NotHighThroughput);
+        }
         // PostgreSQL keeps microseconds: the 202 must show the instant a replay will read back.
         // (Truncated only after the schedule check, which uses the exact instant.)
         let now = chrono::SubsecRound::trunc_subsecs(now, 6);
-        let recipients = execution::prepare(request, &live.facts).map_err(IngestError::Invalid)?;
-        if !live.create_new_profiles {
+        let mut errors = match mode {
+            ExecutionMode::Unitary => Vec::new(),
+            ExecutionMode::HighThroughput => external_only(request),
+        };
+        let recipients = match execution::prepare(request, &live.facts) {
+            Ok(recipients) if errors.is_empty() => recipients,
+            Ok(_) => return Err(IngestError::Invalid(errors)),
+            Err(more) => {
+                errors.extend(more);
+                return Err(IngestError::Invalid(errors));
+            }
+        };
+        // High throughput has no profiles: every recipient is external (checked above) and none is
+        // looked up here; the worker looks none up, nor creates one, for an external recipient.
+        if mode == ExecutionMode::Unitary && !live.create_new_profiles {
             self.check_profiles_exist(sandbox, campaign.channel, &recipients).await?;
         }
 
@@ -326,6 +361,22 @@ impl Ingest {
         Ok(Accepted { execution_id, request_id: request.request_id.clone(), created_at, replayed: false })
     }
 
+    /// The campaign a request names, from the cache; an id that is not a UUID names none.
+    pub(crate) async fn campaign(
+        &self,
+        sandbox: &str,
+        campaign_id: &str,
+    ) -> Result<(Uuid, Arc<CachedCampaign>), IngestError> {
+        let campaign_id = Uuid::parse_str(campaign_id).map_err(|_| IngestError::CampaignNotFound)?;
+        let campaign = self
+            .campaigns
+            .get(sandbox, campaign_id)
+            .await
+            .map_err(|e| IngestError::from(&e))?
+            .ok_or(IngestError::CampaignNotFound)?;
+        Ok((campaign_id, campaign))
+    }
+
     async fn check_profiles_exist(
         &self,
         sandbox: &str,
@@ -347,6 +398,23 @@ impl Ingest {
             identities.into_iter().filter(|identity| !found.contains(identity)).map(|(_, user)| user).collect();
         if missing.is_empty() { Ok(()) } else { Err(IngestError::ProfilesNotFound(missing)) }
     }
+}
+
+/// The high-throughput endpoint's rule: every recipient is `external` (its user id, or its
+/// `channelData`, is the address), since a high-throughput execution never reads a profile.
+fn external_only(request: &ExecutionRequest) -> Vec<FieldError> {
+    request
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, recipient)| recipient.kind != RecipientType::External)
+        .map(|(index, _)| FieldError {
+            pointer: format!("/recipients/{index}/type"),
+            detail: "the high-throughput endpoint takes external recipients only (`\"type\": \"external\"`, \
+                     the address as `userId`)"
+                .into(),
+        })
+        .collect()
 }
 
 /// Whether `id` may be an email address or a phone number in any spelling (`Lee <lee@x>`, `x@y`,
@@ -378,7 +446,11 @@ pub async fn purge_expired_executions(store: Store, retention: Duration) {
     }
 }
 
-fn outgoing(envelope: &Envelope, routing_key: String, traceparent: &str) -> Result<OutgoingMessage, IngestError> {
+pub(crate) fn outgoing(
+    envelope: &Envelope,
+    routing_key: String,
+    traceparent: &str,
+) -> Result<OutgoingMessage, IngestError> {
     let payload = serde_json::to_vec(envelope).map_err(|error| IngestError::Internal(error.to_string()))?;
     Ok(OutgoingMessage {
         routing_key,

@@ -2,6 +2,7 @@
 //! filter: a caller can never name a row of another sandbox into existence.
 
 pub mod api_keys;
+pub mod audiences;
 pub mod batch;
 pub mod campaign_cache;
 pub mod campaigns;
@@ -9,6 +10,7 @@ pub mod dead_letters;
 pub mod deliveries;
 mod error;
 pub mod executions;
+pub mod fanouts;
 pub mod feedback;
 mod listen;
 pub mod migrate;
@@ -26,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use api_keys::ApiKeyRecord;
+pub use audiences::{AudienceKind, AudienceRecord, MemberUpload, UploadSummary};
 pub use campaign_cache::CampaignCache;
 pub use campaigns::{
     CAMPAIGN_CHANGES_CHANNEL, CampaignChange, CampaignRecord, ChangeError, NewCampaign, VersionRecord,
@@ -34,6 +37,9 @@ pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use deliveries::{CallStart, ClaimRequest, DeliveryClaim, DeliveryKey, Finish, SuppressionCheck};
 pub use error::StoreError;
 pub use executions::{ClaimOutcome, DeliveryRow, ExecutionClaim, ExecutionRecord};
+pub use fanouts::{
+    AudienceClaim, AudienceExecution, CancelOutcome, FanoutCounts, FanoutStatus, NewAudienceExecution, Snapshot,
+};
 pub use feedback::{FeedbackOutcome, Suppression};
 pub use profiles::{Profile, PushToken};
 pub use quotas::QuotaLease;

@@ -416,6 +416,30 @@ impl Pipeline {
         let mut calls: u32 = 0;
         loop {
             self.throttle(envelope.channel, job.campaign).await?;
+            // A throttled message may have waited long for its slot: a campaign stopped meanwhile
+            // (an audience fan-out halted mid-way) sends nothing more. From the cache, which a
+            // stop invalidates within milliseconds.
+            if calls == 0 && !self.still_live(envelope).await? {
+                self.finish(Finish {
+                    key: key.clone(),
+                    token,
+                    status: DeliveryStatus::Excluded,
+                    reason: Some(reasons::CAMPAIGN_NOT_LIVE.to_string()),
+                    provider_message_id: None,
+                    calls: 0,
+                    last_error: None,
+                    retry_after: None,
+                    now: self.clock.now(),
+                })
+                .await;
+                observe::outcome(
+                    self.metrics(),
+                    key.channel,
+                    DeliveryStatus::Excluded,
+                    Some(reasons::CAMPAIGN_NOT_LIVE),
+                );
+                return Ok(Decision::Ack);
+            }
             if !self.provider.gates_transmission() {
                 // Opens at once after the first time.
                 let opened = gate.open_here().await;
@@ -543,6 +567,13 @@ impl Pipeline {
             }
             return Ok(failed.decision);
         }
+    }
+
+    /// Whether the envelope's campaign is still live, as the campaign cache has it now.
+    async fn still_live(&self, envelope: &Envelope) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let campaign = self.campaigns.get(&envelope.sandbox, envelope.campaign_id).await?;
+        Ok(campaign.is_some_and(|c| c.record.status(now) == CampaignStatus::Live))
     }
 
     /// Waits for a send slot of the campaign's throttle and of the channel's provider rate;

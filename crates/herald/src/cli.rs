@@ -415,6 +415,26 @@ pub struct ApiArgs {
     /// A publish not confirmed by the broker within this many milliseconds fails (503).
     #[arg(long, env = "HERALD_CONFIRM_TIMEOUT_MS", default_value_t = 10_000)]
     pub confirm_timeout_ms: u64,
+    /// Audience members one fan-out step reads, publishes (confirmed) and checkpoints.
+    #[arg(long, env = "HERALD_FANOUT_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub fanout_page_size: i64,
+    /// A fan-out waits while its shard queue holds this many ready messages (workers are behind).
+    #[arg(long, env = "HERALD_FANOUT_QUEUE_LIMIT", default_value_t = 20_000)]
+    pub fanout_queue_limit: u32,
+    /// How long a fan-out's lease lasts without a checkpoint: after a crash, another instance
+    /// resumes it this long after its last page.
+    #[arg(long, env = "HERALD_FANOUT_LEASE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub fanout_lease_seconds: u64,
+    /// How long after it fires an audience execution may publish; recipients not reached by then
+    /// are excluded (AJO: 12 hours).
+    #[arg(long, env = "HERALD_FANOUT_WINDOW_SECONDS", default_value_t = 43_200, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub fanout_window_seconds: u64,
+    /// How often each API process looks for due schedules and for fan-outs nobody publishes.
+    #[arg(long, env = "HERALD_FANOUT_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub fanout_poll_ms: u64,
+    /// Audience executions one API process publishes at once.
+    #[arg(long, env = "HERALD_FANOUT_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub fanout_concurrency: u64,
     /// How long an accepted requestId is remembered (a retry within it gets the same execution);
     /// at least the 24 h Herald promises, at most ten years.
     #[arg(long, env = "HERALD_IDEMPOTENCY_RETENTION_HOURS", default_value_t = 48, value_parser = clap::value_parser!(u64).range(24..=87_600))]

@@ -11,6 +11,7 @@ use herald_broker::{Broker, BrokerSettings};
 use herald_core::Channel;
 use herald_core::delivery::RetryPolicy;
 use herald_core::{Clock, SystemClock};
+use herald_ingest::fanout::FanoutSettings;
 use herald_ingest::ratelimit::Limiter;
 use herald_ingest::{Ingest, IngestSettings};
 use herald_store::{Store, StoreError};
@@ -164,6 +165,14 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
         batch_workers: usize::try_from(args.ingest_batch_writers).unwrap_or(1),
         idempotency_retention: Duration::from_secs(args.idempotency_retention_hours * 3600),
         metrics: Arc::clone(&metrics),
+        fanout: FanoutSettings {
+            page_size: args.fanout_page_size,
+            queue_limit: args.fanout_queue_limit,
+            lease: Duration::from_secs(args.fanout_lease_seconds),
+            window: Duration::from_secs(args.fanout_window_seconds),
+            poll: Duration::from_millis(args.fanout_poll_ms),
+            concurrency: usize::try_from(args.fanout_concurrency).unwrap_or(4),
+        },
     };
     jobs.spawn_loop(
         "execution-purge",
@@ -176,14 +185,22 @@ async fn start_api(args: &ApiArgs, store: Store, metrics: Arc<Metrics>, jobs: &m
             metrics.queue_state(channel.as_str(), queue, held.map(|h| (h.messages, h.consumers)));
         })
     });
-    let ingest = Ingest::new(store.clone(), broker, settings);
+    let ingest = Arc::new(Ingest::new(store.clone(), broker, settings));
+    // Stops publishing with the process; its leases are given up for another instance.
+    jobs.spawn("audience-fanout", {
+        let (ingest, clock, stop) = (Arc::clone(&ingest), Arc::clone(&clock), jobs.stop_token());
+        async move {
+            ingest.run_fanouts(clock, stop).await;
+            Ok(())
+        }
+    });
     let public_url = args
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(args.http_addr)));
     let config = ApiConfig { max_body_bytes: args.max_body_bytes, public_url, sns, webhook_allowed_networks };
     tracing::info!(addr = %args.http_addr, "api listening");
-    let state = AppState::new(store, clock, config).with_ingest(Arc::new(ingest)).with_metrics(metrics);
+    let state = AppState::new(store, clock, config).with_ingest(ingest).with_metrics(metrics);
     let stop = jobs.stop_token();
     jobs.spawn("http", async move {
         let served = herald_api::serve(listener, state, stop.cancelled_owned()).await.context("serving http");

@@ -35,6 +35,10 @@ pub(crate) struct CampaignDocument {
     resend_maybe_sent: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     send_to_complained_addresses: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    high_throughput: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audience_id: Option<uuid::Uuid>,
 }
 
 impl CampaignDocument {
@@ -59,6 +63,8 @@ impl CampaignDocument {
             message_ttl_seconds: d.message_ttl_seconds,
             resend_maybe_sent: d.resend_maybe_sent,
             send_to_complained_addresses: d.send_to_complained_addresses,
+            high_throughput: d.high_throughput,
+            audience_id: d.audience_id,
         }
     }
 
@@ -80,6 +86,8 @@ impl CampaignDocument {
             message_ttl_seconds: self.message_ttl_seconds,
             resend_maybe_sent: self.resend_maybe_sent,
             send_to_complained_addresses: self.send_to_complained_addresses,
+            high_throughput: self.high_throughput,
+            audience_id: self.audience_id,
         }
     }
 

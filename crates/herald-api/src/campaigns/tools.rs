@@ -123,9 +123,10 @@ fn shell_quote(text: &str) -> String {
 
 /// A recipient that is sent to as shown, once its placeholders are filled in: an identity in the
 /// channel's own address namespace (`email`, `phone`) is its address; any other namespace needs a
-/// stored profile, so the sample sends to an address (`external`) instead.
+/// stored profile, so the sample sends to an address (`external`) instead, as it always does for
+/// a high-throughput campaign (whose endpoint takes external recipients only).
 fn sample_recipient(channel: Channel, definition: &herald_core::CampaignDefinition) -> Value {
-    let namespace = definition.identity_namespace.as_deref();
+    let namespace = definition.identity_namespace.as_deref().filter(|_| !definition.high_throughput);
     let address = match channel {
         Channel::Email => "<email address>",
         Channel::Sms => "<phone number, E.164: +33612345678>",
@@ -190,7 +191,8 @@ pub(crate) async fn curl(
     let context: Map<String, Value> =
         context_keys.iter().map(|key| (key.clone(), Value::String(format!("<{key}>")))).collect();
     let mut recipient = sample_recipient(record.channel, &live.definition);
-    if !profile.is_empty() {
+    // A high-throughput campaign has no profiles (its review refuses `profile.*`).
+    if !profile.is_empty() && !live.definition.high_throughput {
         recipient["profile"] = Value::Object(profile);
     }
     if !context.is_empty() {
@@ -198,7 +200,8 @@ pub(crate) async fn curl(
     }
     let body = json!({ "requestId": "<unique request id>", "campaignId": record.id, "recipients": [recipient] });
     let pretty = serde_json::to_string_pretty(&body).unwrap_or_default();
-    let url = format!("{}/im/executions/unitary", state.config.public_url.trim_end_matches('/'));
+    let endpoint = if live.definition.high_throughput { "highthroughput" } else { "unitary" };
+    let url = format!("{}/im/executions/{endpoint}", state.config.public_url.trim_end_matches('/'));
     let command = format!(
         "curl -X POST {} \\\n  -H \"Authorization: Bearer $HERALD_API_KEY\" \\\n  -H 'Content-Type: application/json' \\\n  -d {}",
         shell_quote(&url),

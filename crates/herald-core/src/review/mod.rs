@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::address::{is_valid_e164, is_valid_email, is_valid_platform_application_arn, is_valid_sms_sender_id};
 use crate::campaign::{CampaignDefinition, Channel, Content, Surface};
-use crate::template::{CompiledContent, Forbidden};
+use crate::template::{Analysis, CompiledContent, Forbidden};
 
 /// One reason a version cannot be activated. `code` is stable and documented; clients branch on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,7 +43,11 @@ pub fn review(channel: Channel, definition: &CampaignDefinition, now: DateTime<U
     review_content_presence(channel, &definition.content, &mut problems);
     review_surface(channel, &definition.surface, &mut problems);
     review_schedule(definition, now, &mut problems);
-    problems.extend(review_content(&definition.content).1);
+    let reviewed = review_templates(&definition.content);
+    problems.extend(reviewed.problems);
+    if definition.high_throughput {
+        review_high_throughput(definition, &reviewed.analysed, &mut problems);
+    }
     problems.extend(
         definition.check_limits().into_iter().map(|error| ReviewProblem::new("limit", error.pointer, error.detail)),
     );
@@ -181,10 +185,60 @@ fn review_schedule(definition: &CampaignDefinition, now: DateTime<Utc>, problems
     }
 }
 
+/// What a high-throughput campaign may not do: it is executed without profiles (external
+/// recipients only, none looked up, none created), so a `profile.*` read could only ever see
+/// nothing, and creating profiles contradicts it.
+fn review_high_throughput(
+    definition: &CampaignDefinition,
+    analysed: &[(String, Analysis)],
+    problems: &mut Vec<ReviewProblem>,
+) {
+    for (part, analysis) in analysed {
+        let mut paths: Vec<&str> =
+            analysis.variables.iter().filter(|v| v.root() == "profile").map(|v| v.path.as_str()).collect();
+        paths.dedup();
+        if paths.is_empty() {
+            continue;
+        }
+        let verb = if paths.len() == 1 { "is" } else { "are" };
+        let paths: Vec<String> = paths.into_iter().map(|path| format!("`{path}`")).collect();
+        problems.push(ReviewProblem::new(
+            "high-throughput-profile",
+            part_pointer(part),
+            format!(
+                "a high-throughput campaign has no profiles: {} {verb} never there; use context.* \
+                 instead and pass the values in each recipient's `context`",
+                paths.join(", ")
+            ),
+        ));
+    }
+    if definition.create_new_profiles {
+        problems.push(ReviewProblem::new(
+            "high-throughput-create-profiles",
+            "/createNewProfiles",
+            "a high-throughput campaign never looks up or creates profiles: set `createNewProfiles` to \
+             false, or `highThroughput` to false",
+        ));
+    }
+}
+
 /// The problems of `content` as templates (syntax, what they may not do, the render budgets
 /// they would exceed whatever the input, a subject on more than one line, script URLs), and the
 /// compiled content when it compiles.
 pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<ReviewProblem>) {
+    let reviewed = review_templates(content);
+    (reviewed.compiled, reviewed.problems)
+}
+
+/// What [`review_templates`] found: the compiled content when it compiles, the problems, and
+/// the analysis of every part that compiles (also when another part does not).
+struct ReviewedContent {
+    compiled: Option<CompiledContent>,
+    problems: Vec<ReviewProblem>,
+    analysed: Vec<(String, Analysis)>,
+}
+
+fn review_templates(content: &Content) -> ReviewedContent {
     let mut problems = Vec::new();
     if content.subject.as_deref().is_some_and(content::has_control_character) {
         problems.push(ReviewProblem::new(
@@ -221,8 +275,8 @@ pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<Review
             (None, CompiledContent::compile(&rest).map(|rest| rest.analyse()).unwrap_or_default())
         }
     };
-    for (part, analysis) in analysed {
-        for forbidden in analysis.forbidden {
+    for (part, analysis) in &analysed {
+        for forbidden in analysis.forbidden.iter().cloned() {
             let (code, detail) = match forbidden {
                 Forbidden::UnknownVariable(name) => (
                     "unknown-variable",
@@ -238,10 +292,10 @@ pub fn review_content(content: &Content) -> (Option<CompiledContent>, Vec<Review
                 // Compiling refuses these already; kept so that every kind has its code.
                 Forbidden::Budget(why) => ("render-budget", crate::template::over_budget(&why)),
             };
-            problems.push(ReviewProblem::new(code, part_pointer(&part), detail));
+            problems.push(ReviewProblem::new(code, part_pointer(part), detail));
         }
     }
-    (compiled, problems)
+    ReviewedContent { compiled, problems, analysed }
 }
 
 /// `content` without the parts named in `parts` (`subject`, `html`, …, `data.KEY`).

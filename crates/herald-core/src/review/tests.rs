@@ -210,3 +210,66 @@ fn an_unknown_filter_blocks_activation_instead_of_failing_every_send() {
     definition.content.html = Some("{{ nobody }}".into());
     assert_eq!(codes(&review(Channel::Email, &definition, now())), ["unknown-filter", "unknown-variable"]);
 }
+
+fn high_throughput_sms(body: &str) -> CampaignDefinition {
+    CampaignDefinition {
+        identity_namespace: Some("phone".into()),
+        high_throughput: true,
+        surface: Surface { sender_id: Some("Example".into()), ..Default::default() },
+        content: Content { body: Some(body.into()), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_high_throughput_campaign_that_reads_only_context_has_no_problem() {
+    let definition = high_throughput_sms("Your code is {{ context.otp }}");
+    assert_eq!(review(Channel::Sms, &definition, now()), vec![]);
+}
+
+#[test]
+fn a_high_throughput_campaign_may_not_read_profiles_even_guarded() {
+    let definition = high_throughput_sms(
+        "Hi {{ profile.firstName }}, {{ profile.firstName | default(value='') }} {{ context.otp }}",
+    );
+    let problems = review(Channel::Sms, &definition, now());
+    assert_eq!(codes(&problems), ["high-throughput-profile"]);
+    assert_eq!(problems[0].pointer, "/content/body");
+    let detail = &problems[0].detail;
+    assert!(detail.starts_with("a high-throughput campaign has no profiles"), "{detail}");
+    assert!(detail.contains("`profile.firstName` is never there") && detail.contains("context.*"), "{detail}");
+
+    // Each part that reads a profile has its own problem, on its own field.
+    let mut email = valid_email();
+    email.high_throughput = true;
+    email.content.subject = Some("Hi {% if profile.vip %}VIP{% endif %}".into());
+    let problems = review(Channel::Email, &email, now());
+    assert_eq!(codes(&problems), ["high-throughput-profile", "high-throughput-profile"]);
+    let pointers: Vec<&str> = problems.iter().map(|p| p.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/content/subject", "/content/html"]);
+    // The same content is fine for a campaign that is not high throughput.
+    email.high_throughput = false;
+    assert_eq!(review(Channel::Email, &email, now()), vec![]);
+}
+
+#[test]
+fn a_high_throughput_campaign_may_not_create_profiles() {
+    let mut definition = high_throughput_sms("{{ context.otp }}");
+    definition.create_new_profiles = true;
+    let problems = review(Channel::Sms, &definition, now());
+    assert_eq!(codes(&problems), ["high-throughput-create-profiles"]);
+    assert_eq!(problems[0].pointer, "/createNewProfiles");
+    definition.high_throughput = false;
+    assert_eq!(review(Channel::Sms, &definition, now()), vec![]);
+}
+
+#[test]
+fn a_part_that_does_not_compile_does_not_hide_another_parts_profile_read() {
+    let mut email = valid_email();
+    email.high_throughput = true;
+    email.content.html = Some("{% if %}".into());
+    email.content.text = Some("{{ profile.person.name.firstName }} {{ context.resetUrl }}".into());
+    let problems = review(Channel::Email, &email, now());
+    assert_eq!(codes(&problems), ["template-syntax", "high-throughput-profile"]);
+    assert_eq!(problems[1].pointer, "/content/text");
+}
