@@ -46,6 +46,9 @@ pub enum Command {
     /// Set, show or remove the key's sandbox's feedback webhook, through a running API.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Create, upload and list the key's sandbox's audiences, through a running API.
+    #[command(subcommand)]
+    Audiences(AudiencesCommand),
     /// Executions at a constant rate (or as fast as answered) against a running API, and what a
     /// `herald fake-provider` received from the workers: for sizing a deployment.
     Loadtest(crate::loadtest::args::LoadtestArgs),
@@ -104,6 +107,42 @@ pub enum SuppressionsCommand {
     Add(SuppressionArgs),
     /// Take an address off the list (needs profiles:write).
     Remove(SuppressionArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AudiencesCommand {
+    /// Create an audience (needs profiles:write): a filter over stored profiles (computed at
+    /// once; its size is printed), or, without --filter, an empty list to upload members to.
+    Create(AudienceCreateArgs),
+    /// Replace a list audience's members with FILE (NDJSON, or CSV when it ends in .csv).
+    Upload(AudienceUploadArgs),
+    /// Print the audiences, one JSON line each (needs profiles:read).
+    List(WebhookArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AudienceCreateArgs {
+    /// Unique in the sandbox.
+    pub name: String,
+    /// The filter, as JSON (see README, "Audiences"), or @FILE to read it from a file.
+    #[arg(long)]
+    pub filter: Option<String>,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AudienceUploadArgs {
+    /// The audience's id or name.
+    pub audience: String,
+    /// One member a line: NDJSON `{"userId", "namespace", "type"}`, or CSV with a header line.
+    #[arg(short = 'f', long = "file")]
+    pub file: std::path::PathBuf,
+    /// The namespace of members that name none.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub api: ApiClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

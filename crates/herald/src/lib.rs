@@ -3,6 +3,7 @@
 
 mod api_client;
 mod apply;
+mod audiences;
 pub mod cli;
 mod execute;
 mod feedback;

@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Execute(args) => crate::execute::execute(args).await,
         Command::Suppressions(command) => crate::feedback::suppressions(command).await,
         Command::Webhooks(command) => crate::feedback::webhooks(command).await,
+        Command::Audiences(command) => crate::audiences::audiences(command).await,
         Command::Loadtest(args) => crate::loadtest::loadtest(args).await,
         Command::FakeProvider(args) => crate::loadtest::fake_provider::serve(args, shutdown_signal()).await,
         Command::Probe(args) => probe(&args.url).await,

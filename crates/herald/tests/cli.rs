@@ -494,6 +494,29 @@ async fn herald_dev_sends_the_example_otp_to_the_outbox_and_stops_cleanly() {
     assert_eq!((&shown["url"], &shown["secret"]), (&serde_json::json!(hook), &serde_json::Value::Null));
     assert!(cli(&["webhooks", "remove"]).status.success());
     assert!(!cli(&["webhooks", "show"]).status.success());
+    // Audiences from the CLI: a list uploaded from a CSV file (by name), a filter computed at
+    // once, a hostile filter refused with its pointer.
+    let created = cli(&["audiences", "create", "vip"]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let members = std::env::temp_dir().join(format!("herald-vip-{}.csv", uuid::Uuid::new_v4()));
+    std::fs::write(&members, "userId,type\n+33611111111,\nx@example.com,external\n+33611111111,\n").unwrap();
+    let uploaded = cli(&["audiences", "upload", "vip", "-f", members.to_str().unwrap(), "--namespace", "phone"]);
+    assert!(uploaded.status.success(), "{}", String::from_utf8_lossy(&uploaded.stderr));
+    let uploaded: serde_json::Value = serde_json::from_slice(&uploaded.stdout).unwrap();
+    assert_eq!((&uploaded["size"], &uploaded["duplicates"]), (&serde_json::json!(2), &serde_json::json!(1)));
+    let filter = r#"{"field": "attributes.vip", "op": "eq", "value": true}"#;
+    let computed = cli(&["audiences", "create", "vip-profiles", "--filter", filter]);
+    assert!(computed.status.success(), "{}", String::from_utf8_lossy(&computed.stderr));
+    let hostile =
+        cli(&["audiences", "create", "bad", "--filter", r#"{"field": "attributes.x'--", "op": "eq", "value": 1}"#]);
+    assert!(!hostile.status.success() && String::from_utf8_lossy(&hostile.stderr).contains("/filter/field"));
+    let listed = cli(&["audiences", "list"]);
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["vip", "vip-profiles"]);
+    let _ = std::fs::remove_file(&members);
 
     let started = Instant::now();
     let line = loop {
