@@ -16,8 +16,20 @@ use crate::fake_sns::FakeSns;
 
 pub(crate) const API_KEY: &str = "hk_fanout_suite_only";
 
-/// The `herald` binary: `HERALD_BIN`, else the one cargo built next to this executable's `deps/`.
+static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Runs `path` as herald from now on (a benchmark's release build).
+#[allow(dead_code)]
+pub(crate) fn set_binary(path: PathBuf) {
+    let _ = BINARY.set(path);
+}
+
+/// The `herald` binary: [`set_binary`]'s, `HERALD_BIN`, else the one cargo built next to this
+/// executable's `deps/`.
 pub(crate) fn binary() -> PathBuf {
+    if let Some(path) = BINARY.get() {
+        return path.clone();
+    }
     if let Ok(path) = std::env::var("HERALD_BIN") {
         return PathBuf::from(path);
     }
