@@ -237,3 +237,70 @@ async fn stopping_the_campaign_halts_the_fan_out_and_excludes_the_rest() {
     .await;
     drop(report);
 }
+
+#[tokio::test]
+async fn members_not_reached_within_the_window_are_excluded_and_counted() {
+    let (app, _worker, provider) = setup().await;
+    let mut document = otp_sms("otp");
+    document["throttleRatePerSec"] = json!(50);
+    let campaign = app.live_campaign(&document).await;
+    let audience = phone_list(&app, "window", 300).await;
+    let reply = app.post("/im/executions/audience", &body("window", &campaign, &audience)).await;
+    let execution = reply.body["executionId"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "some sends", async || provider.call_count() >= 20).await;
+    // Twelve hours and a second later (the default window), by the app's clock.
+    app.clock.advance(chrono::Duration::seconds(12 * 3600 + 1));
+    wait_until(Duration::from_secs(20), "the fan-out to end", async || {
+        status(&app, &execution).await["status"] == "Failed"
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "every member accounted for", async || {
+        let progress = &status(&app, &execution).await["progress"];
+        progress["sent"].as_i64().unwrap() + progress["excluded"].as_i64().unwrap() == 300
+    })
+    .await;
+    let done = status(&app, &execution).await;
+    assert_eq!(done["failureReason"], "execution-window-passed", "{done}");
+    assert!(done["progress"]["unreached"].as_i64().unwrap() > 0, "{done}");
+    let client = sql(&app).await;
+    let reasons: Vec<(String, i64)> = client
+        .query("SELECT reason, count(*) FROM deliveries WHERE status = 'excluded' GROUP BY reason ORDER BY reason", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // Unpublished members are past the window; published ones still queued have expired.
+    assert!(
+        reasons.iter().all(|(reason, _)| reason == "execution-window-passed" || reason == "expired"),
+        "{reasons:?}"
+    );
+    assert_eq!(done["progress"]["sent"].as_u64(), Some(provider.call_count()));
+}
+
+#[tokio::test]
+async fn the_daily_quota_caps_a_fan_out_exactly() {
+    let mut options = TestOptions::with_broker();
+    options.limits.daily_sms = 30;
+    let app = TestApp::spawn_with(options).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let _worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let campaign = app.live_campaign(&otp_sms("otp")).await;
+    let audience = phone_list(&app, "quota", 100).await;
+    let reply = app.post("/im/executions/audience", &body("quota", &campaign, &audience)).await;
+    let execution = reply.body["executionId"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "the fan-out to end", async || {
+        status(&app, &execution).await["status"] == "Failed"
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "the sends", async || status(&app, &execution).await["progress"]["sent"] == 30)
+        .await;
+    let done = status(&app, &execution).await;
+    assert_eq!(done["failureReason"], "quota-exceeded", "{done}");
+    assert_eq!((done["progress"]["published"].as_i64(), done["progress"]["excluded"].as_i64()), (Some(30), Some(70)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(provider.call_count(), 30);
+    // A unitary execution is refused too: the day's quota is used up.
+    let unitary = herald_tests::execution("after", &campaign, &[("+33612345678", json!({"otp": "1"}))]);
+    app.post("/im/executions/unitary", &unitary).await.assert_problem(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded");
+}

@@ -34,6 +34,8 @@ use crate::{Ingest, outgoing};
 /// Why a fan-out ended before publishing everything (the reason its unreached members get).
 pub const AUDIENCE_GONE: &str = "audience-deleted";
 pub const WINDOW_PASSED: &str = "execution-window-passed";
+/// The sandbox's daily quota for the channel was used up.
+pub const QUOTA_EXCEEDED: &str = "quota-exceeded";
 
 #[derive(Debug, Clone)]
 pub struct FanoutSettings {
@@ -96,12 +98,19 @@ impl Ingest {
         let owner = Uuid::now_v7();
         let settings = self.settings.fanout.clone();
         let mut running = JoinSet::new();
+        // The fan-outs this process publishes: never leased again by it while they run, even if a
+        // stall let their lease run out.
+        let mut mine: Vec<Uuid> = Vec::new();
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(settings.poll) => {}
                 () = self.fanout_wake.notified() => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(ended) = running.join_next(), if !running.is_empty() => {
+                    if let Ok(id) = ended {
+                        mine.retain(|running| *running != id);
+                    }
+                }
             }
             let now = clock.now();
             match self.store.fire_due_schedules(now, chrono_of(settings.window), 100).await {
@@ -118,8 +127,9 @@ impl Ingest {
             }
             while running.len() < settings.concurrency {
                 let now = clock.now();
-                match self.store.lease_fanout(owner, now, now + chrono_of(settings.lease)).await {
+                match self.store.lease_fanout(owner, now, now + chrono_of(settings.lease), &mine).await {
                     Ok(Some(execution)) => {
+                        mine.push(execution.execution_id);
                         let job = Job::start(Arc::clone(&self), Arc::clone(&clock), owner, execution);
                         running.spawn(job.run(stop.clone()));
                     }
@@ -155,25 +165,26 @@ impl Job {
         self.execution.execution_id
     }
 
-    async fn run(mut self, stop: CancellationToken) {
+    /// Publishes until the fan-out ends, the lease is lost or `stop`; returns the execution id.
+    async fn run(mut self, stop: CancellationToken) -> Uuid {
         let execution_id = self.id();
         match self.prepare().await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return execution_id,
             Err(error) => {
                 tracing::warn!(%error, %execution_id, "could not start the fan-out; another attempt follows");
                 self.release().await;
-                return;
+                return execution_id;
             }
         }
         loop {
             if stop.is_cancelled() {
                 self.release().await;
-                return;
+                return execution_id;
             }
             let wait = match self.step().await {
                 Ok(Step::Continue) => continue,
-                Ok(Step::Done) => return,
+                Ok(Step::Done) => return execution_id,
                 Ok(Step::Wait(wait)) => wait,
                 Err(error) => {
                     tracing::warn!(%error, %execution_id, cursor = self.cursor, "fan-out step failed; retrying");
@@ -286,10 +297,15 @@ impl Job {
             .store
             .audience_page(self.execution.audience_id, self.generation, self.cursor, page_size)
             .await?;
-        let Some(&(last, _)) = page.last() else {
+        if page.is_empty() {
             self.end(None).await?;
             return Ok(Step::Done);
+        }
+        let Some((page, quota)) = self.take_quota(page, now).await? else {
+            self.end(Some(QUOTA_EXCEEDED)).await?;
+            return Ok(Step::Done);
         };
+        let Some(&(last, _)) = page.last() else { return Ok(Step::Continue) };
         let accepted_at = chrono::SubsecRound::trunc_subsecs(now, 6);
         let window_end = self.execution.deadline;
         let ttl_end = live.message_ttl_seconds.map(|ttl| accepted_at + chrono::Duration::seconds(i64::from(ttl)));
@@ -303,6 +319,7 @@ impl Job {
             tracing::warn!(%error, execution_id = %self.id(), cursor = self.cursor, "publishing a fan-out page failed; it is published again");
             return Ok(Step::Wait(Duration::from_secs(1)));
         }
+        quota.commit();
         let cursor = last.saturating_add(1);
         let until = self.clock.now() + chrono_of(settings.lease);
         let published = i64::try_from(count).unwrap_or(i64::MAX);
@@ -317,6 +334,23 @@ impl Job {
                 + Duration::from_secs_f64(f64::from(u32::try_from(count).unwrap_or(u32::MAX)) / f64::from(rate));
         }
         Ok(Step::Continue)
+    }
+
+    /// The sandbox's daily quota for as much of `page` as it allows (halving the page until it
+    /// fits, so a fan-out stops exactly at the quota); `None` once not one more member fits.
+    async fn take_quota(
+        &self,
+        mut page: herald_store::audiences::MemberPage,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(herald_store::audiences::MemberPage, crate::ratelimit::QuotaHold)>, StoreError> {
+        loop {
+            match self.ingest.limiter.take_quota(&self.execution.sandbox, self.channel, now, page.len()).await {
+                Ok(hold) => return Ok(Some((page, hold))),
+                Err(crate::ratelimit::LimitError::Exceeded(_)) if page.len() > 1 => page.truncate(page.len() / 2),
+                Err(crate::ratelimit::LimitError::Exceeded(_)) => return Ok(None),
+                Err(crate::ratelimit::LimitError::Store(error)) => return Err(error),
+            }
+        }
     }
 
     fn messages(

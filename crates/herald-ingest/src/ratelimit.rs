@@ -217,7 +217,8 @@ impl Limiter {
         recipients: usize,
     ) -> Result<QuotaHold, LimitError> {
         let quota = self.limits.daily(channel);
-        let need = u64::from(recipients_counted(recipients));
+        // Not capped at a request's 20: an audience fan-out takes a page at a time.
+        let need = u64::try_from(recipients.max(1)).unwrap_or(u64::MAX);
         let day = now.date_naive();
         if quota == 0 {
             return Ok(QuotaHold { bucket: None, day, taken: 0 });

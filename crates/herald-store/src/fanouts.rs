@@ -317,6 +317,7 @@ impl Store {
         owner: Uuid,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
+        except: &[Uuid],
     ) -> Result<Option<AudienceExecution>, StoreError> {
         let client = self.client().await?;
         let row = client
@@ -325,10 +326,11 @@ impl Store {
                     "UPDATE audience_executions SET lease_owner = $1, lease_until = $3 \
                       WHERE execution_id = (SELECT execution_id FROM audience_executions \
                                              WHERE status = 'running' AND (lease_until IS NULL OR lease_until < $2) \
+                                               AND NOT (execution_id = ANY ($4)) \
                                              ORDER BY execute_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
                       RETURNING {COLUMNS}"
                 ),
-                &[&owner, &now, &until],
+                &[&owner, &now, &until, &except],
             )
             .await?;
         row.as_ref().map(execution).transpose()
