@@ -12,7 +12,9 @@
 //! `HERALD_BIN` (a herald binary to measure; by default the bench builds
 //! `cargo build --release -p herald` and measures that), `HERALD_E2E_PG_SETTINGS` (lines added
 //! to postgresql.conf, `;`-separated, e.g. `synchronous_commit = off`, to measure a setting),
-//! `HERALD_E2E_HERALD_ENV` (`NAME=VALUE;…` added to the herald processes' environment).
+//! `HERALD_E2E_HERALD_ENV` (`NAME=VALUE;…` added to the herald processes' environment),
+//! `HERALD_E2E_ENDPOINT` (`unitary`, the default, or `highthroughput`: the execution endpoint the
+//! load calls; the campaign is marked `highThroughput`, so either takes it).
 
 mod procfs;
 
@@ -309,6 +311,7 @@ async fn loadtest(
         .env_clear()
         .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .args(["loadtest", "loadtest-email", "--rate", rate, "--duration-seconds", &seconds.to_string()])
+        .args(["--endpoint", &std::env::var("HERALD_E2E_ENDPOINT").unwrap_or_else(|_| "unitary".into())])
         .args(["--provider", provider_url, "--drain-seconds", "20", "--json"])
         .arg(json_path)
         .stdout(Stdio::null())

@@ -16,6 +16,10 @@ pub struct LoadtestArgs {
     /// number.
     #[arg(long, default_value = "loadtest+{seq}@example.com")]
     pub to: String,
+    /// The execution endpoint called: `unitary`, or `highthroughput` (for a campaign marked
+    /// `highThroughput`).
+    #[arg(long, value_enum, default_value_t = Endpoint::Unitary)]
+    pub endpoint: Endpoint,
     /// For a push campaign: the device token's platform.
     #[arg(long)]
     pub platform: Option<String>,
@@ -67,4 +71,22 @@ pub struct FakeProviderArgs {
     /// Record every Nth call twice (a provider that delivers twice; for testing the counters).
     #[arg(long, default_value_t = 0)]
     pub repeat_every: u64,
+}
+
+/// Which execution endpoint a load test calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Endpoint {
+    Unitary,
+    #[value(name = "highthroughput")]
+    HighThroughput,
+}
+
+impl Endpoint {
+    /// The last segment of its path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Unitary => "unitary",
+            Endpoint::HighThroughput => "highthroughput",
+        }
+    }
 }

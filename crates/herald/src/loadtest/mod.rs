@@ -62,13 +62,13 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         None => None,
     };
     let template = Arc::new(Template {
-        base,
         key,
         campaign,
         run: run.clone(),
         to: args.to.clone(),
         context,
         platform: args.platform.clone(),
+        endpoint: format!("{base}/im/executions/{}", args.endpoint.path()),
     });
     // One call first, outside the measurement: a campaign that is not live, a key without the
     // scope or a template error stops here with the API's answer instead of N failures.
@@ -123,13 +123,14 @@ pub(crate) async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
 
 /// What every call has in common.
 struct Template {
-    base: String,
     key: String,
     campaign: String,
     run: String,
     to: String,
     context: Map<String, Value>,
     platform: Option<String>,
+    /// `…/im/executions/unitary` or `…/highthroughput`.
+    endpoint: String,
 }
 
 impl Template {
@@ -149,12 +150,7 @@ impl Template {
     }
 
     async fn call(&self, http: &reqwest::Client, seq: u64, due_us: i64) -> Answer {
-        let response = http
-            .post(format!("{}/im/executions/unitary", self.base))
-            .bearer_auth(&self.key)
-            .json(&self.body(seq, due_us))
-            .send()
-            .await;
+        let response = http.post(&self.endpoint).bearer_auth(&self.key).json(&self.body(seq, due_us)).send().await;
         let status = match response {
             // The body is read so the connection goes back to the pool.
             Ok(response) => {
@@ -173,10 +169,8 @@ impl Template {
         let mut body = self.body(0, 0);
         body["requestId"] = Value::String(format!("lt-{}-check", self.run));
         body["recipients"][0]["context"]["marker"] = Value::String(format!("hlm.{}check", self.run));
-        let (status, answer) = crate::api_client::call(
-            http.post(format!("{}/im/executions/unitary", self.base)).bearer_auth(&self.key).json(&body),
-        )
-        .await?;
+        let (status, answer) =
+            crate::api_client::call(http.post(&self.endpoint).bearer_auth(&self.key).json(&body)).await?;
         if status != 202 {
             bail!("the first call was refused: {}", human_problem(status, &answer));
         }
