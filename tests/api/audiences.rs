@@ -241,3 +241,50 @@ async fn a_million_line_upload_streams_into_the_list() {
         (1_000_000, 0, 999_999, 1_000_000)
     );
 }
+
+/// Starts an upload over a raw connection that announces `length` bytes and sends only `sent`
+/// of them, and leaves it open.
+async fn stalled_upload(app: &TestApp, audience: &str, sent: &str, length: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = app.address.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "PUT /audiences/{audience}/members?namespace=phone HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {length}\r\n\r\n{sent}",
+        app.key
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket
+}
+
+#[tokio::test]
+async fn slow_or_abandoned_uploads_keep_no_connection_from_other_requests() {
+    let app = TestApp::spawn().await;
+    let (first, second, third) =
+        (create_list(&app, "one").await, create_list(&app, "two").await, create_list(&app, "three").await);
+    let line = "{\"userId\":\"+33600000001\"}\n";
+    let one = stalled_upload(&app, &first, line, 10_000).await;
+    let two = stalled_upload(&app, &second, line, 10_000).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Two uploads hold their turns: a third waits its turn, with Retry-After.
+    let (status, body) = upload(&app, &app.key, &third, "application/x-ndjson", line).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["type"], "https://herald.dev/errors/uploads-busy");
+    // Everything else is answered meanwhile, including database reads.
+    for _ in 0..20 {
+        assert_eq!(app.get("/audiences").await.status, StatusCode::OK);
+    }
+    // An upload abandoned mid-body stores nothing and gives its turn and its connection back.
+    drop(one);
+    drop(two);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, body) = upload(&app, &app.key, &third, "application/x-ndjson", line).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["size"], 1);
+    for audience in [&first, &second] {
+        assert_eq!(app.get(&format!("/audiences/{audience}")).await.body["size"], 0);
+        // The lock of the abandoned upload is gone with its connection: uploading works.
+        let (status, body) = upload(&app, &app.key, audience, "application/x-ndjson", line).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_core::Scope;
 use herald_core::audience::request::AudienceExecutionRequest;
-use herald_store::{AudienceExecution, CancelOutcome, FanoutStatus};
+use herald_store::{AudienceExecution, CancelOutcome, FanoutCounts, FanoutStatus};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -17,6 +17,32 @@ use crate::auth::Caller;
 use crate::executions::{problem_for, with_ids};
 use crate::json::{ApiJson, from_value};
 use crate::problem::Problem;
+
+/// Progress counts read a fan-out's deliveries (a million rows for a million members): each
+/// process answers polls of one execution from one count a second at most.
+static COUNTS: std::sync::Mutex<Vec<(Uuid, std::time::Instant, FanoutCounts)>> = std::sync::Mutex::new(Vec::new());
+const COUNTS_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const COUNTS_KEPT: usize = 256;
+
+async fn counts(state: &AppState, execution: &AudienceExecution) -> Result<FanoutCounts, Problem> {
+    let id = execution.execution_id;
+    let cached = |entries: &Vec<(Uuid, std::time::Instant, FanoutCounts)>| {
+        entries.iter().find(|(key, at, _)| *key == id && at.elapsed() < COUNTS_FRESH).map(|(_, _, counts)| *counts)
+    };
+    // A finished fan-out's counts still move (queued messages are being sent), so every
+    // execution is counted afresh once its entry is a second old.
+    if let Some(counts) = cached(&COUNTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
+        return Ok(counts);
+    }
+    let counts = state.store.fanout_counts(id).await?;
+    let mut entries = COUNTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    entries.retain(|(key, at, _)| *key != id && at.elapsed() < COUNTS_FRESH);
+    if entries.len() >= COUNTS_KEPT {
+        entries.remove(0);
+    }
+    entries.push((id, std::time::Instant::now(), counts));
+    Ok(counts)
+}
 
 /// AJO's execution status.
 fn execution_status(status: FanoutStatus) -> &'static str {
@@ -101,7 +127,7 @@ pub(crate) async fn status(
     if execution.fired_at.is_none() {
         return Err(not_found());
     }
-    let counts = state.store.fanout_counts(id).await?;
+    let counts = counts(&state, &execution).await?;
     Ok(Json(json!({
         "executionId": execution.execution_id,
         "requestId": execution.request_id,

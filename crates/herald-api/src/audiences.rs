@@ -25,6 +25,11 @@ use crate::problem::Problem;
 pub const MAX_UPLOAD_LINES: u64 = 20_000_000;
 pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
 const MAX_NAME: usize = 128;
+/// An upload holds a database connection from its first byte to its last, so a process runs
+/// few at once: slow or many uploads must not take the connections other requests need.
+pub(crate) const CONCURRENT_UPLOADS: usize = 2;
+/// A client that sends nothing for this long loses its upload (and its connection).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -175,6 +180,11 @@ pub(crate) async fn upload(
         Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Upload NDJSON or CSV")
             .detail("send Content-Type: application/x-ndjson (one {\"userId\", \"namespace\", \"type\"} a line) or text/csv (a header line, then one member a line)")
     })?;
+    let _turn = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, "uploads-busy", "Other uploads are running")
+            .detail(format!("this API process runs {CONCURRENT_UPLOADS} uploads at once; retry shortly"))
+            .retry_after(5)
+    })?;
     let mut reader = ListReader::new(format, query.namespace)
         .map_err(|detail| Problem::validation("Invalid upload", vec![Problem::field_error("/namespace", detail)]))?;
     let upload = state.store.begin_member_upload(&caller.sandbox, id).await.map_err(|error| match error {
@@ -190,7 +200,11 @@ pub(crate) async fn upload(
     let (mut lines, mut bytes) = (0_u64, 0_u64);
     let mut finished = false;
     while !finished {
-        let chunk = match stream.next().await {
+        let next = tokio::time::timeout(UPLOAD_IDLE, stream.next()).await.map_err(|_| {
+            Problem::new(StatusCode::REQUEST_TIMEOUT, "upload-stalled", "The upload stalled")
+                .detail(format!("nothing arrived for {} s; nothing was stored", UPLOAD_IDLE.as_secs()))
+        })?;
+        let chunk = match next {
             Some(Ok(chunk)) => chunk,
             Some(Err(_)) => {
                 return Err(Problem::new(StatusCode::BAD_REQUEST, "body-unreadable", "The body ended early"));

@@ -74,6 +74,8 @@ pub struct AppState {
     render_turns: Arc<herald_core::template::RenderTurns>,
     /// The SNS push endpoint's topics and certificate cache, when configured.
     sns: Option<Arc<feedback::SnsPush>>,
+    /// Turns for audience member uploads (each holds a database connection throughout).
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -96,6 +98,7 @@ impl AppState {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             )),
             sns: config.sns.as_ref().and_then(feedback::SnsPush::new).map(Arc::new),
+            uploads: Arc::new(tokio::sync::Semaphore::new(audiences::CONCURRENT_UPLOADS)),
             config: Arc::new(config),
         }
     }

@@ -58,7 +58,7 @@ impl Default for FanoutSettings {
     fn default() -> Self {
         Self {
             page_size: 500,
-            queue_limit: 20_000,
+            queue_limit: 5_000,
             lease: Duration::from_secs(10),
             window: Duration::from_secs(12 * 3600),
             poll: Duration::from_millis(500),
