@@ -114,17 +114,28 @@ async fn an_audience_execution_sends_each_member_once_and_reports_the_audience_a
     app.post("/im/executions/audience", &other)
         .await
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
+    // A request id names one request, whichever endpoint took it.
+    let unitary = herald_tests::execution("first", &campaign, &[("+33612345678", json!({"otp": "1"}))]);
+    app.post("/im/executions/unitary", &unitary)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
+    let unitary = herald_tests::execution("unitary-first", &campaign, &[("+33612345678", json!({"otp": "1"}))]);
+    assert_eq!(app.post("/im/executions/unitary", &unitary).await.status, StatusCode::ACCEPTED);
+    app.post("/im/executions/audience", &body("unitary-first", &campaign, &audience))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused");
 
     wait_until(Duration::from_secs(60), "every member sent", async || {
         status(&app, &execution).await["progress"]["sent"] == 1_200
     })
     .await;
+    wait_until(Duration::from_secs(10), "the unitary send too", async || provider.call_count() == 1_201).await;
     let done = status(&app, &execution).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(done["targetedProfileCount"], 1_200);
     assert_eq!(done["progress"]["published"], 1_200);
     assert_eq!(done["audienceId"], audience.as_str());
-    let calls = provider.calls();
+    let calls: Vec<_> = provider.calls().into_iter().filter(|c| c.to != "+33612345678").collect();
     let numbers: HashSet<&str> = calls.iter().map(|c| c.to.as_str()).collect();
     assert_eq!((calls.len(), numbers.len()), (1_200, 1_200), "each member once");
     assert!(calls.iter().all(|c| c.body == "Your code is 123456"));
@@ -140,7 +151,7 @@ async fn an_audience_execution_sends_each_member_once_and_reports_the_audience_a
     // The report counts the audience as targeted, and every send.
     wait_until(Duration::from_secs(10), "the report", async || {
         let report = app.get(&format!("/campaigns/{campaign}/report")).await;
-        report.body["channels"][0]["targeted"] == 1_200 && report.body["channels"][0]["sent"] == 1_200
+        report.body["channels"][0]["targeted"] == 1_201 && report.body["channels"][0]["sent"] == 1_201
     })
     .await;
     // A running execution's audience cannot be deleted; a finished one's can.

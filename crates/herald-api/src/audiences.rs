@@ -21,9 +21,10 @@ use crate::auth::Caller;
 use crate::json::{ApiJson, ApiQuery, from_value};
 use crate::problem::Problem;
 
-/// An upload is refused past this many lines (blank ones included) or bytes.
+/// An upload is refused (413) past this many members, lines (blank ones included) or bytes.
+pub const MAX_UPLOAD_MEMBERS: u64 = 10_000_000;
 pub const MAX_UPLOAD_LINES: u64 = 20_000_000;
-pub const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+pub const MAX_UPLOAD_BYTES: u64 = 1 << 30;
 const MAX_NAME: usize = 128;
 /// An upload holds a database connection from its first byte to its last, so a process runs
 /// few at once: slow or many uploads must not take the connections other requests need.
@@ -232,6 +233,10 @@ pub(crate) async fn upload(
                 return Err(bad_line(lines, &format!("an upload holds at most {MAX_UPLOAD_LINES} lines")));
             }
             match reader.line(line) {
+                Ok(Some(_)) if upload.rows() >= MAX_UPLOAD_MEMBERS => {
+                    return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Too many members")
+                        .detail(format!("a list holds at most {MAX_UPLOAD_MEMBERS} members; nothing was stored")));
+                }
                 Ok(Some(member)) => upload.write(&member).await?,
                 Ok(None) => {}
                 Err(detail) => return Err(bad_line(lines, &detail)),

@@ -203,7 +203,12 @@ impl Store {
     /// while another upload to it runs; `None` when there is no such audience.
     pub async fn begin_member_upload(&self, sandbox: &str, id: Uuid) -> Result<Option<MemberUpload>, StoreError> {
         let client = self.client().await?;
-        client.batch_execute("BEGIN").await?;
+        // A client gone mid-upload ends its statements within a second (its connection is closed,
+        // and PostgreSQL otherwise finds out only when it next writes to it), and no statement of
+        // an upload runs longer than five minutes.
+        client
+            .batch_execute("SET client_connection_check_interval = '1s'; BEGIN; SET LOCAL statement_timeout = '300s'")
+            .await?;
         let mut upload = MemberUpload { client: Some(client), writer: None, audience_id: id, generation: 0, rows: 0 };
         let row = upload
             .client()

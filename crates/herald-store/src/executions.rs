@@ -141,6 +141,25 @@ impl Store {
                 );
             }
         }
+        // A key no unitary execution holds, yet not claimed: an audience execution holds it.
+        let mut audience_keys: HashSet<Key> = HashSet::new();
+        let unexplained: Vec<&&ExecutionClaim> = conflicts
+            .iter()
+            .filter(|c| !existing.contains_key(&(c.sandbox.clone(), c.campaign_id, c.request_id.clone())))
+            .collect();
+        if !unexplained.is_empty() {
+            let sandboxes: Vec<&str> = unexplained.iter().map(|c| c.sandbox.as_str()).collect();
+            let campaigns: Vec<Uuid> = unexplained.iter().map(|c| c.campaign_id).collect();
+            let requests: Vec<&str> = unexplained.iter().map(|c| c.request_id.as_str()).collect();
+            let rows = client
+                .query(
+                    "SELECT sandbox, campaign_id, request_id FROM audience_executions
+                      WHERE (sandbox, campaign_id, request_id) IN (SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[]))",
+                    &[&sandboxes, &campaigns, &requests],
+                )
+                .await?;
+            audience_keys.extend(rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))));
+        }
         let mut outcomes = Vec::with_capacity(claims.len());
         for claim in claims {
             if inserted.contains(&claim.execution_id) {
@@ -150,6 +169,10 @@ impl Store {
             let key = (claim.sandbox.clone(), claim.campaign_id, claim.request_id.clone());
             let Some(Existing { execution_id, body_hash: hash, state, created_at, lease_until }) = existing.get(&key)
             else {
+                if audience_keys.contains(&key) {
+                    outcomes.push(ClaimOutcome::BodyMismatch);
+                    continue;
+                }
                 // Deleted between the two statements (retention purge): the client retries.
                 outcomes.push(ClaimOutcome::InProgress { retry_after: std::time::Duration::from_secs(1) });
                 continue;

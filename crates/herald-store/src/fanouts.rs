@@ -159,6 +159,16 @@ impl Store {
     /// Records an audience execution request, once per (sandbox, campaign, request id).
     pub async fn claim_audience_execution(&self, new: &NewAudienceExecution) -> Result<AudienceClaim, StoreError> {
         let client = self.client().await?;
+        // The key of a unitary execution: another request (see migration 0019).
+        let unitary = client
+            .query_opt(
+                "SELECT 1 FROM executions WHERE sandbox = $1 AND campaign_id = $2 AND request_id = $3",
+                &[&new.sandbox, &new.campaign_id, &new.request_id],
+            )
+            .await?;
+        if unitary.is_some() {
+            return Ok(AudienceClaim::BodyMismatch);
+        }
         let execution_id = Uuid::now_v7();
         let schedule_id = new.schedule.then(Uuid::now_v7);
         let (status, fired_at, deadline) = if new.schedule {

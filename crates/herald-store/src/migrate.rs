@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (16, "feedback_webhooks", include_str!("../migrations/0016_feedback_webhooks.sql")),
     (17, "delivery_address_hash", include_str!("../migrations/0017_delivery_address_hash.sql")),
     (18, "audiences", include_str!("../migrations/0018_audiences.sql")),
+    (19, "request_ids_across_endpoints", include_str!("../migrations/0019_request_ids_across_endpoints.sql")),
 ];
 
 /// Arbitrary but fixed: the advisory lock key all Herald processes agree on.

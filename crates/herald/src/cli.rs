@@ -458,7 +458,7 @@ pub struct ApiArgs {
     #[arg(long, env = "HERALD_FANOUT_PAGE_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub fanout_page_size: i64,
     /// A fan-out waits while its shard queue holds this many ready messages (workers are behind).
-    #[arg(long, env = "HERALD_FANOUT_QUEUE_LIMIT", default_value_t = 5_000)]
+    #[arg(long, env = "HERALD_FANOUT_QUEUE_LIMIT", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub fanout_queue_limit: u32,
     /// How long a fan-out's lease lasts without a checkpoint: after a crash, another instance
     /// resumes it this long after its last page.

@@ -63,10 +63,12 @@ pub fn validate(
     if !missing.is_empty() {
         problem("/context", format!("the campaign uses context attributes this request lacks: {}", missing.join(", ")));
     }
-    if let Some(schedule) = &request.schedule
-        && schedule.execute_at > now + chrono::Duration::days(MAX_SCHEDULE_AHEAD_DAYS)
-    {
-        problem("/schedule/executeAt", format!("at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"));
+    if let Some(schedule) = &request.schedule {
+        if schedule.execute_at > now + chrono::Duration::days(MAX_SCHEDULE_AHEAD_DAYS) {
+            problem("/schedule/executeAt", format!("at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"));
+        } else if chrono::Datelike::year(&schedule.execute_at) < 1 {
+            problem("/schedule/executeAt", "a date in the years 1 to 9999".into());
+        }
     }
     if errors.is_empty() { Ok(context) } else { Err(errors) }
 }
@@ -115,6 +117,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(validate(&big, &facts(), now).unwrap_err()[0].pointer, "/context");
+        let ancient = request(serde_json::json!({
+            "requestId": "r", "campaignId": "c", "context": {"code": "1"}, "schedule": {"executeAt": "0000-01-01T00:00:00Z"}
+        }))
+        .unwrap();
+        assert_eq!(validate(&ancient, &facts(), now).unwrap_err()[0].pointer, "/schedule/executeAt");
     }
 
     #[test]
