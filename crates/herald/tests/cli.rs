@@ -301,6 +301,10 @@ fn worker_process(app: &herald_tests::TestApp, moto: &herald_tests::moto::Moto) 
         .env("HERALD_RETRY_TIERS_SECONDS", "1,2")
         .env("HERALD_MIGRATE_ON_START", "false")
         .env("HERALD_LOG_FORMAT", "json")
+        // moto answers slowly when the machine is loaded (the whole suite runs at once); a
+        // timed-out call that moto did take is rightly `unknown`, not `sent`, which would make
+        // the count below fall short without anything being wrong.
+        .env("HERALD_PROVIDER_TIMEOUT_MS", "60000")
         .env("AWS_ENDPOINT_URL", &moto.url)
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
