@@ -572,7 +572,7 @@ impl Pipeline {
     /// Whether the envelope's campaign is still live, as the campaign cache has it now.
     async fn still_live(&self, envelope: &Envelope) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let campaign = self.campaigns.get(&envelope.sandbox, envelope.campaign_id).await?;
+        let campaign = self.campaigns.get_again(&envelope.sandbox, envelope.campaign_id).await?;
         Ok(campaign.is_some_and(|c| c.record.status(now) == CampaignStatus::Live))
     }
 
