@@ -43,6 +43,19 @@ fn body(request: &str, campaign: &str, audience: &str) -> Value {
     json!({"requestId": request, "campaignId": campaign, "audience": {"id": audience}, "context": {"otp": "123456"}})
 }
 
+/// Every queue of the app's topology (work shards, retry tiers, dead letters) ends empty.
+async fn drained(app: &TestApp) {
+    let broker = app.ingest.as_ref().unwrap().broker();
+    wait_until(Duration::from_secs(20), "every queue to drain", async || {
+        let mut held = 0;
+        for queue in app.topology().topology.queues() {
+            held += broker.queue_state(&queue).await.map_or(u32::MAX, |state| state.messages);
+        }
+        held == 0
+    })
+    .await;
+}
+
 async fn setup() -> (TestApp, TestWorker, Arc<ScriptedProvider>) {
     let app = TestApp::spawn_with(TestOptions::with_broker()).await;
     let provider = Arc::new(ScriptedProvider::new());
@@ -205,6 +218,7 @@ async fn a_schedule_fires_once_when_due_and_a_cancelled_one_never_fires() {
     app.call(Method::GET, &format!("/im/executions/schedules/{schedule}"), Some(&stranger), None)
         .await
         .assert_problem(StatusCode::NOT_FOUND, "schedule-not-found");
+    drained(&app).await;
 }
 
 #[tokio::test]
@@ -239,6 +253,12 @@ async fn stopping_the_campaign_halts_the_fan_out_and_excludes_the_rest() {
     assert_eq!(done["failureReason"], "campaign-not-live");
     assert_eq!(done["progress"]["sent"].as_u64(), Some(provider.call_count()));
     assert!(done["progress"]["unreached"].as_i64().unwrap() > 0, "{done}");
+    // What was not published was recorded excluded, each member once.
+    assert_eq!(
+        done["progress"]["unreached"].as_i64().unwrap() + done["progress"]["published"].as_i64().unwrap(),
+        600,
+        "{done}"
+    );
     let report = app.get(&format!("/campaigns/{campaign}/report")).await;
     wait_until(Duration::from_secs(10), "the report", async || {
         let report = app.get(&format!("/campaigns/{campaign}/report")).await;
@@ -247,6 +267,7 @@ async fn stopping_the_campaign_halts_the_fan_out_and_excludes_the_rest() {
     })
     .await;
     drop(report);
+    drained(&app).await;
 }
 
 #[tokio::test]
@@ -273,6 +294,11 @@ async fn members_not_reached_within_the_window_are_excluded_and_counted() {
     let done = status(&app, &execution).await;
     assert_eq!(done["failureReason"], "execution-window-passed", "{done}");
     assert!(done["progress"]["unreached"].as_i64().unwrap() > 0, "{done}");
+    assert_eq!(
+        done["progress"]["unreached"].as_i64().unwrap() + done["progress"]["published"].as_i64().unwrap(),
+        300,
+        "{done}"
+    );
     let client = sql(&app).await;
     let reasons: Vec<(String, i64)> = client
         .query("SELECT reason, count(*) FROM deliveries WHERE status = 'excluded' GROUP BY reason ORDER BY reason", &[])
@@ -287,6 +313,7 @@ async fn members_not_reached_within_the_window_are_excluded_and_counted() {
         "{reasons:?}"
     );
     assert_eq!(done["progress"]["sent"].as_u64(), Some(provider.call_count()));
+    drained(&app).await;
 }
 
 #[tokio::test]
@@ -309,6 +336,8 @@ async fn the_daily_quota_caps_a_fan_out_exactly() {
     let done = status(&app, &execution).await;
     assert_eq!(done["failureReason"], "quota-exceeded", "{done}");
     assert_eq!((done["progress"]["published"].as_i64(), done["progress"]["excluded"].as_i64()), (Some(30), Some(70)));
+    assert_eq!(done["progress"]["unreached"], 70);
+    drained(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(provider.call_count(), 30);
     // A unitary execution is refused too: the day's quota is used up.

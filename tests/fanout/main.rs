@@ -36,7 +36,7 @@ fn exactly_once(calls: &HashMap<String, u32>, expected: &[String]) -> Result<(),
 async fn execution_row(client: &tokio_postgres::Client, id: &str) -> (String, i64, Option<i64>) {
     let id = uuid::Uuid::parse_str(id).unwrap();
     let row = client
-        .query_one("SELECT status, published, late_ms FROM audience_executions WHERE execution_id = $1", &[&id])
+        .query_one("SELECT status, cursor::bigint, late_ms FROM audience_executions WHERE execution_id = $1", &[&id])
         .await
         .unwrap();
     (row.get(0), row.get(1), row.get(2))
@@ -191,6 +191,7 @@ async fn schedules(stack: &Stack) {
         .unwrap()
         .get(0);
     assert_eq!(cancelled_row, "cancelled");
+    until(Duration::from_secs(30), "the queues to drain", async || stack.queued().await == 0).await;
     eprintln!("fanout: schedules ok: fired once by three instances, cancelled never, late one {late} ms late");
 }
 

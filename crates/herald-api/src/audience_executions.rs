@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_core::Scope;
 use herald_core::audience::request::AudienceExecutionRequest;
 use herald_store::{AudienceExecution, CancelOutcome, FanoutCounts, FanoutStatus};
@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::executions::{problem_for, with_ids};
-use crate::json::{ApiJson, from_value};
+use crate::executions::{accepted_response, admit, problem_for, with_ids};
+use crate::json::ApiJson;
 use crate::problem::Problem;
 
 /// Progress counts read a fan-out's deliveries (a million rows for a million members): each
@@ -84,12 +84,7 @@ pub(crate) async fn execute(
     caller: Caller,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, Problem> {
-    caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, &body))?;
-    let request: AudienceExecutionRequest = from_value(&body).map_err(|p| with_ids(p, &body))?;
-    let ingest = state
-        .ingest
-        .as_ref()
-        .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
+    let (ingest, request): (_, AudienceExecutionRequest) = admit(&state, &caller, &body)?;
     let accepted = ingest
         .execute_audience(&caller.sandbox, &body, &request, state.clock.now())
         .await
@@ -107,11 +102,7 @@ pub(crate) async fn execute(
             "createdAt": execution.created_at,
         })
     };
-    let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
-    if accepted.replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(accepted_response(answer, accepted.replayed))
 }
 
 pub(crate) async fn status(
@@ -142,14 +133,14 @@ pub(crate) async fn status(
         "finishedAt": execution.finished_at,
         "failureReason": execution.failure,
         "progress": {
-            "published": execution.published,
+            "published": execution.published(),
             "sent": counts.sent,
             "failed": counts.failed,
             "excluded": counts.excluded,
             "unknown": counts.unknown,
             "pending": counts.pending,
             // Recorded excluded without a message: the campaign stopped or the window passed.
-            "unreached": execution.unreached,
+            "unreached": execution.unreached(),
         },
     })))
 }

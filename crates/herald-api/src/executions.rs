@@ -144,26 +144,39 @@ async fn accept(
     body: Value,
     mode: ExecutionMode,
 ) -> Result<Response, Problem> {
-    caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, &body))?;
-    let request: ExecutionRequest = from_value(&body).map_err(|p| with_ids(p, &body))?;
-    let ingest = state
-        .ingest
-        .as_ref()
-        .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), &body))?;
+    let (ingest, request): (_, ExecutionRequest) = admit(state, caller, &body)?;
     let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
     let accepted = ingest
         .execute(&caller.sandbox, &caller.key_id.to_string(), mode, &body, &request, state.clock.now(), traceparent)
         .await
         .map_err(|error| with_ids(problem_for(error), &body))?;
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "executionId": accepted.execution_id, "requestId": accepted.request_id, "createdAt": accepted.created_at })),
-    )
-        .into_response();
-    if accepted.replayed {
+    let answer = json!({ "executionId": accepted.execution_id, "requestId": accepted.request_id, "createdAt": accepted.created_at });
+    Ok(accepted_response(answer, accepted.replayed))
+}
+
+/// What every execution endpoint checks first, each problem carrying the body's ids: the key's
+/// scope, the body's shape, and an ingest on this instance.
+pub(crate) fn admit<'a, T: serde::de::DeserializeOwned>(
+    state: &'a AppState,
+    caller: &Caller,
+    body: &Value,
+) -> Result<(&'a herald_ingest::Ingest, T), Problem> {
+    caller.require(Scope::ExecutionsWrite).map_err(|p| with_ids(p, body))?;
+    let request: T = from_value(body).map_err(|p| with_ids(p, body))?;
+    let ingest = state
+        .ingest
+        .as_deref()
+        .ok_or_else(|| with_ids(Problem::unavailable("the execution API is not configured on this instance"), body))?;
+    Ok((ingest, request))
+}
+
+/// A 202 with `answer`, marked `Idempotent-Replayed` when it answers a retry.
+pub(crate) fn accepted_response(answer: Value, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
+    if replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 pub(crate) async fn status(

@@ -257,7 +257,7 @@ impl Job {
             return Ok(true);
         }
         let until = self.clock.now() + chrono_of(lease);
-        let kept = self.ingest.store.checkpoint_fanout(self.id(), self.owner, self.cursor, 0, until).await?;
+        let kept = self.ingest.store.checkpoint_fanout(self.id(), self.owner, self.cursor, until).await?;
         self.renewed_at = Instant::now();
         Ok(kept)
     }
@@ -322,8 +322,7 @@ impl Job {
         quota.commit();
         let cursor = last.saturating_add(1);
         let until = self.clock.now() + chrono_of(settings.lease);
-        let published = i64::try_from(count).unwrap_or(i64::MAX);
-        if !self.ingest.store.checkpoint_fanout(self.id(), self.owner, cursor, published, until).await? {
+        if !self.ingest.store.checkpoint_fanout(self.id(), self.owner, cursor, until).await? {
             tracing::warn!(execution_id = %self.id(), "lost a fan-out's lease; the instance holding it goes on");
             return Ok(Step::Done);
         }

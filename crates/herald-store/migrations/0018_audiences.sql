@@ -55,10 +55,9 @@ CREATE TABLE audience_executions (
     generation    integer,
     targeted      bigint,
     -- The next member position to publish; every position before it is confirmed by the broker.
+    -- Positions are dense, so it is also how many were published; on a failed fan-out, those
+    -- from it on were recorded excluded without a message.
     cursor        integer NOT NULL DEFAULT 0,
-    published     bigint NOT NULL DEFAULT 0,
-    -- Recipients recorded excluded without a message (stopped campaign, expired window).
-    unreached     bigint NOT NULL DEFAULT 0,
     -- The instance publishing it, until when; another takes it over once the lease has passed.
     lease_owner   uuid,
     lease_until   timestamptz,

@@ -92,18 +92,8 @@ impl<T: Send + Sync + 'static> Shared<T> {
 
     /// The campaign `id` of `sandbox`, from the cache when it can be trusted.
     pub async fn get(&self, sandbox: &str, id: Uuid) -> Result<Option<Arc<T>>, StoreError> {
-        self.lookup(sandbox, id, true).await
-    }
-
-    /// As [`Shared::get`], not counted in the lookup metric: a second look at a campaign already
-    /// looked up for the same message (the worker's re-check before a provider call).
-    pub async fn get_again(&self, sandbox: &str, id: Uuid) -> Result<Option<Arc<T>>, StoreError> {
-        self.lookup(sandbox, id, false).await
-    }
-
-    async fn lookup(&self, sandbox: &str, id: Uuid, counted: bool) -> Result<Option<Arc<T>>, StoreError> {
         let observe = |hit| {
-            if let Some(observer) = self.observer.get().filter(|_| counted) {
+            if let Some(observer) = self.observer.get() {
                 observer(hit);
             }
         };

@@ -66,14 +66,28 @@ pub struct AudienceExecution {
     pub generation: Option<i32>,
     pub targeted: Option<i64>,
     pub cursor: i32,
-    pub published: i64,
-    pub unreached: i64,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+impl AudienceExecution {
+    /// Members published (confirmed by the broker): positions are dense, so the checkpoint.
+    pub fn published(&self) -> i64 {
+        i64::from(self.cursor)
+    }
+
+    /// Members recorded excluded without a message: those from the checkpoint on, once the
+    /// fan-out failed with its snapshot fixed.
+    pub fn unreached(&self) -> i64 {
+        match (self.status, self.targeted) {
+            (FanoutStatus::Failed, Some(targeted)) => (targeted - self.published()).max(0),
+            _ => 0,
+        }
+    }
+}
+
 const COLUMNS: &str = "execution_id, schedule_id, sandbox, campaign_id, request_id, audience_id, context, status, \
-    failure, execute_at, fired_at, late_ms, deadline, generation, targeted, cursor, published, unreached, created_at, \
+    failure, execute_at, fired_at, late_ms, deadline, generation, targeted, cursor, created_at, \
     finished_at";
 
 fn execution(row: &tokio_postgres::Row) -> Result<AudienceExecution, StoreError> {
@@ -96,10 +110,8 @@ fn execution(row: &tokio_postgres::Row) -> Result<AudienceExecution, StoreError>
         generation: row.get(13),
         targeted: row.get(14),
         cursor: row.get(15),
-        published: row.get(16),
-        unreached: row.get(17),
-        created_at: row.get(18),
-        finished_at: row.get(19),
+        created_at: row.get(16),
+        finished_at: row.get(17),
     })
 }
 
@@ -213,7 +225,7 @@ impl Store {
                 &[&new.sandbox, &new.campaign_id, &new.request_id],
             )
             .await?;
-        let hash: Vec<u8> = row.get(20);
+        let hash: Vec<u8> = row.get(18);
         if hash != new.body_hash {
             return Ok(AudienceClaim::BodyMismatch);
         }
@@ -399,22 +411,21 @@ impl Store {
         Ok(Some(Some(Snapshot { generation, targeted })))
     }
 
-    /// Records that every member before `cursor` is confirmed by the broker (`published` more),
-    /// and renews the lease. `false` when `owner` lost the lease or the fan-out was ended.
+    /// Records that every member before `cursor` is confirmed by the broker, and renews the
+    /// lease. `false` when `owner` lost the lease or the fan-out was ended.
     pub async fn checkpoint_fanout(
         &self,
         execution_id: Uuid,
         owner: Uuid,
         cursor: i32,
-        published: i64,
         lease_until: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let updated = client
             .execute(
-                "UPDATE audience_executions SET cursor = $3, published = published + $4, lease_until = $5 \
+                "UPDATE audience_executions SET cursor = $3, lease_until = $4 \
                   WHERE execution_id = $1 AND lease_owner = $2 AND status = 'running' AND cursor <= $3",
-                &[&execution_id, &owner, &cursor, &published, &lease_until],
+                &[&execution_id, &owner, &cursor, &lease_until],
             )
             .await?;
         Ok(updated == 1)
@@ -445,33 +456,22 @@ impl Store {
         };
         let (audience_id, generation, cursor, campaign_id): (Uuid, Option<i32>, i32, Uuid) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        let mut unreached = 0_u64;
         if let (Some(reason), Some(generation)) = (failure, generation) {
-            unreached = tx
-                .execute(
-                    "INSERT INTO deliveries (execution_id, recipient_index, status, reason, attempts, campaign_id, \
+            tx.execute(
+                "INSERT INTO deliveries (execution_id, recipient_index, status, reason, attempts, campaign_id, \
                        channel, created_at, updated_at) \
                      SELECT $1, m.seq, 'excluded', $5, 0, $6, $7, $8, $8 FROM audience_members m \
                       WHERE m.audience_id = $2 AND m.generation = $3 AND m.seq >= $4 \
                      ON CONFLICT (execution_id, recipient_index) DO NOTHING",
-                    &[
-                        &execution_id,
-                        &audience_id,
-                        &generation,
-                        &cursor,
-                        &reason,
-                        &campaign_id,
-                        &channel.as_str(),
-                        &now,
-                    ],
-                )
-                .await?;
+                &[&execution_id, &audience_id, &generation, &cursor, &reason, &campaign_id, &channel.as_str(), &now],
+            )
+            .await?;
         }
         let status = if failure.is_some() { "failed" } else { "succeeded" };
         tx.execute(
-            "UPDATE audience_executions SET status = $2, failure = $3, unreached = unreached + $4, finished_at = $5, \
+            "UPDATE audience_executions SET status = $2, failure = $3, finished_at = $4, \
                     lease_owner = NULL, lease_until = NULL WHERE execution_id = $1",
-            &[&execution_id, &status, &failure, &i64::try_from(unreached).unwrap_or(i64::MAX), &now],
+            &[&execution_id, &status, &failure, &now],
         )
         .await?;
         tx.commit().await?;

@@ -415,11 +415,12 @@ impl Pipeline {
         let gate = self.transmit_gate(key, token);
         let mut calls: u32 = 0;
         loop {
-            self.throttle(envelope.channel, job.campaign).await?;
+            let waited = self.throttle(envelope.channel, job.campaign).await?;
             // A throttled message may have waited long for its slot: a campaign stopped meanwhile
             // (an audience fan-out halted mid-way) sends nothing more. From the cache, which a
-            // stop invalidates within milliseconds.
-            if calls == 0 && !self.still_live(envelope).await? {
+            // stop invalidates within milliseconds; only after a wait, since the campaign was
+            // found live just before otherwise.
+            if waited && calls == 0 && !self.still_live(envelope).await? {
                 self.finish(Finish {
                     key: key.clone(),
                     token,
@@ -572,13 +573,13 @@ impl Pipeline {
     /// Whether the envelope's campaign is still live, as the campaign cache has it now.
     async fn still_live(&self, envelope: &Envelope) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let campaign = self.campaigns.get_again(&envelope.sandbox, envelope.campaign_id).await?;
+        let campaign = self.campaigns.get(&envelope.sandbox, envelope.campaign_id).await?;
         Ok(campaign.is_some_and(|c| c.record.status(now) == CampaignStatus::Live))
     }
 
     /// Waits for a send slot of the campaign's throttle and of the channel's provider rate;
-    /// both are shared by all workers through the database.
-    async fn throttle(&self, channel: Channel, campaign: &CampaignRecord) -> Result<(), StoreError> {
+    /// both are shared by all workers through the database. Whether it had to wait.
+    async fn throttle(&self, channel: Channel, campaign: &CampaignRecord) -> Result<bool, StoreError> {
         let mut wait = Duration::ZERO;
         if let Some(rate) = campaign.live.as_ref().and_then(|live| live.definition.throttle_rate_per_sec) {
             wait = wait.max(self.store.reserve_send_slot(&format!("campaign:{}", campaign.id), f64::from(rate)).await?);
@@ -589,7 +590,7 @@ impl Pipeline {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(())
+        Ok(!wait.is_zero())
     }
 
     async fn send_once(&self, job: &Job<'_>) -> ProviderResult<Receipt> {
