@@ -235,3 +235,74 @@ async fn cutting_a_tests_connections_leaves_every_other_connection_on_the_broker
     channel.queue_declare("".into(), options, FieldTable::default()).await.expect("and still declares queues");
     let _ = bystander.close(200, "done".into()).await;
 }
+
+/// The broker connections cut twice while an audience fan-out publishes (the API's and the
+/// worker's): a page whose publish failed is published again under the same message ids, and
+/// every member is sent exactly once; every queue drains.
+#[tokio::test]
+async fn a_fan_out_cut_off_from_the_broker_twice_sends_each_member_once() {
+    use herald_tests::worker::{TestWorker, fast_policy};
+    use herald_worker::providers::fake::ScriptedProvider;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let user = herald_tests::broker::DedicatedUser::create();
+    let app = TestApp::spawn_with(TestOptions { amqp_url: Some(user.url()), ..TestOptions::with_broker() }).await;
+    let mut document = otp_sms("otp");
+    // About three seconds of publishing, so both cuts land mid-fan-out.
+    document["throttleRatePerSec"] = json!(1_000);
+    let id = app.live_campaign(&document).await;
+    let provider = Arc::new(ScriptedProvider::new());
+    let _worker = TestWorker::start(&app, provider.clone(), fast_policy()).await;
+    let total = 3_000;
+    let audience = app.post("/audiences", &json!({"name": "cut"})).await.body["id"].as_str().unwrap().to_string();
+    let lines: String = (0..total).map(|i| format!("{{\"userId\":\"+336{i:08}\"}}\n")).collect();
+    let uploaded = app
+        .http
+        .put(format!("{}/audiences/{audience}/members?namespace=phone", app.address))
+        .bearer_auth(&app.key)
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), StatusCode::OK);
+    let body = json!({"requestId": "cut", "campaignId": id, "audience": {"id": audience}, "context": {"otp": "1"}});
+    let reply = app.post("/im/executions/audience", &body).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let execution = reply.body["executionId"].as_str().unwrap().to_string();
+    for share in [4, 2] {
+        let started = Instant::now();
+        while provider.call_count() < (total / share) as u64 {
+            assert!(started.elapsed() < Duration::from_secs(60), "stuck at {} sends", provider.call_count());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        user.close_connections().await;
+    }
+    let started = Instant::now();
+    let status = loop {
+        let status = app.get(&format!("/im/executions/audience/{execution}")).await.body;
+        if status["progress"]["sent"] == total {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "not every member sent: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status["status"], "Succeeded", "{status}");
+    assert_eq!(status["progress"]["published"], total);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let numbers: Vec<String> = provider.calls().into_iter().map(|call| call.to).collect();
+    let distinct: HashSet<&String> = numbers.iter().collect();
+    assert_eq!((numbers.len(), distinct.len()), (total, total), "each member exactly once");
+    let broker = app.ingest.as_ref().unwrap().broker();
+    let started = Instant::now();
+    loop {
+        let mut held = 0;
+        for queue in app.topology().topology.queues() {
+            held += broker.queue_state(&queue).await.map_or(u32::MAX, |state| state.messages);
+        }
+        if held == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{held} messages left in the queues");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
