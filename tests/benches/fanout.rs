@@ -147,7 +147,7 @@ async fn whole_path(profiles: i64) -> serde_json::Value {
 
 fn main() {
     if let Some(binary) = release_binary() {
-        harness::set_binary(binary);
+        herald_tests::process::set_binary(binary);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {

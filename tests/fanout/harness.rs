@@ -3,106 +3,37 @@
 //! afterwards), the fake SNS, and the HTTP calls a scenario makes. Only Herald's own processes
 //! are killed here; the shared services are never touched.
 
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use herald_tests::TestDatabase;
 use herald_tests::broker::TestTopology;
+use herald_tests::process::HeraldProcess;
 use serde_json::{Value, json};
 
 use crate::fake_sns::FakeSns;
 
 pub(crate) const API_KEY: &str = "hk_fanout_suite_only";
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
-static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
-/// Runs `path` as herald from now on (a benchmark's release build).
-#[allow(dead_code)]
-pub(crate) fn set_binary(path: PathBuf) {
-    let _ = BINARY.set(path);
-}
-
-/// The `herald` binary: [`set_binary`]'s, `HERALD_BIN`, else the one cargo built next to this
-/// executable's `deps/`.
-pub(crate) fn binary() -> PathBuf {
-    if let Some(path) = BINARY.get() {
-        return path.clone();
-    }
-    if let Ok(path) = std::env::var("HERALD_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let path = exe.parent().and_then(Path::parent).map(|dir| dir.join("herald")).expect("a target directory");
-    assert!(path.exists(), "{} is missing: build it with `cargo build -p herald` or set HERALD_BIN", path.display());
-    path
-}
-
-/// One herald process, restartable with the same settings.
+/// A herald process and, for an API, its base URL.
 #[derive(Debug)]
 pub(crate) struct Herald {
-    pub(crate) name: String,
-    args: Vec<String>,
-    environment: Vec<(String, String)>,
-    ready_url: String,
-    /// The API's base URL (for an API process).
+    process: HeraldProcess,
     pub(crate) url: String,
-    log: PathBuf,
-    child: Option<Child>,
 }
 
-impl Herald {
-    pub(crate) fn spawn(&mut self) {
-        let mut log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open a process log");
-        use std::io::Write;
-        let _ = writeln!(log, "---- starting {} ----", self.name);
-        let child = Command::new(binary())
-            .env_clear()
-            .envs(self.environment.iter().cloned())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|error| panic!("could not start herald {}: {error}", self.name));
-        self.child = Some(child);
-    }
+impl std::ops::Deref for Herald {
+    type Target = HeraldProcess;
 
-    pub(crate) async fn wait_ready(&mut self) {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-        let started = Instant::now();
-        loop {
-            if let Ok(response) = http.get(&self.ready_url).send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("herald {} exited at start-up ({status}); see {}", self.name, self.log.display());
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "herald {} not ready; see {}",
-                self.name,
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGKILL: nothing is finished, no lease given up.
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    fn deref(&self) -> &HeraldProcess {
+        &self.process
     }
 }
 
-impl Drop for Herald {
-    fn drop(&mut self) {
-        self.kill9();
+impl std::ops::DerefMut for Herald {
+    fn deref_mut(&mut self) -> &mut HeraldProcess {
+        &mut self.process
     }
 }
 
@@ -158,33 +89,24 @@ impl Stack {
     pub(crate) async fn api(&self, name: &str) -> Herald {
         let port = herald_tests::free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let mut api = Herald {
-            name: name.into(),
-            args: vec!["api".into()],
-            environment: self.environment(&[("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))]),
-            ready_url: format!("{url}/readyz"),
-            url,
-            log: self.logs.join(format!("{name}.log")),
-            child: None,
-        };
+        let environment = self.environment(&[("HERALD_HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        let process = HeraldProcess::new(name, &["api"], environment, format!("{url}/readyz"), &self.logs);
+        let mut api = Herald { process, url };
         api.spawn();
-        api.wait_ready().await;
+        api.wait_ready(READY_WITHIN).await;
         api
     }
 
     pub(crate) async fn worker(&self, name: &str) -> Herald {
         let port = herald_tests::free_port();
+        let environment = self.environment(&[("HERALD_METRICS_ADDR", format!("127.0.0.1:{port}"))]);
+        let ready = format!("http://127.0.0.1:{port}/metrics");
         let mut worker = Herald {
-            name: name.into(),
-            args: vec!["worker".into()],
-            environment: self.environment(&[("HERALD_METRICS_ADDR", format!("127.0.0.1:{port}"))]),
-            ready_url: format!("http://127.0.0.1:{port}/metrics"),
+            process: HeraldProcess::new(name, &["worker"], environment, ready, &self.logs),
             url: String::new(),
-            log: self.logs.join(format!("{name}.log")),
-            child: None,
         };
         worker.spawn();
-        worker.wait_ready().await;
+        worker.wait_ready(READY_WITHIN).await;
         worker
     }
 

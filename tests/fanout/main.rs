@@ -167,7 +167,7 @@ async fn schedules(stack: &Stack) {
     let before = stack.fake.total();
     assert_eq!(before, due.len(), "nothing fired while every instance was down");
     apis[0].spawn();
-    apis[0].wait_ready().await;
+    apis[0].wait_ready(Duration::from_secs(60)).await;
     until(Duration::from_secs(30), "the late schedule's sends", async || {
         stack.fake.total() >= due.len() + restarted.len()
     })

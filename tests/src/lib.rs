@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod moto;
 pub mod postgres;
+pub mod process;
 pub mod rabbit;
 pub mod worker;
 
